@@ -1,0 +1,203 @@
+"""Build real Mercurial repositories for tests, with Mercurial's own command line.
+
+Every builder runs the ``hg`` of the test virtualenv with a clean environment (no user
+hgrc), so repositories are the same on every machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HG = str(Path(sys.executable).with_name("hg"))
+HG_603 = os.environ.get("HGWIRE_HG603", "/work/venv-hg603/bin/hg")
+
+
+def hg_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which ``hg`` reads no user or system configuration."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HG") and k not in ("PYTHONPATH", "PYTHONHOME")
+    }
+    env.update(
+        HGRCPATH="",
+        HGPLAIN="1",
+        HGUSER="test <test@example.com>",
+        HGENCODING="utf-8",
+        LANG="C.UTF-8",
+        TZ="UTC",
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def hg(
+    *args: str | os.PathLike[str],
+    cwd: str | os.PathLike[str] | None = None,
+    exe: str = HG,
+    check: bool = True,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``hg`` and return the completed process (stdout/stderr as bytes)."""
+    proc = subprocess.run(
+        [exe, *map(str, args)],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        env=hg_env(env),
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"hg {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+            f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
+        )
+    return proc
+
+
+def hg_out(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
+           exe: str = HG) -> str:
+    """Run ``hg`` and return its standard output as text."""
+    return hg(*args, cwd=cwd, exe=exe).stdout.decode("utf-8")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _commit(repo: Path, message: str, date: int) -> None:
+    hg("commit", "-A", "-q", "-m", message, "-d", f"{date} 0", cwd=repo)
+
+
+def init_repo(path: Path) -> Path:
+    """An empty repository at ``path``."""
+    hg("init", path)
+    return path
+
+
+def make_linear_repo(path: Path, commits: int = 5) -> Path:
+    """A repository with ``commits`` changesets on one line, each editing two files."""
+    init_repo(path)
+    for i in range(commits):
+        _write(path / "a.txt", b"".join(b"line %d of rev %d\n" % (j, i) for j in range(20)))
+        _write(path / "dir" / f"f{i % 3}.txt", b"content %d\n" % i)
+        _commit(path, f"commit {i}", 1_600_000_000 + i)
+    return path
+
+
+def make_rich_repo(path: Path) -> Path:
+    """A repository exercising what a server must get right.
+
+    Linear history, a named branch, an anonymous branch merged back, a bookmark on each
+    head, copies and renames, a removal, binary and empty files, and changesets in the
+    public, draft and secret phases.
+    """
+    init_repo(path)
+    t = 1_600_000_000
+    _write(path / "README", b"hello\n")
+    _write(path / "empty", b"")
+    _write(path / "bin.dat", bytes(range(256)) * 8 + b"\0\0\xff")
+    _write(path / "src" / "main.py", b"print('hi')\n" * 50)
+    _commit(path, "initial", t)
+    _write(path / "src" / "main.py", b"print('hi')\n" * 49 + b"print('bye')\n")
+    _write(path / "src" / "util.py", b"def f():\n    return 1\n")
+    _commit(path, "add util", t + 1)
+    hg("copy", "src/util.py", "src/util2.py", cwd=path)
+    _commit(path, "copy util", t + 2)
+    hg("rename", "README", "README.txt", cwd=path)
+    _commit(path, "rename readme", t + 3)
+    hg("remove", "empty", cwd=path)
+    _commit(path, "remove empty", t + 4)
+    # named branch
+    hg("branch", "-q", "stable", cwd=path)
+    _write(path / "stable.txt", b"stable 1\n")
+    _commit(path, "stable work", t + 5)
+    hg("bookmark", "stable-bm", cwd=path)
+    # back to default, anonymous branch then merge
+    hg("update", "-q", "default", cwd=path)
+    _write(path / "src" / "left.py", b"left\n")
+    _commit(path, "left side", t + 6)
+    hg("update", "-q", "-r", "3", cwd=path)
+    _write(path / "src" / "right.py", b"right\n")
+    _write(path / "bin.dat", bytes(range(255, -1, -1)) * 8)
+    _commit(path, "right side", t + 7)
+    hg("merge", "-q", "-r", "6", cwd=path)
+    _commit(path, "merge left and right", t + 8)
+    hg("bookmark", "main", cwd=path)
+    hg("bookmark", "--inactive", cwd=path)
+    # everything so far public; then a draft and a secret changeset
+    hg("phase", "--public", "-r", ".", cwd=path)
+    hg("phase", "--public", "-r", "stable", cwd=path)
+    _write(path / "draft.txt", b"draft\n")
+    _commit(path, "draft work", t + 9)
+    _write(path / "secret.txt", b"secret\n")
+    _commit(path, "secret work", t + 10)
+    hg("phase", "--force", "--secret", "-r", ".", cwd=path)
+    hg("update", "-q", "null", cwd=path)
+    return path
+
+
+def make_bench_repo(path: Path, commits: int = 2000, files: int = 200) -> Path:
+    """A larger, realistic repository (many files, text edits, some binary), for benchmarks.
+
+    Built with Mercurial's Python API inside one ``hg`` process per batch would be faster;
+    this keeps to the command line so the result is an ordinary repository.
+    """
+    import random
+
+    rnd = random.Random(1234)
+    init_repo(path)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"hgwire", b"twisted", b"frame", b"node"]
+    contents: dict[int, list[bytes]] = {
+        i: [b" ".join(rnd.choice(words) for _ in range(8)) + b"\n" for _ in range(60)]
+        for i in range(files)
+    }
+    for c in range(commits):
+        for _ in range(3):
+            i = rnd.randrange(files)
+            lines = contents[i]
+            lines[rnd.randrange(len(lines))] = (
+                b" ".join(rnd.choice(words) for _ in range(8)) + b" %d\n" % c
+            )
+            if rnd.random() < 0.3:
+                lines.append(b"added in %d\n" % c)
+            _write(path / f"d{i % 10}" / f"file{i}.txt", b"".join(lines))
+        if c == 0:
+            for i in range(files):
+                _write(path / f"d{i % 10}" / f"file{i}.txt", b"".join(contents[i]))
+        _commit(path, f"change {c}", 1_600_000_000 + c)
+    return path
+
+
+def log_nodes(repo: Path, rev: str = "all()", exe: str = HG) -> list[str]:
+    """Hex nodes of ``rev`` in revision order."""
+    out = hg_out("log", "-r", rev, "-T", "{node}\n", cwd=repo, exe=exe)
+    return out.split()
+
+
+def repo_summary(repo: Path, exe: str = HG) -> dict[str, object]:
+    """What must be equal between a source and a faithful clone."""
+    return {
+        "nodes": sorted(log_nodes(repo, "all()", exe)),
+        "phases": hg_out("log", "-r", "all()", "-T", "{node} {phase}\n", cwd=repo, exe=exe),
+        "bookmarks": hg_out("bookmarks", "-T", "{bookmark} {node}\n", cwd=repo, exe=exe),
+        "heads": sorted(hg_out("heads", "-T", "{node}\n", cwd=repo, exe=exe).split()),
+    }
+
+
+def verify(repo: Path, exe: str = HG) -> None:
+    """``hg verify`` must be clean."""
+    hg("verify", "-q", cwd=repo, exe=exe)
+
+
+def touched(repo: Path, revs: Sequence[str]) -> None:  # pragma: no cover - helper for debugging
+    for r in revs:
+        print(hg_out("log", "-r", r, "--stat", cwd=repo))
