@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="GPL-2.0-or-later",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["hgwire_tw", "hgwire_tw.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/hgwire_plugin.py"]},
     install_requires=[

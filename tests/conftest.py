@@ -8,6 +8,7 @@ import pytest
 
 from tests import repobuilders
 
+
 @pytest.fixture(scope="session")
 def rich_repo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rich repository (see ``make_rich_repo``), built once; copy it before changing it."""

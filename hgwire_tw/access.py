@@ -1,0 +1,392 @@
+"""Who may read and write which repository, shared by every transport.
+
+The access file is TOML (documented in ``docs/access.md``)::
+
+    [users.alice]
+    password = "$scrypt$..."          # made by: hgwire passwd
+    keys = ["ssh-ed25519 AAAA... alice@laptop"]
+    [users.ci]
+    authorized_keys = "keys/ci.pub"   # OpenSSH format, relative to the access file
+    [[rules]]
+    repos = "*"
+    read = ["*", "anonymous"]
+    write = ["alice"]
+
+Rules are tried in order and the first whose ``repos`` glob matches the repository name
+decides. ``"*"`` in a list means every user named in the file and ``"anonymous"`` means a
+client that did not log in. With no access file, everything is readable anonymously and
+nothing is writable; with an access file, a repository no rule matches is closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import hmac
+import os
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ANONYMOUS = "anonymous"
+EVERY_USER = "*"
+
+# scrypt parameters: ~50 ms and 16 MiB per check, so a leaked file is slow to attack while
+# a login stays cheap.
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SCRYPT_LEN = 32
+
+#: authorized_keys options that only restrict what we never offer (ptys, forwarding, rc
+#: files), so a key carrying them is safe to accept as it is.
+_HARMLESS_OPTIONS = frozenset(
+    {
+        "restrict",
+        "no-pty",
+        "no-port-forwarding",
+        "no-agent-forwarding",
+        "no-x11-forwarding",
+        "no-user-rc",
+    }
+)
+
+
+class AccessFileError(ValueError):
+    """The access file is malformed; the message names the problem."""
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """A salted scrypt hash of ``password`` in the ``$scrypt$...`` form the access file takes."""
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=_SCRYPT_N,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        dklen=_SCRYPT_LEN,
+    )
+    b64 = base64.b64encode
+    return (
+        f"$scrypt$n={_SCRYPT_N},r={_SCRYPT_R},p={_SCRYPT_P}"
+        f"${b64(salt).decode()}${b64(digest).decode()}"
+    )
+
+
+def check_password(password: str, encoded: str) -> bool:
+    """Whether ``password`` matches an ``$scrypt$`` hash (constant-time comparison)."""
+    try:
+        _, scheme, params, salt_b64, digest_b64 = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        kv = dict(item.split("=", 1) for item in params.split(","))
+        n, r, p = int(kv["n"]), int(kv["r"]), int(kv["p"])
+        salt = base64.b64decode(salt_b64, validate=True)
+        expected = base64.b64decode(digest_b64, validate=True)
+    except (ValueError, KeyError):
+        return False
+    if n > 2**20 or r > 32 or p > 16:  # refuse parameters that would stall the server
+        return False
+    actual = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=len(expected),
+        maxmem=256 * 1024 * 1024,
+    )
+    return hmac.compare_digest(actual, expected)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizedKey:
+    """One public key a user may log in with over SSH."""
+
+    keytype: str
+    blob: bytes
+    comment: str = ""
+    #: ``from="..."`` patterns (client address globs), empty when unrestricted.
+    from_patterns: tuple[str, ...] = ()
+
+    def allows_address(self, address: str) -> bool:
+        """Whether a client connecting from ``address`` may use this key."""
+        if not self.from_patterns:
+            return True
+        allowed = False
+        for pattern in self.from_patterns:
+            negate = pattern.startswith("!")
+            if fnmatch.fnmatchcase(address, pattern.lstrip("!")):
+                if negate:
+                    return False
+                allowed = True
+        return allowed
+
+
+def _split_options(text: str) -> list[str]:
+    """Split an authorized_keys options field on commas outside double quotes."""
+    options, current, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            options.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if quoted:
+        raise AccessFileError(f"unterminated quote in key options: {text!r}")
+    options.append("".join(current))
+    return options
+
+
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def parse_authorized_key(line: str, *, where: str = "") -> AuthorizedKey | None:
+    """Parse one OpenSSH authorized_keys line, options and all.
+
+    Blank lines and comments give None. A line whose options we cannot honour (for example
+    ``command="..."``) is an error, never silently dropped or silently widened.
+    """
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    options: list[str] = []
+    first, _, rest = line.partition(" ")
+    if first not in _KEY_TYPES:
+        # The options field comes first; it may contain quoted spaces.
+        quoted = False
+        for i, ch in enumerate(line):
+            if ch == '"':
+                quoted = not quoted
+            elif ch in " \t" and not quoted:
+                options = _split_options(line[:i])
+                rest = line[i:].strip()
+                break
+        else:
+            raise AccessFileError(f"{where}: not a public key line: {line[:40]!r}")
+        first, _, rest = rest.partition(" ")
+    if first not in _KEY_TYPES:
+        raise AccessFileError(f"{where}: unsupported key type {first!r}")
+    blob_b64, _, comment = rest.strip().partition(" ")
+    try:
+        blob = base64.b64decode(blob_b64, validate=True)
+    except ValueError as e:
+        raise AccessFileError(f"{where}: key is not valid base64") from e
+    from_patterns: list[str] = []
+    for option in options:
+        name, _, value = option.partition("=")
+        lname = name.lower()
+        if lname in _HARMLESS_OPTIONS and not value:
+            continue
+        if lname == "from" and value:
+            from_patterns.extend(p for p in value.strip('"').split(",") if p)
+            continue
+        raise AccessFileError(
+            f"{where}: key option {name!r} is not supported by hgwire_tw; "
+            f"remove it or the key (refusing to ignore it silently)"
+        )
+    return AuthorizedKey(
+        keytype=first, blob=blob, comment=comment.strip(), from_patterns=tuple(from_patterns)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    """A user named in the access file."""
+
+    name: str
+    password_hash: str | None = None
+    keys: tuple[AuthorizedKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """Who may read and write the repositories matching ``repos``."""
+
+    repos: tuple[str, ...]
+    read: frozenset[str] = frozenset()
+    write: frozenset[str] = frozenset()
+
+    def matches(self, repo_name: str) -> bool:
+        return any(fnmatch.fnmatchcase(repo_name, glob) for glob in self.repos)
+
+
+def _admits(principals: frozenset[str], user: str | None, known: Iterable[str]) -> bool:
+    if user is None:
+        return ANONYMOUS in principals
+    return user in principals or (EVERY_USER in principals and user in known)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """The users and rules of an access file (or the open read-only default)."""
+
+    users: dict[str, User] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+    source: Path | None = None
+
+    @classmethod
+    def default(cls) -> AccessPolicy:
+        """No access file: everything readable anonymously, nothing writable."""
+        return cls({}, (Rule(repos=("*",), read=frozenset({ANONYMOUS})),))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AccessPolicy:
+        """Read an access file; raise ``AccessFileError`` naming what is wrong."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise AccessFileError(f"{path}: {e}") from e
+        return cls.from_mapping(data, base=path.parent, source=path)
+
+    @classmethod
+    def from_mapping(
+        cls, data: dict[str, object], *, base: Path, source: Path | None = None
+    ) -> AccessPolicy:
+        """Build a policy from already-parsed TOML."""
+        where = str(source or "access file")
+        unknown = set(data) - {"users", "rules"}
+        if unknown:
+            raise AccessFileError(f"{where}: unknown section(s): {', '.join(sorted(unknown))}")
+        users: dict[str, User] = {}
+        raw_users = data.get("users", {})
+        if not isinstance(raw_users, dict):
+            raise AccessFileError(f"{where}: [users] must be a table")
+        for name, spec in raw_users.items():
+            if name in (ANONYMOUS, EVERY_USER):
+                raise AccessFileError(f"{where}: {name!r} is reserved and cannot be a user")
+            if not isinstance(spec, dict):
+                raise AccessFileError(f"{where}: [users.{name}] must be a table")
+            bad = set(spec) - {"password", "keys", "authorized_keys"}
+            if bad:
+                raise AccessFileError(f"{where}: [users.{name}] unknown key(s): {sorted(bad)}")
+            password = spec.get("password")
+            if password is not None and not (
+                isinstance(password, str) and password.startswith("$scrypt$")
+            ):
+                raise AccessFileError(
+                    f"{where}: [users.{name}] password must be a hash made by `hgwire passwd`"
+                )
+            keys: list[AuthorizedKey] = []
+            for i, line in enumerate(_as_str_list(spec.get("keys", []), where, name)):
+                key = parse_authorized_key(line, where=f"{where}: users.{name}.keys[{i}]")
+                if key is not None:
+                    keys.append(key)
+            ak = spec.get("authorized_keys")
+            if ak is not None:
+                ak_path = base / str(ak)
+                try:
+                    lines = ak_path.read_text(encoding="utf-8").splitlines()
+                except OSError as e:
+                    raise AccessFileError(f"{where}: users.{name}: {e}") from e
+                for lineno, line in enumerate(lines, 1):
+                    key = parse_authorized_key(line, where=f"{ak_path}:{lineno}")
+                    if key is not None:
+                        keys.append(key)
+            users[name] = User(name=name, password_hash=password, keys=tuple(keys))
+        rules: list[Rule] = []
+        raw_rules = data.get("rules", [])
+        if not isinstance(raw_rules, list):
+            raise AccessFileError(f"{where}: rules must be an array of tables ([[rules]])")
+        for i, spec in enumerate(raw_rules):
+            if not isinstance(spec, dict) or "repos" not in spec:
+                raise AccessFileError(f"{where}: rules[{i}] needs a `repos` glob")
+            bad = set(spec) - {"repos", "read", "write"}
+            if bad:
+                raise AccessFileError(f"{where}: rules[{i}] unknown key(s): {sorted(bad)}")
+            read = frozenset(_as_str_list(spec.get("read", []), where, f"rules[{i}].read"))
+            write = frozenset(_as_str_list(spec.get("write", []), where, f"rules[{i}].write"))
+            for principal in read | write:
+                if principal not in users and principal not in (ANONYMOUS, EVERY_USER):
+                    raise AccessFileError(f"{where}: rules[{i}] names unknown user {principal!r}")
+            rules.append(
+                Rule(
+                    repos=tuple(_as_str_list(spec["repos"], where, "repos")), read=read, write=write
+                )
+            )
+        return cls(users, tuple(rules), source)
+
+    # -- authentication ------------------------------------------------------------------
+
+    def authenticate_password(self, user: str, password: str) -> bool:
+        """Whether ``user`` exists, has a password, and ``password`` is it."""
+        entry = self.users.get(user)
+        if entry is None or entry.password_hash is None:
+            # Spend the same time as a real check so user names cannot be probed.
+            check_password(password, _DUMMY_HASH)
+            return False
+        return check_password(password, entry.password_hash)
+
+    def keys_for(self, user: str) -> tuple[AuthorizedKey, ...]:
+        """The public keys ``user`` may log in with over SSH."""
+        entry = self.users.get(user)
+        return entry.keys if entry else ()
+
+    def user_for_key(self, blob: bytes) -> str | None:
+        """The user owning the public key ``blob`` (SSH wire format), if any."""
+        for user in self.users.values():
+            if any(hmac.compare_digest(k.blob, blob) for k in user.keys):
+                return user.name
+        return None
+
+    # -- authorisation -------------------------------------------------------------------
+
+    def _rule_for(self, repo_name: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.matches(repo_name):
+                return rule
+        return None
+
+    def can_read(self, user: str | None, repo_name: str) -> bool:
+        """Whether ``user`` (None: anonymous) may pull from ``repo_name``."""
+        rule = self._rule_for(repo_name)
+        if rule is None:
+            return False
+        return _admits(rule.read, user, self.users) or _admits(rule.write, user, self.users)
+
+    def can_write(self, user: str | None, repo_name: str) -> bool:
+        """Whether ``user`` (None: anonymous) may push to ``repo_name``."""
+        rule = self._rule_for(repo_name)
+        return rule is not None and _admits(rule.write, user, self.users)
+
+    def requires_login(self, repo_name: str) -> bool:
+        """Whether an anonymous client is refused reading, but some user could read."""
+        return not self.can_read(None, repo_name) and bool(self.users)
+
+
+def _as_str_list(value: object, where: str, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)  # type: ignore[arg-type]
+    raise AccessFileError(f"{where}: {what} must be a string or a list of strings")
+
+
+_DUMMY_HASH = hash_password("hgwire dummy", salt=b"\0" * 16)
+
+__all__ = [
+    "ANONYMOUS",
+    "EVERY_USER",
+    "AccessFileError",
+    "AccessPolicy",
+    "AuthorizedKey",
+    "Rule",
+    "User",
+    "check_password",
+    "hash_password",
+    "parse_authorized_key",
+]

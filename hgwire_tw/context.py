@@ -1,0 +1,62 @@
+"""Settings and the shared context every transport is built from.
+
+One ``ServerContext`` is made per service; the HTTP, SSH and TCP transports all read the
+same registry, worker pool, access policy and settings from it, so a rule (who may push,
+which compression the server prefers) is decided in one place for every transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hgwire_tw.access import AccessPolicy
+    from hgwire_tw.repo.pool import RepositoryPool
+    from hgwire_tw.repo.registry import RepositoryRegistry
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Settings:
+    """Tunables shared by every transport; defaults are safe for a public server."""
+
+    #: v1 HTTP compression engines in server preference order (``zstd``, ``zlib``, ``none``).
+    v1_compression: tuple[str, ...] = ("zstd", "zlib")
+    zstd_level: int = 3
+    zlib_level: int = -1
+    #: Push over plain (non-TLS) HTTP is refused unless this is set.
+    allow_push_over_http: bool = False
+    #: Largest push (request body) accepted, in bytes.
+    max_push_bytes: int = 2048 * MiB
+    http_header_max: int = 1024
+    http_post_args: bool = False
+    #: ``httpmediatype`` ``minrecv``/``minsend`` values (e.g. ``"0.2"``), or None.
+    v1_min_recv: str | None = None
+    v1_min_send: str | None = None
+    #: Whether stream clones (``clone --stream``, ``rawstorefiledata``) are allowed.
+    stream_clone: bool = True
+    #: Whether the frame-based v2 API is served over HTTP.
+    v2_enabled: bool = True
+    #: v2 content encodings in server preference order.
+    v2_encodings: tuple[bytes, ...] = (b"zstd-8mb", b"zlib", b"identity")
+    #: Worker threads doing repository I/O and compression.
+    workers: int = 4
+    #: SSH channel window (bytes).
+    ssh_window: int = 2 * MiB
+    #: Realm shown to HTTP clients asked to log in.
+    realm: str = "hgwire"
+
+
+@dataclass
+class ServerContext:
+    """Everything a transport needs, made once by ``hgwire_tw.tap.makeService``."""
+
+    reactor: Any
+    registry: RepositoryRegistry
+    pool: RepositoryPool
+    access: AccessPolicy
+    settings: Settings = field(default_factory=Settings)
+    #: The v2 ``CommandRunner`` (``hgwire_tw.commands.runner``).
+    runner: Any = None

@@ -1,0 +1,321 @@
+"""``twistd hgwire`` / ``hgwire serve``: options and the service they build.
+
+Both entry points parse the same ``Options`` and call ``makeService``, which returns one
+``MultiService``: the worker pool, then one listening service per endpoint of each
+transport. Settings come from ``--config FILE`` (TOML with the same names as the long
+options, using ``_`` for ``-``) and are overridden by the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from twisted.python import usage
+
+from hgwire_tw.context import ServerContext, Settings
+
+log = Logger()
+
+DEFAULT_HTTP = "tcp:8000:interface=127.0.0.1"
+DEFAULT_SSH = "none"
+DEFAULT_TCP = "none"
+
+#: Transports and the modules that build their factories, in listening.json order.
+TRANSPORTS = ("http", "ssh", "tcp")
+
+
+def default_state_dir() -> Path:
+    """Where keys, caches and ``listening.json`` live unless ``--state-dir`` says otherwise."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "hgwire"
+
+
+class Options(usage.Options):
+    """Command-line options shared by ``hgwire serve`` and ``twistd hgwire``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve Mercurial repositories over HTTP (wire protocol v1 and v2), SSH and raw TCP. "
+        "With no --repo or --repos-dir, serves the repository in the current directory."
+    )
+    optParameters = [
+        ["repos-dir", None, None, "Serve every repository found below DIR, named by path."],
+        [
+            "state-dir",
+            None,
+            None,
+            "Directory for host keys, caches and listening.json "
+            "(default: $XDG_STATE_HOME/hgwire or ~/.local/state/hgwire).",
+        ],
+        ["config", None, None, "TOML file holding the same settings as these options."],
+        [
+            "access",
+            None,
+            None,
+            "TOML access file (users, passwords, SSH keys, rules); "
+            "without one everything is read-only and anonymous.",
+        ],
+        ["workers", None, None, "Worker threads for repository I/O and compression.", int],
+        [
+            "compression",
+            None,
+            None,
+            "v1 HTTP compression engines in preference order "
+            "(comma-separated from zstd, zlib, none; default zstd,zlib).",
+        ],
+        ["max-push-bytes", None, None, "Largest push accepted, in bytes.", int],
+    ]
+    optFlags = [
+        ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
+        ["no-v2", None, "Do not serve the frame-based v2 API over HTTP."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["repos"] = {}
+        for name in TRANSPORTS:
+            self[name] = []
+
+    def opt_repo(self, value: str) -> None:
+        """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
+        served at the root URL."""
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = "", value
+        if name in self["repos"]:
+            raise usage.UsageError(f"--repo: name {name!r} given twice")
+        self["repos"][name.strip("/")] = path
+
+    def opt_http(self, value: str) -> None:
+        """Twisted endpoint to serve HTTP on (repeatable; 'none' disables);
+        default tcp:8000:interface=127.0.0.1."""
+        self["http"].append(value)
+
+    def opt_ssh(self, value: str) -> None:
+        """Twisted endpoint to serve SSH on (repeatable; 'none' disables)."""
+        self["ssh"].append(value)
+
+    def opt_tcp(self, value: str) -> None:
+        """Twisted endpoint to serve raw v2 frames on (repeatable; 'none' disables)."""
+        self["tcp"].append(value)
+
+    def postOptions(self) -> None:
+        config: dict[str, Any] = {}
+        if self["config"]:
+            try:
+                config = tomllib.loads(Path(self["config"]).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise usage.UsageError(f"--config {self['config']}: {e}") from e
+        known = {
+            "repos",
+            "repos_dir",
+            "state_dir",
+            "access",
+            "workers",
+            "compression",
+            "max_push_bytes",
+            "allow_push_over_http",
+            "no_v2",
+            *TRANSPORTS,
+        }
+        unknown = set(config) - known
+        if unknown:
+            raise usage.UsageError(f"--config: unknown setting(s): {', '.join(sorted(unknown))}")
+        for key, value in config.items():
+            opt = key.replace("_", "-")
+            if key == "repos":
+                if not isinstance(value, dict):
+                    raise usage.UsageError("--config: repos must be a table of NAME = PATH")
+                for name, path in value.items():
+                    self["repos"].setdefault(name.strip("/"), str(path))
+            elif key in TRANSPORTS:
+                if not self[key]:
+                    self[key] = [value] if isinstance(value, str) else list(value)
+            elif opt in ("allow-push-over-http", "no-v2"):
+                self[opt] = self[opt] or bool(value)
+            elif self.get(opt) is None:
+                self[opt] = value
+        defaults = {"http": DEFAULT_HTTP, "ssh": DEFAULT_SSH, "tcp": DEFAULT_TCP}
+        for name in TRANSPORTS:
+            if not self[name]:
+                self[name] = [defaults[name]]
+            self[name] = [e for e in self[name] if e.strip().lower() != "none"]
+        if not self["repos"] and not self["repos-dir"]:
+            self["repos"] = {"": "."}
+        for name, path in self["repos"].items():
+            if not (Path(path) / ".hg").is_dir():
+                raise usage.UsageError(f"--repo {name}={path}: not a Mercurial repository")
+        if self["repos-dir"] and not Path(self["repos-dir"]).is_dir():
+            raise usage.UsageError(f"--repos-dir {self['repos-dir']}: not a directory")
+        if self["compression"]:
+            engines = tuple(e.strip() for e in str(self["compression"]).split(",") if e.strip())
+            bad = [e for e in engines if e not in ("zstd", "zlib", "none")]
+            if bad or not engines:
+                raise usage.UsageError(f"--compression: unknown engine(s) {bad}")
+            self["compression"] = engines
+
+    def settings(self) -> Settings:
+        """The ``Settings`` these options describe."""
+        s = Settings()
+        if self["compression"]:
+            s.v1_compression = tuple(self["compression"])
+        if self["workers"]:
+            s.workers = int(self["workers"])
+        if self["max-push-bytes"]:
+            s.max_push_bytes = int(self["max-push-bytes"])
+        s.allow_push_over_http = bool(self["allow-push-over-http"])
+        s.v2_enabled = not self["no-v2"]
+        assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
+        return s
+
+
+class ListeningService(service.Service):
+    """Listens on one endpoint while running; records the bound port."""
+
+    def __init__(self, transport: str, description: str, endpoint: Any, factory: Any) -> None:
+        self.transport = transport
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Any = None
+        self.ready: Deferred[Any] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+
+        def listening(port: Any) -> Any:
+            self.port = port
+            log.info(
+                "{transport} listening on {address}",
+                transport=self.transport,
+                address=port.getHost(),
+            )
+            return port
+
+        def failed(f: Any) -> Any:
+            log.failure("cannot listen on {description}", f, description=self.description)
+            from twisted.internet import reactor
+
+            reactor.stop()  # type: ignore[attr-defined]
+            return f
+
+        d.addCallbacks(listening, failed)
+        d.chainDeferred(self.ready)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()  # type: ignore[no-any-return]
+        return None
+
+
+class PoolService(service.Service):
+    """Starts and stops the worker pool with the service."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class HgwireService(service.MultiService):
+    """The whole server; writes ``listening.json`` once every endpoint is bound."""
+
+    def __init__(self, context: ServerContext, state_dir: Path) -> None:
+        super().__init__()
+        self.context = context
+        self.state_dir = state_dir
+        self.listeners: list[ListeningService] = []
+
+    def startService(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        super().startService()
+        DeferredList([s.ready for s in self.listeners], consumeErrors=True).addCallback(
+            lambda _: self._write_listening()
+        )
+
+    def _write_listening(self) -> None:
+        ports: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
+        for s in self.listeners:
+            if s.port is not None:
+                ports[s.transport].append(s.port.getHost().port)
+        path = self.state_dir / "listening.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ports), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
+    if transport == "http":
+        from twisted.web.server import Site
+
+        from hgwire_tw.transports.http import HgResource
+
+        site = Site(HgResource(ctx))
+        site.displayTracebacks = False
+        return site
+    if transport == "ssh":
+        from hgwire_tw.transports.ssh import make_ssh_factory  # type: ignore[import-not-found]
+
+        return make_ssh_factory(ctx, state_dir)
+    from hgwire_tw.transports.tcp import make_tcp_factory  # type: ignore[import-not-found]
+
+    return make_tcp_factory(ctx)
+
+
+def makeService(options: Options, reactor: Any = None) -> HgwireService:
+    """Build the service ``options`` describe."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from hgwire_tw.access import AccessFileError, AccessPolicy
+    from hgwire_tw.commands.runner import CommandRunner
+    from hgwire_tw.repo.pool import RepositoryPool
+    from hgwire_tw.repo.registry import RepositoryRegistry
+
+    settings = options.settings()
+    state_dir = Path(options["state-dir"] or default_state_dir()).resolve()
+    try:
+        access = (
+            AccessPolicy.load(options["access"]) if options["access"] else (AccessPolicy.default())
+        )
+    except AccessFileError as e:
+        raise usage.UsageError(str(e)) from e
+    registry = RepositoryRegistry(
+        repos={name: Path(path).resolve() for name, path in options["repos"].items()},
+        repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
+    )
+    pool = RepositoryPool(reactor, size=settings.workers)
+    ctx = ServerContext(
+        reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
+    )
+    ctx.runner = CommandRunner(pool)
+    top = HgwireService(ctx, state_dir)
+    PoolService(pool).setServiceParent(top)
+    for transport in TRANSPORTS:
+        for description in options[transport]:
+            factory = _factory(transport, ctx, state_dir)
+            endpoint = endpoints.serverFromString(reactor, description)
+            listener = ListeningService(transport, description, endpoint, factory)
+            listener.setServiceParent(top)
+            top.listeners.append(listener)
+    return top
