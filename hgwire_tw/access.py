@@ -237,6 +237,7 @@ class AccessPolicy:
     users: dict[str, User] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
+    _login_cache: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def default(cls) -> AccessPolicy:
@@ -331,6 +332,22 @@ class AccessPolicy:
             return False
         return check_password(password, entry.password_hash)
 
+    def cached_login(self, user: str, password: str) -> bool | None:
+        """A fast answer for credentials checked before: True/False, or None if unknown.
+
+        scrypt is slow on purpose; transports call this on the reactor thread and run
+        ``authenticate_password`` on a worker only when it returns None.
+        """
+        return self._login_cache.get(_credential_digest(user, password))
+
+    def remember_login(self, user: str, password: str, ok: bool) -> None:
+        """Record the outcome of a slow check (successes only, bounded)."""
+        if not ok:
+            return
+        if len(self._login_cache) >= 4096:
+            self._login_cache.clear()
+        self._login_cache[_credential_digest(user, password)] = True
+
     def keys_for(self, user: str) -> tuple[AuthorizedKey, ...]:
         """The public keys ``user`` may log in with over SSH."""
         entry = self.users.get(user)
@@ -366,6 +383,14 @@ class AccessPolicy:
     def requires_login(self, repo_name: str) -> bool:
         """Whether an anonymous client is refused reading, but some user could read."""
         return not self.can_read(None, repo_name) and bool(self.users)
+
+
+_CACHE_SECRET = os.urandom(32)
+
+
+def _credential_digest(user: str, password: str) -> bytes:
+    # Keyed so that the in-memory cache never holds anything a password can be read from.
+    return hmac.digest(_CACHE_SECRET, f"{user}\0{password}".encode(), "sha256")
 
 
 def _as_str_list(value: object, where: str, what: str) -> list[str]:

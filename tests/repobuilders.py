@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HG = str(Path(sys.executable).with_name("hg"))
-HG_603 = os.environ.get("HGWIRE_HG603", "/work/venv-hg603/bin/hg")
+HG_603 = os.environ.get(
+    "HGWIRE_HG603", str(Path(__file__).resolve().parent.parent / ".venv-hg603" / "bin" / "hg")
+)
 
 
 def hg_env(extra: dict[str, str] | None = None) -> dict[str, str]:

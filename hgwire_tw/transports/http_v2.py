@@ -1,0 +1,328 @@
+"""Wire protocol v2 over HTTP: the capabilities upgrade and ``/api/exp-http-v2-0003/``.
+
+A v2 request is one POST whose body holds every frame the client sends. The body is fed
+whole to a half-duplex ``ServerFrameReactor``; the commands it announces run one after
+another through the ``CommandRunner``, and their frames are written to a chunked
+``200 OK`` response as they are produced, paused while the client does not read.
+
+Unlike Mercurial 6.0.3, every command's own permission is checked against the URL's
+``ro``/``rw``, on the plain command URL as well as on ``multirequest``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from hgwire_tw.commands.registry import COMMANDS, Permission, capabilities_descriptor
+from hgwire_tw.context import ServerContext
+from hgwire_tw.core import cbor
+from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, HTTP_V2_API
+from hgwire_tw.core.reactor import (
+    CloseConnection,
+    DuplexMode,
+    ProtocolFailure,
+    RunCommand,
+    SendFrames,
+    ServerFrameReactor,
+)
+from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+
+log = Logger()
+
+API_BASE = b"api/"
+CBOR_MEDIA_TYPE = b"application/mercurial-cbor"
+#: Largest v2 request body: v2 requests carry commands and arguments, never bundles.
+MAX_V2_BODY = 16 * 1024 * 1024
+MULTIREQUEST = b"multirequest"
+
+
+def _joined_header(request: IRequest, prefix: str) -> bytes:
+    """Concatenate ``Prefix-1``, ``Prefix-2``, ... until one is missing."""
+    parts = []
+    n = 1
+    while True:
+        value = request.getHeader(f"{prefix}-{n}".encode())
+        if value is None:
+            break
+        parts.append(value)
+        n += 1
+    return b"".join(parts)
+
+
+def is_upgrade_request(ctx: ServerContext, request: IRequest) -> bool:
+    """Whether a ``?cmd=capabilities`` request asks to upgrade to the v2 API (§3.1)."""
+    if not ctx.settings.v2_enabled:
+        return False
+    upgrade = _joined_header(request, "X-HgUpgrade")
+    proto = _joined_header(request, "X-HgProto")
+    return bool(upgrade) and bool(proto) and b"cbor" in proto.split()
+
+
+def upgrade_response(
+    ctx: ServerContext, request: IRequest, served: ServedRepository, v1_capabilities: bytes
+) -> Deferred[bytes] | None:
+    """Answer the v2 capabilities upgrade, or None when the request is not one.
+
+    Sets the CBOR content type; the Deferred fires with the body (the descriptor needs
+    the repository, which is read on a worker thread).
+    """
+    if not is_upgrade_request(ctx, request):
+        return None
+    wanted = set(_joined_header(request, "X-HgUpgrade").split())
+    request.setHeader(b"Content-Type", CBOR_MEDIA_TYPE)
+
+    def descriptor(repo: Any) -> bytes:
+        apis: dict[bytes, object] = {}
+        if HTTP_V2_API in wanted:
+            apis[HTTP_V2_API] = capabilities_descriptor(
+                repo, stream_clone_allowed=ctx.settings.stream_clone
+            )
+        return cbor.dumps({b"apibase": API_BASE, b"apis": apis, b"v1capabilities": v1_capabilities})
+
+    d: Deferred[bytes] = ctx.pool.run(served, descriptor)
+    return d
+
+
+def _plain(request: IRequest, status: int, message: str) -> bytes:
+    body = message.encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"text/plain")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return body
+
+
+def render_api(
+    ctx: ServerContext, request: IRequest, served: ServedRepository, rest: Sequence[str]
+) -> bytes | int:
+    """Render ``<repo>/api/...``; ``rest`` is the path below the repository, from ``api``."""
+    parts = [p for p in rest[1:]]
+    if parts and parts[-1] == "" and len(parts) <= 2:
+        parts = parts[:-1]
+    if not ctx.settings.v2_enabled:
+        return _plain(request, 404, "API not enabled\n")
+    if not parts:
+        return _plain(
+            request,
+            200,
+            f"APIs can be accessed at /api/<name>, where <name> "
+            f"can be one of the following:\n\n{HTTP_V2_API.decode()}\n",
+        )
+    api = parts[0]
+    if api != HTTP_V2_API.decode():
+        return _plain(request, 404, f"Unknown API: {api}\nKnown APIs: {HTTP_V2_API.decode()}")
+    if len(parts) == 1:
+        return _plain(request, 200, "HTTP version 2 API handler")
+    if len(parts) != 3:
+        return _plain(request, 404, "Not Found")
+    perm, command = parts[1], parts[2]
+    if perm not in ("ro", "rw"):
+        return _plain(request, 404, "Not Found")
+    if request.method != b"POST":
+        request.setHeader(b"Allow", b"POST")
+        return _plain(request, 405, "commands require POST requests")
+
+    def authorised(user: str | None) -> bytes | int:
+        check_access(ctx, request, served.name, user, write=(perm == "rw"))
+        return _checked_command(ctx, request, served, perm, command)
+
+    def refused(f: Failure) -> None:
+        f.trap(HTTPDenied)
+        _finish(request, deny(ctx, request, f.value, b"permission denied"))
+
+    d = authenticate(ctx, request).addCallback(authorised)
+
+    def rendered(result: bytes | int) -> None:
+        if result is not NOT_DONE_YET:
+            _finish(request, result)  # type: ignore[arg-type]
+
+    d.addCallbacks(rendered, refused).addErrback(_internal_error, request)
+    return NOT_DONE_YET
+
+
+def _finish(request: IRequest, body: bytes) -> None:
+    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
+        return
+    request.write(body)
+    request.finish()
+
+
+def _internal_error(f: Failure, request: IRequest) -> None:
+    log.failure("v2 HTTP request failed", f)
+    if not getattr(request, "startedWriting", False):
+        _finish(request, _plain(request, 500, "internal server error\n"))
+    elif not getattr(request, "finished", False) and not getattr(request, "_disconnected", False):
+        request.finish()
+
+
+def _checked_command(
+    ctx: ServerContext, request: IRequest, served: ServedRepository, perm: str, command: str
+) -> bytes | int:
+    name = command.encode("utf-8")
+    if name != MULTIREQUEST and name not in COMMANDS:
+        return _plain(request, 404, f"unknown wire protocol command: {command}\n")
+    if name != MULTIREQUEST and COMMANDS[name].permission is Permission.PUSH and perm == "ro":
+        return _plain(request, 403, f"insufficient permissions to execute command: {command}\n")
+    if request.requestHeaders.getRawHeaders(b"accept") != [FRAMING_MEDIA_TYPE]:
+        return _plain(
+            request,
+            406,
+            f"client MUST specify Accept header with value: {FRAMING_MEDIA_TYPE.decode()}\n",
+        )
+    if request.requestHeaders.getRawHeaders(b"content-type") != [FRAMING_MEDIA_TYPE]:
+        return _plain(
+            request,
+            415,
+            f"client MUST send Content-Type header with value: {FRAMING_MEDIA_TYPE.decode()}\n",
+        )
+    body = request.content.read(MAX_V2_BODY + 1)
+    if len(body) > MAX_V2_BODY:
+        return _plain(request, 413, "request body too large\n")
+
+    frame_reactor = ServerFrameReactor(mode=DuplexMode.HALF, encodings=ctx.settings.v2_encodings)
+    actions = [*frame_reactor.receive_data(body), *frame_reactor.end_of_input()]
+    runs: list[RunCommand] = []
+    for action in actions:
+        if isinstance(action, ProtocolFailure):
+            return _plain(request, 200, action.message)
+        if isinstance(action, RunCommand):
+            runs.append(action)
+        # A half-duplex reactor sends nothing before the commands run; CloseConnection
+        # only follows a ProtocolFailure.
+    if name != MULTIREQUEST:
+        if len(runs) != 1:
+            return _plain(request, 200, "multiple commands cannot be issued to this URL")
+        if runs[0].name != name:
+            return _plain(request, 200, "command in frame must match command in URL")
+    for run in runs:
+        spec = COMMANDS.get(run.name)
+        if spec is None:
+            return _plain(
+                request,
+                200,
+                f"wire protocol command not available: {run.name.decode('utf-8', 'replace')}",
+            )
+        if spec.permission is Permission.PUSH and perm == "ro":
+            return _plain(
+                request,
+                403,
+                f"insufficient permissions to execute command: "
+                f"{run.name.decode('utf-8', 'replace')}",
+            )
+
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", FRAMING_MEDIA_TYPE)
+    response = _V2Response(ctx, request, served, frame_reactor, may_push=(perm == "rw"))
+    response.start(runs)
+    return NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _V2Response:
+    """Runs a request's commands in order and streams their frames, pausing with the client."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: IRequest,
+        served: ServedRepository,
+        frame_reactor: ServerFrameReactor,
+        *,
+        may_push: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.served = served
+        self.frame_reactor = frame_reactor
+        self.may_push = may_push
+        self.paused: Deferred[None] | None = None
+        self.gone = False
+
+    # IPushProducer: twisted.web pauses us when the client stops reading.
+    def pauseProducing(self) -> None:
+        if self.paused is None:
+            self.paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self.paused = self.paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.gone = True
+        self.resumeProducing()
+
+    def start(self, runs: Sequence[RunCommand]) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        d: Deferred[None] = succeed(None)
+        for run in runs:
+            d.addCallback(lambda _, run=run: self._run(run))
+        d.addErrback(self._failed)
+        d.addBoth(lambda _: self._done())
+
+    def _run(self, run: RunCommand) -> Deferred[None]:
+        if self.gone:
+            return succeed(None)
+        sink = _FrameSink(self, run.request_id)
+        result: Deferred[None] = self.ctx.runner.run(
+            self.served, run.name, run.args, may_push=self.may_push, sink=sink
+        )
+        return result
+
+    def _failed(self, f: Failure) -> None:
+        if not self.gone:
+            log.failure("v2 command failed", f)
+
+    def _done(self) -> None:
+        if self.gone:
+            return
+        self.request.unregisterProducer()
+        self.request.finish()
+
+    def send(self, actions: Sequence[object]) -> Deferred[None] | None:
+        """Write the frames among ``actions``; a Deferred while the client is not reading."""
+        if self.gone:
+            raise ConnectionAbortedError("client went away")
+        for action in actions:
+            if isinstance(action, SendFrames):
+                self.request.write(action.data)
+            elif isinstance(action, (ProtocolFailure, CloseConnection)):
+                pass  # output-side calls never fail the protocol
+        return self.paused
+
+
+class _FrameSink:
+    """The ``CommandRunner`` sink for one request id, writing through the frame reactor."""
+
+    def __init__(self, response: _V2Response, request_id: int) -> None:
+        self.response = response
+        self.request_id = request_id
+
+    def objects(self, objs: list[object]) -> Deferred[None] | None:
+        fr = self.response.frame_reactor
+        return self.response.send(fr.response_objects(self.request_id, objs))
+
+    def error(self, message: bytes, args: Sequence[bytes] = ()) -> None:
+        fr = self.response.frame_reactor
+        if not self.response.gone:
+            self.response.send(fr.response_error(self.request_id, message, args))
+
+    def redirect(self, location: Mapping[bytes, object]) -> None:
+        fr = self.response.frame_reactor
+        if not self.response.gone:
+            self.response.send(fr.response_redirect(self.request_id, location))
+
+    def finished(self) -> None:
+        fr = self.response.frame_reactor
+        if not self.response.gone:
+            self.response.send(fr.response_end(self.request_id))
