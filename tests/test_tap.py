@@ -1,0 +1,103 @@
+"""Service options and the twistd plugin."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from hgwire_tw.tap import DEFAULT_HTTP, Options
+from tests.repobuilders import hg_env, init_repo
+
+
+def parse(*argv: str) -> Options:
+    opts = Options()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+def test_defaults_bind_localhost_only(tmp_path: Path) -> None:
+    """Without options, HTTP listens on 127.0.0.1 and SSH/TCP are off."""
+    init_repo(tmp_path / "r")
+    opts = parse("--repo", f"r={tmp_path / 'r'}")
+    assert opts["http"] == [DEFAULT_HTTP] and "interface=127.0.0.1" in DEFAULT_HTTP
+    assert opts["repos"] == {"r": str(tmp_path / "r")}
+
+
+def test_repeatable_and_none(tmp_path: Path) -> None:
+    """--repo and --http repeat; 'none' disables a transport."""
+    init_repo(tmp_path / "a")
+    init_repo(tmp_path / "b")
+    opts = parse(
+        "--repo", f"a={tmp_path / 'a'}", "--repo", f"x/b={tmp_path / 'b'}", "--http", "none"
+    )
+    assert set(opts["repos"]) == {"a", "x/b"} and opts["http"] == []
+
+
+def test_config_file_and_command_line_override(tmp_path: Path) -> None:
+    """TOML settings apply unless the command line says otherwise."""
+    init_repo(tmp_path / "a")
+    cfg = tmp_path / "hgwire.toml"
+    cfg.write_text(
+        f'repos = {{ a = "{tmp_path / "a"}" }}\nhttp = ["tcp:9999:interface=127.0.0.1"]\n'
+        f'workers = 7\ncompression = "zlib,zstd"\nallow_push_over_http = true\n'
+    )
+    opts = parse("--config", str(cfg), "--workers", "3")
+    s = opts.settings()
+    assert opts["http"] == ["tcp:9999:interface=127.0.0.1"]
+    assert s.workers == 3 and s.v1_compression == ("zlib", "zstd") and s.allow_push_over_http
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--repo", "x=/nonexistent"], "not a Mercurial repository"),
+        (["--compression", "brotli"], "unknown engine"),
+        (["--repos-dir", "/nonexistent"], "not a directory"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    argv: list[str], fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mistakes are reported as usage errors naming the option."""
+    monkeypatch.chdir(init_repo(tmp_path / "cwd"))
+    with pytest.raises(usage.UsageError, match=fragment):
+        parse(*argv)
+
+
+def test_unknown_config_setting(tmp_path: Path) -> None:
+    """A misspelt setting in the config file is an error, not ignored."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("htp = 'tcp:1'\n")
+    with pytest.raises(usage.UsageError, match="htp"):
+        parse("--config", str(cfg))
+
+
+def test_twistd_finds_the_plugin() -> None:
+    """`twistd hgwire` is discoverable through Twisted's plugin system."""
+    code = (
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "print([p.tapname for p in getPlugins(IServiceMaker)])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=hg_env(), check=True
+    ).stdout
+    assert "'hgwire'" in out
+
+
+def test_hgwire_passwd_stdin() -> None:
+    """`hgwire passwd --stdin` prints a hash that verifies."""
+    from hgwire_tw.access import check_password
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "hgwire_tw", "passwd", "--stdin"],
+        input="hunter2\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert check_password("hunter2", proc.stdout.strip())
