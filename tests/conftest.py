@@ -23,3 +23,61 @@ def rich_repo(rich_repo_template: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "rich"
     shutil.copytree(rich_repo_template, dest, symlinks=True)
     return dest
+
+
+class PumpReactor:
+    """A stand-in reactor for tests with real worker threads.
+
+    ``callFromThread`` queues calls; the test thread plays the reactor thread by running
+    them in ``pump_until``. This keeps Twisted's global reactor out of the pytest process.
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self.calls: queue.Queue[tuple[object, tuple[object, ...], dict[str, object]]] = (
+            queue.Queue()
+        )
+
+    def callFromThread(self, f, *args, **kwargs):  # Twisted's name
+        """Queue ``f(*args, **kwargs)`` for the test thread."""
+        self.calls.put((f, args, kwargs))
+
+    def pump_until(self, done, timeout: float = 30.0) -> None:
+        """Run queued calls on this thread until ``done()`` is true (or fail on timeout)."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out pumping the fake reactor")
+            try:
+                f, args, kwargs = self.calls.get(timeout=min(remaining, 0.05))
+            except queue.Empty:
+                continue
+            f(*args, **kwargs)  # type: ignore[operator]
+
+    def result_of(self, d, timeout: float = 30.0):
+        """Pump until Deferred ``d`` fires; return its result or raise its failure."""
+        from twisted.python.failure import Failure
+
+        box: list[object] = []
+        d.addBoth(box.append)
+        self.pump_until(lambda: bool(box), timeout)
+        if isinstance(box[0], Failure):
+            box[0].raiseException()
+        return box[0]
+
+
+@pytest.fixture
+def pump_reactor() -> PumpReactor:
+    """A fake reactor driven by the test thread (see ``PumpReactor``)."""
+    return PumpReactor()
+
+
+@pytest.fixture(scope="session")
+def linear_repo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small linear public repository (no secret changesets: stream clones allowed)."""
+    return repobuilders.make_linear_repo(tmp_path_factory.mktemp("linear") / "repo", commits=6)

@@ -1,0 +1,320 @@
+"""Run Mercurial code on a bounded pool of worker threads, off the reactor thread.
+
+Mercurial repository objects are not thread-safe, so every worker thread keeps its own
+repository object per served repository (``threading.local``). Before each job the
+worker stats the files that change when the repository changes (changelog, phase
+roots, obsstore, bookmarks, requirements, hgrc: the same idea as hgweb's
+``mercurial.hg.cachedlocalrepo``, but with nanosecond mtimes, sizes and inodes) and
+reopens the repository if any of them moved. Opening costs milliseconds; a stale
+repository object would serve stale heads.
+
+``iterate`` streams a generator's output to the reactor thread in batches. The worker
+blocks until each batch has been delivered *and* the Deferred ``deliver`` returned has
+fired, so a slow consumer stalls the generator (back-pressure) and at most one batch is
+in flight per response. Each streaming response holds a worker for its duration, so
+the pool size bounds both concurrency and memory.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from mercurial import hg
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.repo.ui import make_ui
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_ITEMS",
+    "ReactorFromThreads",
+    "RepositoryPool",
+    "repository_state",
+]
+
+log = Logger()
+
+DEFAULT_BATCH_BYTES = 256 * 1024
+DEFAULT_BATCH_ITEMS = 1024
+
+# Files (relative to .hg/) whose stat changes whenever the served content can change.
+_WATCHED = (
+    "store/00changelog.i",
+    "store/00changelog.d",
+    "store/phaseroots",
+    "store/obsstore",
+    "store/bookmarks",
+    "bookmarks",
+    "requires",
+    "store/requires",
+    "hgrc",
+)
+
+
+class ReactorFromThreads(Protocol):
+    """The part of ``IReactorFromThreads``/``IReactorThreads`` the pool needs."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``f`` on the reactor thread, soon."""
+
+
+def repository_state(path: os.PathLike[str] | str) -> tuple[tuple[int, int, int] | None, ...]:
+    """A fingerprint of the repository at ``path`` that changes when its content does."""
+    hgdir = os.path.join(os.fspath(path), ".hg")
+    state: list[tuple[int, int, int] | None] = []
+    for name in _WATCHED:
+        try:
+            st = os.stat(os.path.join(hgdir, name))
+        except OSError:
+            state.append(None)
+        else:
+            state.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(state)
+
+
+class _Stop(Exception):
+    """The consumer went away (cancelled); stop generating."""
+
+
+class _DeliveryFailed(Exception):
+    """``deliver`` raised or its Deferred failed; carries the failure."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.failure = failure
+
+
+class _Stream:
+    """Shared state of one ``iterate`` call between the worker and the reactor thread."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.pending: Deferred[object] | None = None
+        # Where the worker waits for the outcome of the current delivery.
+        self.waiting: queue.Queue[object] | None = None
+
+    def abort(self) -> None:
+        """Stop the stream from any thread: the worker wakes up and closes the generator."""
+        self.cancelled = True
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.put(_Stop())
+
+
+def _approx_size(obj: object) -> int:
+    """A cheap estimate of the encoded size of ``obj`` for batching decisions."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return len(obj) + 9
+    if isinstance(obj, dict):
+        return 16 + sum(_approx_size(k) + _approx_size(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return 8 + sum(_approx_size(v) for v in obj)
+    return 9
+
+
+class RepositoryPool:
+    """A bounded thread pool whose workers each hold their own repository objects."""
+
+    def __init__(
+        self,
+        reactor: ReactorFromThreads,
+        size: int = 4,
+        *,
+        ui_factory: Callable[[], Any] = make_ui,
+        threadpool: ThreadPool | None = None,
+    ) -> None:
+        """``reactor`` delivers results; ``size`` is the number of worker threads."""
+        self._reactor = reactor
+        self._threadpool = threadpool or ThreadPool(
+            minthreads=0, maxthreads=size, name="hgwire-repo"
+        )
+        self._ui_factory = ui_factory
+        self._local = threading.local()
+        self._streams: set[_Stream] = set()
+        self.size = size
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        self._threadpool.start()
+
+    def stop(self) -> None:
+        """Stop the worker threads (blocks the caller until running jobs return).
+
+        Streams still waiting for a delivery are aborted first: at shutdown the reactor
+        may never run their delivery, and a worker blocked on it would hang the join.
+        """
+        for stream in list(self._streams):
+            stream.abort()
+        self._threadpool.stop()
+
+    # -- worker side ----------------------------------------------------------------
+
+    def repository(self, served: ServedRepository) -> Any:
+        """This thread's repository object for ``served``, reopened if it changed.
+
+        Only call this on a worker thread (or in tests, on a thread of your own).
+        """
+        cache: dict[str, tuple[tuple[object, ...], Any]] = self._local.__dict__.setdefault(
+            "repos", {}
+        )
+        key = os.fspath(served.path)
+        state = repository_state(served.path)
+        entry = cache.get(key)
+        if entry is not None and entry[0] == state:
+            return entry[1]
+        repo = hg.repository(self._ui_factory(), os.fsencode(key))
+        cache[key] = (state, repo)
+        return repo
+
+    def _call(self, served: ServedRepository, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        return fn(self.repository(served), *args)
+
+    def run(self, served: ServedRepository, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``fn(repo, *args)`` on a worker; the Deferred fires with its result."""
+        return deferToThreadPool(self._reactor, self._threadpool, self._call, served, fn, args)
+
+    def iterate(
+        self,
+        served: ServedRepository,
+        gen_fn: Callable[..., Iterator[object]],
+        args: Sequence[Any],
+        deliver: Callable[[list[object]], Deferred[Any] | None],
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        batch_items: int = DEFAULT_BATCH_ITEMS,
+    ) -> Deferred[None]:
+        """Stream ``gen_fn(repo, *args)`` to ``deliver(batch)`` on the reactor thread.
+
+        Batches hold up to ``batch_items`` objects or about ``batch_bytes`` bytes. The
+        worker waits for each delivery (and for the Deferred ``deliver`` returns) before
+        generating more. The result fires with None when the generator is exhausted and
+        everything was delivered; it fails with the generator's exception, or with the
+        failure of ``deliver``. Cancelling it stops the generator at its next object.
+        In every case the generator is ``close()``d on the worker and the worker freed.
+        """
+        stream = _Stream()
+        self._streams.add(stream)
+
+        def cancel(_: Deferred[None]) -> None:
+            stream.cancelled = True
+            if stream.pending is not None:
+                stream.pending.cancel()
+
+        result: Deferred[None] = Deferred(cancel)
+        work = deferToThreadPool(
+            self._reactor,
+            self._threadpool,
+            self._produce,
+            served,
+            gen_fn,
+            tuple(args),
+            deliver,
+            stream,
+            batch_bytes,
+            batch_items,
+        )
+
+        def finished(outcome: object) -> None:
+            self._streams.discard(stream)
+            if result.called:
+                # Cancelled already; anything but our own stop signal is worth a log line.
+                if isinstance(outcome, Failure) and not outcome.check(_Stop, CancelledError):
+                    log.failure("stream failed after cancellation", outcome)
+                return
+            if isinstance(outcome, Failure):
+                if outcome.check(_DeliveryFailed):
+                    result.errback(outcome.value.failure)  # type: ignore[union-attr]
+                elif outcome.check(_Stop):
+                    result.errback(CancelledError())
+                else:
+                    result.errback(outcome)
+            else:
+                result.callback(None)
+
+        work.addBoth(finished)
+        return result
+
+    def _produce(
+        self,
+        served: ServedRepository,
+        gen_fn: Callable[..., Iterator[object]],
+        args: tuple[Any, ...],
+        deliver: Callable[[list[object]], Deferred[Any] | None],
+        stream: _Stream,
+        batch_bytes: int,
+        batch_items: int,
+    ) -> None:
+        """Worker side of ``iterate``: generate, batch, hand over, wait."""
+        gen = gen_fn(self.repository(served), *args)
+        try:
+            batch: list[object] = []
+            size = 0
+            for obj in gen:
+                if stream.cancelled:
+                    raise _Stop()
+                batch.append(obj)
+                size += _approx_size(obj)
+                if size >= batch_bytes or len(batch) >= batch_items:
+                    self._hand_over(deliver, batch, stream)
+                    batch, size = [], 0
+            if batch:
+                self._hand_over(deliver, batch, stream)
+        finally:
+            # Runs the generator's own finally/with blocks (locks, open files) here, on
+            # the worker that owns the repository object.
+            gen.close()
+
+    def _hand_over(
+        self,
+        deliver: Callable[[list[object]], Deferred[Any] | None],
+        batch: list[object],
+        stream: _Stream,
+    ) -> None:
+        """Deliver ``batch`` on the reactor thread and block until it was consumed."""
+        # Unbounded on purpose: abort() may add a second item, and put() must never
+        # block the reactor thread.
+        outcome: queue.Queue[object] = queue.Queue()
+        stream.waiting = outcome
+
+        def on_reactor() -> None:
+            if stream.cancelled:
+                outcome.put(_Stop())
+                return
+            try:
+                ret = deliver(batch)
+            except BaseException:
+                outcome.put(Failure())
+                return
+            if not isinstance(ret, Deferred):
+                outcome.put(None)
+                return
+            stream.pending = ret
+
+            def done(value: object) -> None:
+                stream.pending = None
+                outcome.put(value)
+
+            ret.addBoth(done)
+
+        if stream.cancelled:
+            raise _Stop()
+        self._reactor.callFromThread(on_reactor)
+        try:
+            value = outcome.get()
+        finally:
+            stream.waiting = None
+        if isinstance(value, _Stop):
+            raise value
+        if isinstance(value, Failure):
+            if stream.cancelled:
+                raise _Stop()
+            raise _DeliveryFailed(value)

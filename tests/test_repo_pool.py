@@ -1,0 +1,212 @@
+"""Tests for hgwire_tw.repo.pool with real worker threads and a test-driven reactor."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred
+
+from hgwire_tw.repo.pool import RepositoryPool
+from hgwire_tw.repo.registry import ServedRepository
+from tests import repobuilders
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> ServedRepository:
+    """A small linear repository."""
+    return ServedRepository("lin", repobuilders.make_linear_repo(tmp_path / "lin", commits=2))
+
+
+@pytest.fixture
+def pool(pump_reactor: Any) -> Iterator[RepositoryPool]:
+    """A started two-thread pool, stopped afterwards."""
+    p = RepositoryPool(pump_reactor, size=2)
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_run_returns_result_and_uses_worker_thread(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """run() calls fn(repo, *args) off the calling thread."""
+    main = threading.get_ident()
+    d = pool.run(served, lambda repo, x: (len(repo), x, threading.get_ident()), 7)
+    count, x, ident = pump_reactor.result_of(d)
+    assert (count, x) == (2, 7)
+    assert ident != main
+
+
+def test_run_propagates_errors(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """An exception in fn fails the Deferred."""
+
+    def boom(repo: Any) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        pump_reactor.result_of(pool.run(served, boom))
+
+
+def test_repository_object_is_per_thread_and_refreshed(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A commit made on disk is seen by the next job (the cached repo is reopened)."""
+
+    def info(repo: Any) -> tuple[int, int]:
+        return len(repo), id(repo)
+
+    n1, _ = pump_reactor.result_of(pool.run(served, info))
+    (served.path / "new.txt").write_text("x")
+    repobuilders.hg("commit", "-A", "-q", "-m", "more", cwd=served.path)
+    seen = {pump_reactor.result_of(pool.run(served, info))[0] for _ in range(4)}
+    assert n1 == 2 and seen == {3}
+
+
+def _numbers(repo: Any, n: int, fail_at: int | None, closed: list[bool]) -> Iterator[object]:
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("generator failed")
+            yield b"%d" % i
+    finally:
+        closed.append(True)
+
+
+def test_iterate_batches_in_order(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """All objects arrive in order, in batches no larger than batch_items."""
+    got: list[list[object]] = []
+    closed: list[bool] = []
+    d = pool.iterate(served, _numbers, (25, None, closed), got.append, batch_items=10)
+    assert pump_reactor.result_of(d) is None
+    assert [len(b) for b in got] == [10, 10, 5]
+    assert [x for b in got for x in b] == [b"%d" % i for i in range(25)]
+    assert closed == [True]
+
+
+def test_iterate_back_pressure(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """The generator does not run ahead while a delivery Deferred is pending."""
+    produced: list[int] = []
+
+    def gen(repo: Any) -> Iterator[object]:
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    pending: list[Deferred[None]] = []
+
+    def deliver(batch: list[object]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        pending.append(d)
+        return d
+
+    result = pool.iterate(served, gen, (), deliver, batch_items=5)
+    pump_reactor.pump_until(lambda: len(pending) == 1)
+    import time
+
+    time.sleep(0.2)  # give the worker every chance to run ahead
+    assert len(produced) <= 6  # one batch handed over, at most one more object pulled
+    for k in range(20):
+        pump_reactor.pump_until(lambda k=k: len(pending) == k + 1)
+        pending[k].callback(None)
+    assert pump_reactor.result_of(result) is None
+    assert len(produced) == 100
+
+
+def test_iterate_generator_error_fails_result(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """An exception from the generator fails the result after earlier batches arrived."""
+    got: list[list[object]] = []
+    closed: list[bool] = []
+    d = pool.iterate(served, _numbers, (50, 12, closed), got.append, batch_items=5)
+    with pytest.raises(RuntimeError, match="generator failed"):
+        pump_reactor.result_of(d)
+    assert sum(len(b) for b in got) == 10
+    assert closed == [True]
+
+
+def test_iterate_deliver_raises_closes_generator(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A raising deliver stops the generator (closed) and fails the result with its error."""
+    closed: list[bool] = []
+
+    def deliver(batch: list[object]) -> None:
+        raise OSError("consumer broke")
+
+    d = pool.iterate(served, _numbers, (10_000, None, closed), deliver, batch_items=3)
+    with pytest.raises(OSError, match="consumer broke"):
+        pump_reactor.result_of(d)
+    assert closed == [True]
+
+
+def test_iterate_deliver_deferred_fails(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A failing delivery Deferred stops the generator too."""
+    from twisted.internet.defer import fail
+
+    closed: list[bool] = []
+    d = pool.iterate(
+        served,
+        _numbers,
+        (10_000, None, closed),
+        lambda b: fail(ConnectionError("gone")),
+        batch_items=3,
+    )
+    with pytest.raises(ConnectionError):
+        pump_reactor.result_of(d)
+    assert closed == [True]
+
+
+def test_iterate_cancel_frees_worker(pump_reactor: Any, served: ServedRepository) -> None:
+    """Cancelling the result closes the generator and frees the (only) worker."""
+    pool = RepositoryPool(pump_reactor, size=1)
+    pool.start()
+    try:
+        closed: list[bool] = []
+        pending: list[Deferred[None]] = []
+
+        def deliver(batch: list[object]) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            pending.append(d)
+            return d
+
+        result = pool.iterate(served, _numbers, (10**9, None, closed), deliver, batch_items=2)
+        pump_reactor.pump_until(lambda: bool(pending))
+        result.cancel()
+        with pytest.raises(CancelledError):
+            pump_reactor.result_of(result)
+        # The single worker must be free again to run this.
+        assert pump_reactor.result_of(pool.run(served, lambda repo: "free")) == "free"
+        assert closed == [True]
+    finally:
+        pool.stop()
+
+
+def test_stop_aborts_stalled_streams(pump_reactor: Any, served: ServedRepository) -> None:
+    """stop() does not hang on a worker waiting for a delivery that will never finish."""
+    pool = RepositoryPool(pump_reactor, size=1)
+    pool.start()
+    closed: list[bool] = []
+    pending: list[Deferred[None]] = []
+    pool.iterate(
+        served,
+        _numbers,
+        (10**9, None, closed),
+        lambda b: pending.append(Deferred()) or pending[-1],
+        batch_items=2,
+    )
+    pump_reactor.pump_until(lambda: bool(pending))
+    pool.stop()
+    assert closed == [True]
