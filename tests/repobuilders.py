@@ -64,8 +64,9 @@ def hg(
     return proc
 
 
-def hg_out(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
-           exe: str = HG) -> str:
+def hg_out(
+    *args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None, exe: str = HG
+) -> str:
     """Run ``hg`` and return its standard output as text."""
     return hg(*args, cwd=cwd, exe=exe).stdout.decode("utf-8")
 
@@ -148,34 +149,100 @@ def make_rich_repo(path: Path) -> Path:
 
 
 def make_bench_repo(path: Path, commits: int = 2000, files: int = 200) -> Path:
-    """A larger, realistic repository (many files, text edits, some binary), for benchmarks.
+    """A larger, realistic repository for benchmarks, built fast with Mercurial's API.
 
-    Built with Mercurial's Python API inside one ``hg`` process per batch would be faster;
-    this keeps to the command line so the result is an ordinary repository.
+    Text files in ten directories edited a few lines at a time, files added over time, a
+    branch merged back every 100 changesets, and a binary file rewritten now and then.
+    The result is an ordinary repository (``hg verify`` clean); it is deterministic.
     """
     import random
 
+    from mercurial import context
+    from mercurial import hg as hgmod
+    from mercurial import ui as uimod
+
     rnd = random.Random(1234)
     init_repo(path)
-    words = [b"alpha", b"beta", b"gamma", b"delta", b"hgwire", b"twisted", b"frame", b"node"]
-    contents: dict[int, list[bytes]] = {
-        i: [b" ".join(rnd.choice(words) for _ in range(8)) + b"\n" for _ in range(60)]
-        for i in range(files)
-    }
-    for c in range(commits):
-        for _ in range(3):
-            i = rnd.randrange(files)
-            lines = contents[i]
-            lines[rnd.randrange(len(lines))] = (
-                b" ".join(rnd.choice(words) for _ in range(8)) + b" %d\n" % c
-            )
-            if rnd.random() < 0.3:
-                lines.append(b"added in %d\n" % c)
-            _write(path / f"d{i % 10}" / f"file{i}.txt", b"".join(lines))
-        if c == 0:
-            for i in range(files):
-                _write(path / f"d{i % 10}" / f"file{i}.txt", b"".join(contents[i]))
-        _commit(path, f"change {c}", 1_600_000_000 + c)
+    u = uimod.ui.load()
+    u.setconfig(b"ui", b"quiet", b"true")
+    repo = hgmod.repository(u, str(path).encode())
+    words = [
+        b"alpha",
+        b"beta",
+        b"gamma",
+        b"delta",
+        b"hgwire",
+        b"twisted",
+        b"frame",
+        b"node",
+        b"changeset",
+        b"manifest",
+        b"revlog",
+        b"bundle",
+        b"stream",
+        b"reactor",
+    ]
+
+    def line() -> bytes:
+        return b" ".join(rnd.choice(words) for _ in range(rnd.randint(4, 12))) + b"\n"
+
+    contents: dict[bytes, list[bytes]] = {}
+    start_files = max(1, files // 2)
+    for i in range(start_files):
+        contents[b"d%d/file%d.txt" % (i % 10, i)] = [line() for _ in range(rnd.randint(20, 120))]
+    binary = bytes(rnd.getrandbits(8) for _ in range(4096))
+    contents[b"assets/blob.bin"] = [binary]
+    next_file = start_files
+
+    def commit(parents: tuple[bytes, bytes], changed: dict[bytes, bytes], n: int) -> bytes:
+        def filectx(repo_: object, mctx: object, fname: bytes) -> context.memfilectx:
+            return context.memfilectx(repo, mctx, fname, changed[fname])
+
+        mctx = context.memctx(
+            repo,
+            parents,
+            b"change %d" % n,
+            sorted(changed),
+            filectx,
+            user=b"bench <bench@example.com>",
+            date=(1_600_000_000 + n, 0),
+        )
+        return mctx.commit()
+
+    with repo.wlock(), repo.lock():
+        null = repo.nullid
+        tip = commit((null, null), {k: b"".join(v) for k, v in contents.items()}, 0)
+        side: bytes | None = None
+        for c in range(1, commits):
+            changed: dict[bytes, bytes] = {}
+            for _ in range(rnd.randint(1, 4)):
+                name = rnd.choice(sorted(k for k in contents if k.endswith(b".txt")))
+                lines = contents[name]
+                lines[rnd.randrange(len(lines))] = line()
+                if rnd.random() < 0.3:
+                    lines.insert(rnd.randrange(len(lines)), line())
+                changed[name] = b"".join(lines)
+            if next_file < files and rnd.random() < 0.05:
+                name = b"d%d/file%d.txt" % (next_file % 10, next_file)
+                contents[name] = [line() for _ in range(30)]
+                changed[name] = b"".join(contents[name])
+                next_file += 1
+            if rnd.random() < 0.01:
+                blob = bytearray(binary)
+                for _ in range(64):
+                    blob[rnd.randrange(len(blob))] = rnd.getrandbits(8)
+                binary = bytes(blob)
+                contents[b"assets/blob.bin"] = [binary]
+                changed[b"assets/blob.bin"] = binary
+            if c % 100 == 50:
+                side = tip  # fork: the next commits alternate between two heads
+            if side is not None and c % 100 == 99:
+                tip = commit((tip, side), changed, c)  # merge back
+                side = None
+            elif side is not None and c % 2:
+                side = commit((side, null), changed, c)
+            else:
+                tip = commit((tip, null), changed, c)
     return path
 
 
