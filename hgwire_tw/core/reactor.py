@@ -1,0 +1,1294 @@
+"""The frame reactor: sans-IO server and client state machines for the v2 frame protocol.
+
+Bytes go in, actions (server) or events (client) come out; nothing here reads a socket,
+a clock or runs command code. The transports (``hgwire_tw/transports``) execute the
+actions; the command runner feeds command output back in through ``response_*`` calls.
+"""
+
+# The server reactor, an essay
+# ============================
+#
+# Connection states (ServerState) follow Mercurial's server reactor:
+#
+#     INITIAL --settings--> SETTINGS_RECEIVING --settings(eos)--> IDLE
+#     INITIAL --settings(eos)--> IDLE
+#     INITIAL | IDLE | COMMAND_RECEIVING --command-request(new)--> IDLE | COMMAND_RECEIVING
+#     COMMAND_RECEIVING --continuation | command-data--> IDLE | COMMAND_RECEIVING
+#     INITIAL | IDLE --end of input--> INPUT_CLOSED
+#     anything not in _TRANSITIONS --> ERRORED (terminal: input is ignored afterwards)
+#
+# COMMAND_RECEIVING means "at least one request is partly received". Requests with
+# different ids may interleave frame by frame, so each request has its own small
+# lifecycle (RequestState): RECEIVING (more request frames due), RECEIVING_DATA
+# (command-data frames due), READY (complete, waiting for end of input in HALF mode),
+# ACTIVE (announced with RunCommand, no output yet), RESPONDING (output started). A
+# request leaves the table when its response ends (eos, error or redirect); its id may
+# then be used again.
+#
+# _TRANSITIONS is the one table of the connection: (state, input) -> (handler, allowed
+# next states). A handler may only move to a state the table allows; a pair missing
+# from the table is the peer's protocol error and makes the reactor ERRORED.
+#
+# Stream ids carry their owner in their parity: odd streams belong to the client (the
+# real client always uses 1) and even ones to the server. A frame from the client on an
+# even stream, or a first frame on an unknown stream without stream-begin, is an error.
+# The client may not encode its frames (Mercurial never implemented it), so the ENCODED
+# flag from a client is an error too. Our own output starts on stream 2, opened lazily
+# by the first response so that the client's protocol settings (its list of content
+# encodings) are known; open_stream() hands out 4, 6, ... for spreading responses over
+# several compression contexts in FULL mode.
+#
+# Duplex modes. HALF (HTTP): the whole request body is fed, then end_of_input()
+# announces every complete request, because the real client writes its whole body
+# before reading. FULL (SSH, TCP): each request is announced as soon as its last frame
+# arrives, and responses flow while more requests arrive; several may be in flight.
+#
+# Limits, so a peer can never make us buffer without bound: one request (map plus
+# command data) is at most max_request_bytes; at most max_requests_in_flight requests
+# exist at once (receiving, ready or running); all partial requests together hold at
+# most max_buffer bytes; the frame decoder holds at most one partial frame, whose
+# payload may not exceed max_frame_size.
+#
+# Output shape is Mercurial's (wire-protocol.md §2.5): a stream-settings frame once per
+# stream before its first encoded frame; {status: ok} and then the objects through the
+# encoder, frames skipped when the compressor returns nothing; at the end, the flushed
+# bytes in the eos frame (ENCODED only when non-empty). Errors and redirects bypass the
+# encoder. When two requests' responses interleave on one stream, bytes buffered in the
+# compressor for one request are flushed under that request's id before the other
+# request's bytes go in, so every frame decodes to bytes of its own request only.
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias, assert_never
+
+from hgwire_tw.core import cbor
+from hgwire_tw.core.errors import (
+    CBORError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from hgwire_tw.core.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    CommandDataFlag,
+    CommandRequestFlag,
+    CommandResponseFlag,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    NoFlag,
+    SettingsFlag,
+    StreamFlag,
+    encode_frames,
+)
+from hgwire_tw.core.streams import (
+    DEFAULT_MAX_FRAME_OUTPUT,
+    ENCODINGS,
+    IDENTITY,
+    InputStream,
+    OutputStream,
+    negotiate,
+)
+
+__all__ = [
+    "ClientAction",
+    "ClientEvent",
+    "ClientFrameReactor",
+    "CloseConnection",
+    "DuplexMode",
+    "ProtocolFailure",
+    "RequestState",
+    "ResponseError",
+    "ResponseFinished",
+    "ResponseObjects",
+    "ResponseRedirect",
+    "RunCommand",
+    "SendFrames",
+    "ServerAction",
+    "ServerFrameReactor",
+    "ServerInput",
+    "ServerState",
+]
+
+DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_MAX_REQUESTS_IN_FLIGHT: Final = 128
+DEFAULT_MAX_BUFFER: Final = 32 * 1024 * 1024
+DEFAULT_CLIENT_MAX_BUFFER: Final = cbor.DEFAULT_MAX_BUFFER
+
+_STATUS_OK: Final = cbor.dumps({b"status": b"ok"})
+_MAX_STREAM_ID: Final = 0xFF
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class DuplexMode(enum.Enum):
+    """How requests and responses share the channel."""
+
+    #: HTTP: the whole request body arrives before any response is written.
+    HALF = "half"
+    #: SSH/TCP: requests are dispatched as they complete; responses flow meanwhile.
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCommand:
+    """A request is complete: run command ``name`` and answer through ``response_*``."""
+
+    request_id: int
+    name: bytes
+    args: dict[bytes, object]
+    redirect: dict[bytes, object] | None
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendFrames:
+    """Write ``data`` (the encoding of ``frames``) to the peer."""
+
+    data: bytes
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolFailure:
+    """The peer broke the protocol; ``message`` says how.
+
+    Server, HALF mode: the transport answers 200 text/plain with the message. Server,
+    FULL mode: an error-response frame is in the preceding :class:`SendFrames` and a
+    :class:`CloseConnection` follows. Client: the connection is unusable.
+    """
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseConnection:
+    """Close the connection once the preceding frames are written."""
+
+
+ServerAction: TypeAlias = RunCommand | SendFrames | ProtocolFailure | CloseConnection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseObjects:
+    """Decoded output objects of a request (after its status map), in order.
+
+    Top-level indefinite byte strings appear as :class:`cbor.IndefiniteChunk` values.
+    """
+
+    request_id: int
+    objects: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseFinished:
+    """A request's successful response ended (eos)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseError:
+    """A request failed. ``kind`` is ``command`` for ``{status: error}``, else the
+    error-response frame's ``type`` (``server``, ``protocol``, ...). ``message`` is a
+    bytes format string for ``args``."""
+
+    request_id: int
+    message: bytes
+    args: tuple[bytes, ...]
+    kind: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseRedirect:
+    """The server answered with a content redirect; fetch ``location[b'url']``."""
+
+    request_id: int
+    location: dict[bytes, object]
+
+
+ClientAction: TypeAlias = SendFrames
+ClientEvent: TypeAlias = (
+    ResponseObjects | ResponseFinished | ResponseError | ResponseRedirect | ProtocolFailure
+)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class ServerState(enum.Enum):
+    """Connection state of a :class:`ServerFrameReactor` (see the essay above)."""
+
+    INITIAL = "initial"
+    SETTINGS_RECEIVING = "protocol-settings-receiving"
+    IDLE = "idle"
+    COMMAND_RECEIVING = "command-receiving"
+    INPUT_CLOSED = "input-closed"
+    ERRORED = "errored"
+
+
+class ServerInput(enum.Enum):
+    """What arrived, as far as the connection state machine cares."""
+
+    PROTOCOL_SETTINGS = "sender-protocol-settings"
+    COMMAND_REQUEST_NEW = "command-request (new)"
+    COMMAND_REQUEST_CONTINUATION = "command-request (continuation)"
+    COMMAND_DATA = "command-data"
+    STREAM_SETTINGS = "stream-settings"
+    SERVER_FRAME = "server-only frame"
+    END_OF_INPUT = "end of input"
+
+
+class RequestState(enum.Enum):
+    """Lifecycle of one request on the server."""
+
+    RECEIVING = "receiving"
+    RECEIVING_DATA = "receiving-data"
+    READY = "ready"
+    ACTIVE = "active"
+    RESPONDING = "responding"
+
+
+_RECEIVING: Final = frozenset({RequestState.RECEIVING, RequestState.RECEIVING_DATA})
+_RUNNING: Final = frozenset({RequestState.ACTIVE, RequestState.RESPONDING})
+
+_S = ServerState
+_I = ServerInput
+_AFTER_REQUEST: Final = frozenset({_S.IDLE, _S.COMMAND_RECEIVING})
+_AFTER_SETTINGS: Final = frozenset({_S.SETTINGS_RECEIVING, _S.IDLE})
+
+#: The one transition table: (state, input) -> (handler name, next states it may pick).
+_TRANSITIONS: Final[dict[tuple[ServerState, ServerInput], tuple[str, frozenset[ServerState]]]] = {
+    (_S.INITIAL, _I.PROTOCOL_SETTINGS): ("_on_settings", _AFTER_SETTINGS),
+    (_S.INITIAL, _I.COMMAND_REQUEST_NEW): ("_on_request_new", _AFTER_REQUEST),
+    (_S.INITIAL, _I.END_OF_INPUT): ("_on_end_of_input", frozenset({_S.INPUT_CLOSED})),
+    (_S.SETTINGS_RECEIVING, _I.PROTOCOL_SETTINGS): ("_on_settings", _AFTER_SETTINGS),
+    (_S.IDLE, _I.COMMAND_REQUEST_NEW): ("_on_request_new", _AFTER_REQUEST),
+    (_S.IDLE, _I.END_OF_INPUT): ("_on_end_of_input", frozenset({_S.INPUT_CLOSED})),
+    (_S.COMMAND_RECEIVING, _I.COMMAND_REQUEST_NEW): ("_on_request_new", _AFTER_REQUEST),
+    (_S.COMMAND_RECEIVING, _I.COMMAND_REQUEST_CONTINUATION): (
+        "_on_request_continuation",
+        _AFTER_REQUEST,
+    ),
+    (_S.COMMAND_RECEIVING, _I.COMMAND_DATA): ("_on_command_data", _AFTER_REQUEST),
+}
+
+_EXPECTED: Final[dict[ServerState, str]] = {
+    _S.INITIAL: "a sender-protocol-settings or command-request frame",
+    _S.SETTINGS_RECEIVING: "a sender-protocol-settings continuation frame",
+    _S.IDLE: "a new command-request frame",
+    _S.COMMAND_RECEIVING: "a command-request or command-data frame",
+}
+
+
+class _Request:
+    """Server-side record of one request."""
+
+    __slots__ = (
+        "args",
+        "data",
+        "has_data",
+        "id",
+        "name",
+        "payload",
+        "redirect",
+        "size",
+        "state",
+        "stream",
+    )
+
+    def __init__(self, request_id: int, has_data: bool) -> None:
+        self.id = request_id
+        self.state = RequestState.RECEIVING
+        self.has_data = has_data
+        self.payload: list[bytes] = []
+        self.data: list[bytes] = []
+        self.size = 0
+        self.name = b""
+        self.args: dict[bytes, object] = {}
+        self.redirect: dict[bytes, object] | None = None
+        self.stream: _OutStream | None = None
+
+
+class _OutStream:
+    """An output stream plus which request has bytes buffered in its compressor."""
+
+    __slots__ = ("codec", "pending")
+
+    def __init__(self, codec: OutputStream) -> None:
+        self.codec = codec
+        self.pending: int | None = None
+
+
+class ServerFrameReactor:
+    """Server side of the frame protocol for one channel (one HTTP request body, or one
+    SSH/TCP connection). See the essay at the top of this module."""
+
+    def __init__(
+        self,
+        *,
+        mode: DuplexMode,
+        encodings: Sequence[bytes] = ENCODINGS,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_requests_in_flight: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> None:
+        if not 1 <= max_frame_size <= 0xFFFFFF:
+            raise ValueError("max_frame_size out of range")
+        self.mode = mode
+        self._encodings = tuple(encodings)
+        self._max_frame_size = max_frame_size
+        self._max_request_bytes = max_request_bytes
+        self._max_in_flight = max_requests_in_flight
+        self._max_buffer = max_buffer
+        self._decoder = FrameDecoder(max_payload=max_frame_size)
+        self._state = ServerState.INITIAL
+        self._settings: list[bytes] = []
+        # Without a settings frame the peer understands identity only (§2.4).
+        self._encoding = IDENTITY
+        self._in_streams: dict[int, InputStream] = {}
+        self._out_streams: dict[int, _OutStream] = {}
+        self._next_stream_id = 2
+        self._requests: dict[int, _Request] = {}
+        self._ready: list[_Request] = []
+        self._cancelled: set[int] = set()
+        self._buffered = 0
+        self._actions: list[ServerAction] = []
+        self._last_request_id = 0
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def state(self) -> ServerState:
+        """The connection state."""
+        return self._state
+
+    @property
+    def encoding(self) -> bytes:
+        """The content encoding of our output streams (identity until negotiated)."""
+        return self._encoding
+
+    def request_state(self, request_id: int) -> RequestState | None:
+        """The lifecycle state of ``request_id``, or None if it is not known."""
+        request = self._requests.get(request_id)
+        return None if request is None else request.state
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> list[ServerAction]:
+        """Feed bytes from the peer; returns what to do about them."""
+        if self._state is ServerState.ERRORED:
+            return []
+        if self._state is ServerState.INPUT_CLOSED:
+            raise LocalProtocolError("receive_data() after end_of_input()")
+        self._actions = []
+        frame: Frame | None = None
+        try:
+            for frame in self._decoder.feed(data):
+                self._handle_frame(frame)
+        except ProtocolError as exc:
+            return self._fail(str(exc), frame)
+        return self._take_actions()
+
+    def end_of_input(self) -> list[ServerAction]:
+        """The peer finished sending (HTTP: the body is complete; SSH/TCP: EOF)."""
+        if self._state is ServerState.ERRORED:
+            return []
+        if self._state is ServerState.INPUT_CLOSED:
+            raise LocalProtocolError("end_of_input() called twice")
+        self._actions = []
+        try:
+            if not self._decoder.at_boundary():
+                raise RemoteProtocolError("input ended inside a frame")
+            self._transition(ServerInput.END_OF_INPUT, None)
+        except ProtocolError as exc:
+            return self._fail(str(exc), None)
+        return self._take_actions()
+
+    def _take_actions(self) -> list[ServerAction]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def _handle_frame(self, frame: Frame) -> None:
+        self._check_stream(frame)
+        self._transition(self._classify(frame), frame)
+        if frame.stream_flags & StreamFlag.END:
+            self._in_streams.pop(frame.stream_id, None)
+
+    def _check_stream(self, frame: Frame) -> None:
+        if frame.stream_id % 2 == 0:
+            raise RemoteProtocolError(
+                f"received frame on even-numbered stream {frame.stream_id}; "
+                "clients must use odd stream ids"
+            )
+        if frame.stream_id not in self._in_streams:
+            if not frame.stream_flags & StreamFlag.BEGIN:
+                raise RemoteProtocolError(
+                    f"received frame on unknown stream {frame.stream_id} "
+                    "without the stream-begin flag"
+                )
+            self._in_streams[frame.stream_id] = InputStream(frame.stream_id)
+        elif frame.stream_flags & StreamFlag.BEGIN:
+            raise RemoteProtocolError(f"stream-begin on already open stream {frame.stream_id}")
+        if frame.stream_flags & StreamFlag.ENCODED:
+            raise RemoteProtocolError(
+                "encoded frames from a client are not supported (no client-side encoding)"
+            )
+
+    def _classify(self, frame: Frame) -> ServerInput:
+        kind = frame.type
+        match kind:
+            case FrameType.SENDER_PROTOCOL_SETTINGS:
+                return ServerInput.PROTOCOL_SETTINGS
+            case FrameType.COMMAND_REQUEST:
+                new = bool(frame.flags & CommandRequestFlag.NEW)
+                if new == bool(frame.flags & CommandRequestFlag.CONTINUATION):
+                    raise RemoteProtocolError(
+                        "command-request frame must have exactly one of new/continuation flags"
+                    )
+                if new:
+                    return ServerInput.COMMAND_REQUEST_NEW
+                return ServerInput.COMMAND_REQUEST_CONTINUATION
+            case FrameType.COMMAND_DATA:
+                return ServerInput.COMMAND_DATA
+            case FrameType.STREAM_SETTINGS:
+                return ServerInput.STREAM_SETTINGS
+            case (
+                FrameType.COMMAND_RESPONSE
+                | FrameType.ERROR_RESPONSE
+                | FrameType.TEXT_OUTPUT
+                | FrameType.PROGRESS
+            ):
+                return ServerInput.SERVER_FRAME
+            case _:
+                assert_never(kind)
+
+    def _transition(self, what: ServerInput, frame: Frame | None) -> None:
+        entry = _TRANSITIONS.get((self._state, what))
+        if entry is None:
+            got = "end of input" if frame is None else f"{frame.type.name} frame"
+            expected = _EXPECTED.get(self._state, "nothing")
+            raise RemoteProtocolError(
+                f"unexpected {got} in state {self._state.value}; expected {expected}"
+            )
+        handler_name, allowed = entry
+        handler: Callable[[Frame | None], ServerState] = getattr(self, handler_name)
+        new_state = handler(frame)
+        # The table is the law: a handler picking a state outside it is our bug.
+        assert new_state in allowed, (self._state, what, new_state)
+        self._state = new_state
+
+    # ---- handlers (each returns the next state)
+
+    def _on_settings(self, frame: Frame | None) -> ServerState:
+        assert frame is not None
+        cont = bool(frame.flags & SettingsFlag.CONTINUATION)
+        eos = bool(frame.flags & SettingsFlag.EOS)
+        if cont == eos:
+            raise RemoteProtocolError(
+                "sender-protocol-settings frame must have exactly one of continuation/eos"
+            )
+        self._settings.append(frame.payload)
+        if sum(map(len, self._settings)) > self._max_request_bytes:
+            raise RemoteProtocolError("sender-protocol-settings too large")
+        if cont:
+            return ServerState.SETTINGS_RECEIVING
+        payload = b"".join(self._settings)
+        self._settings = []
+        if not payload:
+            raise RemoteProtocolError("sender-protocol-settings frame has an empty payload")
+        try:
+            values = cbor.loads_sequence(payload)
+        except CBORError as exc:
+            raise RemoteProtocolError(f"cannot decode sender-protocol-settings: {exc}") from exc
+        if len(values) != 1:
+            raise RemoteProtocolError(
+                f"sender-protocol-settings must hold one CBOR value, not {len(values)}"
+            )
+        settings = values[0]
+        if not isinstance(settings, dict):
+            raise RemoteProtocolError("sender-protocol-settings must be a map")
+        offered = settings.get(b"contentencodings", [IDENTITY])
+        if not isinstance(offered, list) or not all(isinstance(n, bytes) for n in offered):
+            raise RemoteProtocolError("contentencodings must be an array of byte strings")
+        # Negotiate now: a peer we cannot encode for is told so before any command runs.
+        self._encoding = negotiate(self._encodings, offered)
+        return ServerState.IDLE
+
+    def _on_request_new(self, frame: Frame | None) -> ServerState:
+        assert frame is not None
+        rid = frame.request_id
+        if rid in self._requests:
+            raise RemoteProtocolError(f"request id {rid} is already in use")
+        if len(self._requests) >= self._max_in_flight:
+            raise RemoteProtocolError(f"too many requests in flight (limit {self._max_in_flight})")
+        self._cancelled.discard(rid)
+        request = _Request(rid, bool(frame.flags & CommandRequestFlag.HAVE_DATA))
+        self._requests[rid] = request
+        self._last_request_id = rid
+        self._add_request_payload(request, frame)
+        return self._receiving_state()
+
+    def _on_request_continuation(self, frame: Frame | None) -> ServerState:
+        assert frame is not None
+        request = self._requests.get(frame.request_id)
+        if request is None or request.state is not RequestState.RECEIVING:
+            raise RemoteProtocolError(
+                f"command-request continuation for request {frame.request_id}, "
+                "which is not receiving request frames"
+            )
+        self._add_request_payload(request, frame)
+        return self._receiving_state()
+
+    def _add_request_payload(self, request: _Request, frame: Frame) -> None:
+        if bool(frame.flags & CommandRequestFlag.HAVE_DATA) != request.has_data:
+            raise RemoteProtocolError(
+                f"have-data flag differs between frames of request {request.id}"
+            )
+        self._account(request, frame.payload)
+        request.payload.append(frame.payload)
+        if frame.flags & CommandRequestFlag.MORE:
+            return
+        payload = b"".join(request.payload)
+        request.payload = []
+        self._parse_request(request, payload)
+        if request.has_data:
+            request.state = RequestState.RECEIVING_DATA
+        else:
+            self._complete(request)
+
+    def _parse_request(self, request: _Request, payload: bytes) -> None:
+        try:
+            value = cbor.loads(payload)
+        except CBORError as exc:
+            raise RemoteProtocolError(f"cannot decode command request: {exc}") from exc
+        if not isinstance(value, dict):
+            raise RemoteProtocolError("command request must be a CBOR map")
+        name = value.get(b"name")
+        if name is None:
+            raise RemoteProtocolError("command request is missing the name field")
+        if not isinstance(name, bytes):
+            raise RemoteProtocolError("command name must be a byte string")
+        args = value.get(b"args", {})
+        if not isinstance(args, dict):
+            raise RemoteProtocolError("command arguments must be a map")
+        redirect = value.get(b"redirect")
+        if redirect is not None and not isinstance(redirect, dict):
+            raise RemoteProtocolError("command redirect must be a map")
+        request.name = name
+        request.args = args
+        request.redirect = redirect
+
+    def _on_command_data(self, frame: Frame | None) -> ServerState:
+        assert frame is not None
+        request = self._requests.get(frame.request_id)
+        if request is None or request.state is not RequestState.RECEIVING_DATA:
+            raise RemoteProtocolError(
+                f"command-data frame for request {frame.request_id}, which is not expecting data"
+            )
+        cont = bool(frame.flags & CommandDataFlag.CONTINUATION)
+        eos = bool(frame.flags & CommandDataFlag.EOS)
+        if cont == eos:
+            raise RemoteProtocolError(
+                "command-data frame must have exactly one of continuation/eos"
+            )
+        self._account(request, frame.payload)
+        request.data.append(frame.payload)
+        if eos:
+            self._complete(request)
+        return self._receiving_state()
+
+    def _on_end_of_input(self, frame: Frame | None) -> ServerState:
+        if self.mode is DuplexMode.HALF:
+            for request in self._ready:
+                self._dispatch(request)
+            self._ready = []
+        return ServerState.INPUT_CLOSED
+
+    def _account(self, request: _Request, payload: bytes) -> None:
+        request.size += len(payload)
+        self._buffered += len(payload)
+        if request.size > self._max_request_bytes:
+            raise RemoteProtocolError(
+                f"request {request.id} exceeds {self._max_request_bytes} bytes"
+            )
+        if self._buffered > self._max_buffer:
+            raise RemoteProtocolError(f"buffered requests exceed {self._max_buffer} bytes")
+
+    def _receiving_state(self) -> ServerState:
+        for request in self._requests.values():
+            if request.state in _RECEIVING:
+                return ServerState.COMMAND_RECEIVING
+        return ServerState.IDLE
+
+    def _complete(self, request: _Request) -> None:
+        request.state = RequestState.READY
+        if self.mode is DuplexMode.FULL:
+            self._dispatch(request)
+        else:
+            self._ready.append(request)
+
+    def _dispatch(self, request: _Request) -> None:
+        self._buffered -= request.size
+        request.state = RequestState.ACTIVE
+        data = b"".join(request.data) if request.has_data else None
+        request.data = []
+        self._actions.append(
+            RunCommand(
+                request_id=request.id,
+                name=request.name,
+                args=request.args,
+                redirect=request.redirect,
+                data=data,
+            )
+        )
+
+    def _fail(self, message: str, frame: Frame | None) -> list[ServerAction]:
+        """Enter ERRORED and describe the failure for the transport."""
+        self._state = ServerState.ERRORED
+        self._requests.clear()
+        self._ready = []
+        actions: list[ServerAction] = []
+        if self.mode is DuplexMode.FULL:
+            rid = frame.request_id if frame is not None else self._last_request_id
+            stream = self._stream_for(None)
+            body = cbor.dumps(
+                {b"type": b"protocol", b"message": [{b"msg": _truncate(message.encode())}]}
+            )
+            frames = [self._frame(stream, rid, FrameType.ERROR_RESPONSE, NoFlag.NONE, body)]
+            actions.append(SendFrames(data=encode_frames(frames), frames=tuple(frames)))
+            actions.append(ProtocolFailure(message=message))
+            actions.append(CloseConnection())
+        else:
+            actions.append(ProtocolFailure(message=message))
+        return actions
+
+    # ------------------------------------------------------------------ output
+
+    def open_stream(self) -> int:
+        """Open another even output stream (own encoder context); returns its id."""
+        stream = self._new_stream()
+        return stream.codec.stream_id
+
+    def _new_stream(self) -> _OutStream:
+        stream_id = self._next_stream_id
+        if stream_id > _MAX_STREAM_ID:
+            raise LocalProtocolError("no even stream id left")
+        self._next_stream_id += 2
+        stream = _OutStream(OutputStream(stream_id, self._encoding))
+        self._out_streams[stream_id] = stream
+        return stream
+
+    def _stream_for(self, stream_id: int | None) -> _OutStream:
+        if stream_id is None:
+            stream = self._out_streams.get(2)
+            if stream is None:
+                # Stream 2 is opened lazily by the first output, so the client's
+                # protocol settings are known by then; it is always the first one.
+                assert self._next_stream_id == 2
+                stream = self._new_stream()
+            return stream
+        found = self._out_streams.get(stream_id)
+        if found is None:
+            raise LocalProtocolError(f"output stream {stream_id} was not opened")
+        return found
+
+    def _running(self, request_id: int) -> _Request | None:
+        """The request output may be written for; None if it was cancelled or we failed."""
+        if self._state is ServerState.ERRORED or request_id in self._cancelled:
+            return None
+        request = self._requests.get(request_id)
+        if request is None or request.state not in _RUNNING:
+            raise LocalProtocolError(f"request {request_id} is not running")
+        return request
+
+    def _bind(self, request: _Request, stream_id: int | None) -> _OutStream:
+        if request.stream is None:
+            request.stream = self._stream_for(stream_id)
+        elif stream_id is not None and stream_id != request.stream.codec.stream_id:
+            raise LocalProtocolError(
+                f"request {request.id} already answers on stream {request.stream.codec.stream_id}"
+            )
+        return request.stream
+
+    def response_objects(
+        self, request_id: int, objs: Sequence[object], *, stream_id: int | None = None
+    ) -> list[ServerAction]:
+        """Send output objects of a running request (``EncodedCBOR`` passes through).
+
+        The first output of a request is preceded by ``{status: ok}``. All objects are
+        encoded in one go and cut into frames.
+        """
+        request = self._running(request_id)
+        if request is None:
+            return []
+        stream = self._bind(request, stream_id)
+        frames: list[Frame] = []
+        self._start(request, stream, frames, encode=True)
+        if objs:
+            self._send_data(request, stream, cbor.dumps_sequence(objs), True, frames)
+        return self._send(frames)
+
+    def response_raw(self, request_id: int, data: bytes, *, encode: bool) -> list[ServerAction]:
+        """Send pre-encoded CBOR of a running request.
+
+        ``encode=False`` sends it in frames without the ENCODED flag (for cached,
+        already-final bytes); the status map then goes unencoded too.
+        """
+        request = self._running(request_id)
+        if request is None:
+            return []
+        stream = self._bind(request, None)
+        frames: list[Frame] = []
+        self._start(request, stream, frames, encode=encode)
+        if data:
+            self._send_data(request, stream, bytes(data), encode, frames)
+        return self._send(frames)
+
+    def response_end(self, request_id: int) -> list[ServerAction]:
+        """The request's output is complete: flush its stream and send eos."""
+        request = self._running(request_id)
+        if request is None:
+            return []
+        stream = self._bind(request, None)
+        frames: list[Frame] = []
+        self._start(request, stream, frames, encode=True)
+        self._flush_other(request, stream, frames)
+        tail = stream.codec.flush() if stream.pending == request.id else b""
+        stream.pending = None
+        eos = CommandResponseFlag.EOS
+        if tail:
+            self._encoded_frames(request, stream, tail, eos, frames)
+        else:
+            frames.append(
+                self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, eos, b"", False)
+            )
+        self._finish(request)
+        return self._send(frames)
+
+    def response_error(
+        self, request_id: int, message: bytes, args: Sequence[bytes] = ()
+    ) -> list[ServerAction]:
+        """The command failed. Before any output: ``{status: error}`` with eos; after:
+        an error-response frame of type ``server``. Never encoded."""
+        request = self._running(request_id)
+        if request is None:
+            return []
+        stream = self._bind(request, None)
+        frames: list[Frame] = []
+        if request.state is RequestState.ACTIVE:
+            error: dict[bytes, object] = {b"message": message}
+            if args:
+                error[b"args"] = list(args)
+            body = cbor.dumps({b"status": b"error", b"error": error})
+            body = self._fit(body, {b"status": b"error", b"error": {b"message": b""}})
+            frames.append(
+                self._frame(
+                    stream, request.id, FrameType.COMMAND_RESPONSE, CommandResponseFlag.EOS, body
+                )
+            )
+        else:
+            # Bytes of this request still in the compressor must reach the client before
+            # the error, or they would decode as part of another request's frame.
+            self._flush_pending(stream, frames)
+            atom: dict[bytes, object] = {b"msg": message}
+            if args:
+                atom[b"args"] = list(args)
+            body = cbor.dumps({b"type": b"server", b"message": [atom]})
+            body = self._fit(body, {b"type": b"server", b"message": [{b"msg": b""}]})
+            frames.append(self._frame(stream, request.id, FrameType.ERROR_RESPONSE, 0, body))
+        self._finish(request)
+        return self._send(frames)
+
+    def response_redirect(
+        self, request_id: int, location: Mapping[bytes, object]
+    ) -> list[ServerAction]:
+        """Answer with a content redirect (status map only), before any other output."""
+        request = self._running(request_id)
+        if request is None:
+            return []
+        if request.state is not RequestState.ACTIVE:
+            raise LocalProtocolError("a redirect must be the only output of a request")
+        stream = self._bind(request, None)
+        where: dict[bytes, object] = dict(location)
+        body = cbor.dumps({b"status": b"redirect", b"location": where})
+        if len(body) > self._max_frame_size:
+            raise LocalProtocolError("redirect location does not fit in one frame")
+        frames = [
+            self._frame(
+                stream, request.id, FrameType.COMMAND_RESPONSE, CommandResponseFlag.EOS, body
+            )
+        ]
+        self._finish(request)
+        return self._send(frames)
+
+    def request_cancelled(self, request_id: int) -> None:
+        """Forget a request whose client went away; later output for it is dropped.
+
+        Bytes of it already in a compressor are still flushed under its id before the
+        stream carries another request's bytes, to keep the stream decodable.
+        """
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return
+        if request.state in _RECEIVING or request.state is RequestState.READY:
+            self._buffered -= request.size
+        if request in self._ready:
+            self._ready.remove(request)
+        self._cancelled.add(request_id)
+
+    # ---- output helpers
+
+    def _start(
+        self, request: _Request, stream: _OutStream, frames: list[Frame], *, encode: bool
+    ) -> None:
+        if request.state is RequestState.ACTIVE:
+            request.state = RequestState.RESPONDING
+            self._send_data(request, stream, _STATUS_OK, encode, frames)
+
+    def _send_data(
+        self, request: _Request, stream: _OutStream, data: bytes, encode: bool, out: list[Frame]
+    ) -> None:
+        cont = CommandResponseFlag.CONTINUATION
+        if encode:
+            self._flush_other(request, stream, out)
+            stream.pending = request.id
+            encoded = stream.codec.encode(data)
+            if encoded:
+                self._encoded_frames(request, stream, encoded, cont, out)
+        else:
+            # Unencoded bytes must not overtake bytes still inside the compressor.
+            self._flush_pending(stream, out)
+            for chunk in self._chunks(data):
+                out.append(self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, cont, chunk))
+
+    def _flush_other(self, request: _Request, stream: _OutStream, out: list[Frame]) -> None:
+        if stream.pending is not None and stream.pending != request.id:
+            self._flush_pending(stream, out)
+
+    def _flush_pending(self, stream: _OutStream, out: list[Frame]) -> None:
+        owner = stream.pending
+        if owner is None:
+            return
+        stream.pending = None
+        flushed = stream.codec.flush()
+        if not flushed:
+            return
+        self._ensure_settings(stream, owner, out)
+        for chunk in self._chunks(flushed):
+            out.append(
+                self._frame(
+                    stream,
+                    owner,
+                    FrameType.COMMAND_RESPONSE,
+                    CommandResponseFlag.CONTINUATION,
+                    chunk,
+                    True,
+                )
+            )
+
+    def _encoded_frames(
+        self,
+        request: _Request,
+        stream: _OutStream,
+        data: bytes,
+        last_flags: CommandResponseFlag,
+        out: list[Frame],
+    ) -> None:
+        self._ensure_settings(stream, request.id, out)
+        chunks = self._chunks(data)
+        cont = CommandResponseFlag.CONTINUATION
+        for index, chunk in enumerate(chunks):
+            flags = last_flags if index == len(chunks) - 1 else cont
+            out.append(
+                self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, flags, chunk, True)
+            )
+
+    def _ensure_settings(self, stream: _OutStream, request_id: int, out: list[Frame]) -> None:
+        if not stream.codec.settings_sent:
+            stream.codec.settings_sent = True
+            out.append(
+                self._frame(
+                    stream,
+                    request_id,
+                    FrameType.STREAM_SETTINGS,
+                    SettingsFlag.EOS,
+                    cbor.dumps(stream.codec.encoding),
+                )
+            )
+
+    def _chunks(self, data: bytes) -> list[bytes]:
+        size = self._max_frame_size
+        if len(data) <= size:
+            return [data]
+        return [data[i : i + size] for i in range(0, len(data), size)]
+
+    def _frame(
+        self,
+        stream: _OutStream,
+        request_id: int,
+        kind: FrameType,
+        flags: int,
+        payload: bytes,
+        encoded: bool = False,
+    ) -> Frame:
+        stream_flags = StreamFlag.ENCODED if encoded else StreamFlag.NONE
+        if not stream.codec.begun:
+            stream.codec.begun = True
+            stream_flags |= StreamFlag.BEGIN
+        return Frame(
+            request_id=request_id,
+            stream_id=stream.codec.stream_id,
+            stream_flags=stream_flags,
+            type=kind,
+            flags=flags,
+            payload=payload,
+        )
+
+    def _fit(self, body: bytes, fallback: object) -> bytes:
+        if len(body) <= self._max_frame_size:
+            return body
+        return cbor.dumps(fallback)
+
+    def _finish(self, request: _Request) -> None:
+        self._requests.pop(request.id, None)
+
+    @staticmethod
+    def _send(frames: list[Frame]) -> list[ServerAction]:
+        if not frames:
+            return []
+        return [SendFrames(data=encode_frames(frames), frames=tuple(frames))]
+
+
+def _truncate(message: bytes, limit: int = 1024) -> bytes:
+    return message if len(message) <= limit else message[: limit - 3] + b"..."
+
+
+# --------------------------------------------------------------------------- client
+
+
+class ClientState(enum.Enum):
+    """Connection state of a :class:`ClientFrameReactor`."""
+
+    OPEN = "open"
+    ERRORED = "errored"
+
+
+class _ClientRequestState(enum.Enum):
+    AWAITING_STATUS = "awaiting-status"
+    OBJECTS = "objects"
+    ENDED = "ended"  # error or redirect seen; only eos may follow
+
+
+@dataclass(slots=True)
+class _ClientRequest:
+    request_id: int
+    decoder: cbor.CBORSequenceDecoder
+    state: _ClientRequestState = _ClientRequestState.AWAITING_STATUS
+    events: list[ClientEvent] = field(default_factory=list)
+
+
+class _ClientStream:
+    __slots__ = ("codec", "settings")
+
+    def __init__(self, codec: InputStream) -> None:
+        self.codec = codec
+        self.settings: list[bytes] = []
+
+
+class ClientFrameReactor:
+    """Client side of the frame protocol for one channel.
+
+    Over HTTP use one reactor per POST (each body starts a new channel); over SSH/TCP
+    one per connection. The sender-protocol-settings frame goes out with the first
+    command. Each request ends with exactly one of :class:`ResponseFinished`,
+    :class:`ResponseError` or :class:`ResponseRedirect` (or a connection-wide
+    :class:`ProtocolFailure`).
+    """
+
+    def __init__(
+        self,
+        *,
+        encodings: Sequence[bytes] = ENCODINGS,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_buffer: int = DEFAULT_CLIENT_MAX_BUFFER,
+        max_frame_output: int = DEFAULT_MAX_FRAME_OUTPUT,
+    ) -> None:
+        if not 1 <= max_frame_size <= 0xFFFFFF:
+            raise ValueError("max_frame_size out of range")
+        self._encodings = list(encodings)
+        self._max_frame_size = max_frame_size
+        self._max_buffer = max_buffer
+        self._max_frame_output = max_frame_output
+        self._decoder = FrameDecoder(max_payload=max(max_frame_size, DEFAULT_MAX_FRAME_SIZE))
+        self._state = ClientState.OPEN
+        self._next_request_id = 1
+        self._settings_sent = False
+        self._stream_begun = False
+        self._requests: dict[int, _ClientRequest] = {}
+        self._streams: dict[int, _ClientStream] = {}
+
+    @property
+    def state(self) -> ClientState:
+        """OPEN, or ERRORED after a protocol failure."""
+        return self._state
+
+    @property
+    def outstanding(self) -> frozenset[int]:
+        """Request ids whose responses have not ended."""
+        return frozenset(self._requests)
+
+    # ------------------------------------------------------------------ output
+
+    def call_command(
+        self,
+        name: bytes,
+        args: Mapping[bytes, object],
+        *,
+        redirect: Mapping[bytes, object] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, list[ClientAction]]:
+        """Issue a command; returns its request id and the frames to send."""
+        if self._state is ClientState.ERRORED:
+            raise LocalProtocolError("the connection failed; no more commands")
+        request_id = self._next_request_id
+        if request_id > 0xFFFF:
+            raise LocalProtocolError("request ids exhausted on this channel")
+        self._next_request_id += 2
+        frames: list[Frame] = []
+        if not self._settings_sent:
+            self._settings_sent = True
+            payload = cbor.dumps({b"contentencodings": self._encodings})
+            frames.append(
+                self._frame(
+                    request_id, FrameType.SENDER_PROTOCOL_SETTINGS, SettingsFlag.EOS, payload
+                )
+            )
+        request: dict[bytes, object] = {b"name": name}
+        if args:
+            request[b"args"] = dict(args)
+        if redirect is not None:
+            request[b"redirect"] = dict(redirect)
+        payload = cbor.dumps(request)
+        size = self._max_frame_size
+        chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+        have_data = CommandRequestFlag.HAVE_DATA if data is not None else CommandRequestFlag(0)
+        for index, chunk in enumerate(chunks):
+            flags = CommandRequestFlag.NEW if index == 0 else CommandRequestFlag.CONTINUATION
+            if index < len(chunks) - 1:
+                flags |= CommandRequestFlag.MORE
+            frames.append(
+                self._frame(request_id, FrameType.COMMAND_REQUEST, flags | have_data, chunk)
+            )
+        if data is not None:
+            pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+            for index, piece in enumerate(pieces):
+                last = index == len(pieces) - 1
+                flag = CommandDataFlag.EOS if last else CommandDataFlag.CONTINUATION
+                frames.append(self._frame(request_id, FrameType.COMMAND_DATA, flag, piece))
+        self._requests[request_id] = _ClientRequest(
+            request_id=request_id, decoder=cbor.CBORSequenceDecoder(self._max_buffer)
+        )
+        return request_id, [SendFrames(data=encode_frames(frames), frames=tuple(frames))]
+
+    def _frame(self, request_id: int, kind: FrameType, flags: int, payload: bytes) -> Frame:
+        stream_flags = StreamFlag.NONE
+        if not self._stream_begun:
+            self._stream_begun = True
+            stream_flags = StreamFlag.BEGIN
+        return Frame(
+            request_id=request_id,
+            stream_id=1,
+            stream_flags=stream_flags,
+            type=kind,
+            flags=flags,
+            payload=payload,
+        )
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """Feed bytes from the server; returns the events they complete."""
+        if self._state is ClientState.ERRORED:
+            return []
+        events: list[ClientEvent] = []
+        try:
+            for frame in self._decoder.feed(data):
+                self._handle_frame(frame, events)
+        except ProtocolError as exc:
+            return [*events, self._fail(str(exc))]
+        return events
+
+    def end_of_input(self) -> list[ClientEvent]:
+        """The server closed its side (HTTP: the response body ended)."""
+        if self._state is ClientState.ERRORED:
+            return []
+        if not self._decoder.at_boundary():
+            return [self._fail("input ended inside a frame")]
+        if self._requests:
+            ids = ", ".join(str(r) for r in sorted(self._requests))
+            return [self._fail(f"input ended with requests outstanding: {ids}")]
+        return []
+
+    def _fail(self, message: str) -> ProtocolFailure:
+        self._state = ClientState.ERRORED
+        self._requests.clear()
+        return ProtocolFailure(message=message)
+
+    def _handle_frame(self, frame: Frame, events: list[ClientEvent]) -> None:
+        if frame.stream_id % 2 == 1:
+            raise RemoteProtocolError(
+                f"received frame on odd-numbered stream {frame.stream_id} from the server"
+            )
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            if not frame.stream_flags & StreamFlag.BEGIN:
+                raise RemoteProtocolError(
+                    f"received frame on unknown stream {frame.stream_id} "
+                    "without the stream-begin flag"
+                )
+            stream = _ClientStream(InputStream(frame.stream_id, self._max_frame_output))
+            self._streams[frame.stream_id] = stream
+        request = self._requests.get(frame.request_id)
+        if request is None:
+            raise RemoteProtocolError(f"received frame for inactive request {frame.request_id}")
+        kind = frame.type
+        if kind is FrameType.STREAM_SETTINGS:
+            self._on_stream_settings(stream, frame)
+        elif kind is FrameType.COMMAND_RESPONSE:
+            self._on_response(stream, request, frame, events)
+        elif kind is FrameType.ERROR_RESPONSE:
+            self._on_error_response(stream, request, frame, events)
+        else:
+            raise RemoteProtocolError(f"unexpected {kind.name} frame from the server")
+        if frame.stream_flags & StreamFlag.END:
+            self._streams.pop(frame.stream_id, None)
+
+    def _payload(self, stream: _ClientStream, frame: Frame) -> bytes:
+        if frame.stream_flags & StreamFlag.ENCODED:
+            return stream.codec.decode(frame.payload)
+        return frame.payload
+
+    def _on_stream_settings(self, stream: _ClientStream, frame: Frame) -> None:
+        cont = bool(frame.flags & SettingsFlag.CONTINUATION)
+        eos = bool(frame.flags & SettingsFlag.EOS)
+        if cont == eos:
+            raise RemoteProtocolError("stream-settings frame must have exactly one of cont/eos")
+        stream.settings.append(frame.payload)
+        if sum(map(len, stream.settings)) > DEFAULT_MAX_FRAME_SIZE:
+            raise RemoteProtocolError("stream-settings too large")
+        if cont:
+            return
+        payload = b"".join(stream.settings)
+        stream.settings = []
+        values = cbor.loads_sequence(payload)
+        if len(values) != 1 or not isinstance(values[0], bytes):
+            raise RemoteProtocolError("stream-settings must hold exactly one encoding name")
+        stream.codec.set_encoding(values[0])
+
+    def _on_response(
+        self,
+        stream: _ClientStream,
+        request: _ClientRequest,
+        frame: Frame,
+        events: list[ClientEvent],
+    ) -> None:
+        cont = bool(frame.flags & CommandResponseFlag.CONTINUATION)
+        eos = bool(frame.flags & CommandResponseFlag.EOS)
+        if cont == eos:
+            raise RemoteProtocolError(
+                "command-response frame must have exactly one of continuation/eos"
+            )
+        values = request.decoder.feed(self._payload(stream, frame))
+        objects: list[object] = []
+        for value in values:
+            match request.state:
+                case _ClientRequestState.AWAITING_STATUS:
+                    self._on_status(request, value, events)
+                case _ClientRequestState.OBJECTS:
+                    objects.append(value)
+                case _ClientRequestState.ENDED:
+                    raise RemoteProtocolError(
+                        f"output after the error or redirect of request {request.request_id}"
+                    )
+                case _:
+                    assert_never(request.state)
+        if objects:
+            events.append(ResponseObjects(request_id=request.request_id, objects=tuple(objects)))
+        if eos:
+            request.decoder.finish()
+            del self._requests[request.request_id]
+            match request.state:
+                case _ClientRequestState.AWAITING_STATUS:
+                    raise RemoteProtocolError(
+                        f"response to request {request.request_id} ended without a status"
+                    )
+                case _ClientRequestState.OBJECTS:
+                    events.append(ResponseFinished(request_id=request.request_id))
+                case _ClientRequestState.ENDED:
+                    pass
+                case _:
+                    assert_never(request.state)
+
+    def _on_status(self, request: _ClientRequest, value: object, events: list[ClientEvent]) -> None:
+        if not isinstance(value, dict) or b"status" not in value:
+            raise RemoteProtocolError("the first response object is not a status map")
+        status = value[b"status"]
+        rid = request.request_id
+        if status == b"ok":
+            request.state = _ClientRequestState.OBJECTS
+        elif status == b"error":
+            request.state = _ClientRequestState.ENDED
+            error = value.get(b"error")
+            if not isinstance(error, dict):
+                raise RemoteProtocolError("error status without an error map")
+            message, args = _message_and_args(error.get(b"message"), error.get(b"args"))
+            events.append(
+                ResponseError(request_id=rid, message=message, args=args, kind=b"command")
+            )
+        elif status == b"redirect":
+            request.state = _ClientRequestState.ENDED
+            location = value.get(b"location")
+            if not isinstance(location, dict):
+                raise RemoteProtocolError("redirect status without a location map")
+            events.append(ResponseRedirect(request_id=rid, location=location))
+        else:
+            raise RemoteProtocolError(f"unknown response status {status!r}")
+
+    def _on_error_response(
+        self,
+        stream: _ClientStream,
+        request: _ClientRequest,
+        frame: Frame,
+        events: list[ClientEvent],
+    ) -> None:
+        value = cbor.loads(self._payload(stream, frame))
+        if not isinstance(value, dict):
+            raise RemoteProtocolError("error-response payload is not a map")
+        kind = value.get(b"type", b"server")
+        atoms = value.get(b"message")
+        if not isinstance(kind, bytes) or not isinstance(atoms, list) or not atoms:
+            raise RemoteProtocolError("malformed error-response payload")
+        atom = atoms[0]
+        if not isinstance(atom, dict):
+            raise RemoteProtocolError("malformed error-response message")
+        message, args = _message_and_args(atom.get(b"msg"), atom.get(b"args"))
+        del self._requests[request.request_id]
+        events.append(
+            ResponseError(request_id=request.request_id, message=message, args=args, kind=kind)
+        )
+
+
+def _message_and_args(message: object, args: object) -> tuple[bytes, tuple[bytes, ...]]:
+    if not isinstance(message, bytes):
+        raise RemoteProtocolError("error message is not a byte string")
+    if args is None:
+        return message, ()
+    if not isinstance(args, list) or not all(isinstance(a, bytes) for a in args):
+        raise RemoteProtocolError("error arguments are not byte strings")
+    return message, tuple(args)
