@@ -1,0 +1,185 @@
+"""Helpers shared by the v2 command handlers: argument checks, revision specifiers,
+path filters, revision records, and turning Mercurial's errors into command errors.
+
+Handlers receive the repository already filtered to the server's view (``served`` by
+default: secret and hidden changesets do not exist for them), see ``served_view``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from mercurial import discovery, error
+from mercurial import match as matchmod
+from mercurial.node import hex
+
+from hgwire_tw.core.errors import ArgumentError, CommandError
+
+__all__ = [
+    "PATH_FILTER_PREFIXES",
+    "check_nodes",
+    "file_matcher",
+    "mercurial_errors",
+    "resolve_revisions",
+    "revision_records",
+    "served_view",
+]
+
+PATH_FILTER_PREFIXES = (b"path:", b"rootfilesin:")
+
+
+def served_view(repo: Any) -> Any:
+    """``repo`` filtered as ``hg serve`` filters it (config ``server.view``, ``served``)."""
+    view = repo.ui.config(b"server", b"view") or b"served"
+    return repo.filtered(view)
+
+
+def check_nodes(name: bytes, value: object) -> list[bytes]:
+    """``value`` as a list of 20-byte binary nodes, or ``ArgumentError``."""
+    if not isinstance(value, (list, tuple)):
+        raise ArgumentError(b"%s must be an array of nodes", (name,))
+    for node in value:
+        if not isinstance(node, bytes) or len(node) != 20:
+            raise ArgumentError(b"%s must contain 20-byte binary nodes", (name,))
+    return list(value)
+
+
+@contextlib.contextmanager
+def mercurial_errors() -> Iterator[None]:
+    """Turn Mercurial's user-facing aborts (hooks, locks, lookups) into ``CommandError``."""
+    try:
+        yield
+    except (error.Abort, error.RepoError, error.LookupError) as exc:
+        message = getattr(exc, "message", None) or str(exc).encode("utf-8", "replace")
+        raise CommandError(b"%s", (bytes(message),)) from exc
+
+
+def _spec_key(spec: Mapping[bytes, object], key: bytes, typ: bytes) -> object:
+    if key not in spec:
+        raise CommandError(b"%s key not present in %s revision specifier", (key, typ))
+    return spec[key]
+
+
+def resolve_revisions(repo: Any, revisions: object) -> list[bytes]:
+    """The changeset nodes named by a list of revision specifiers (wire protocol §5).
+
+    The result is the de-duplicated union, sorted by revision number, which is a
+    topological order: a client can add the changesets in the order received, and
+    "first changeset referencing a file revision" is the earliest one. Nodes the
+    served view does not have (unknown, secret, hidden) are refused, except in the
+    ``roots`` of a DAG range where they are simply not common.
+    """
+    if not isinstance(revisions, list):
+        raise CommandError(b"revisions must be defined as an array")
+    cl = repo.changelog
+    revs: set[int] = set()
+
+    def known(name: bytes, nodes: object) -> list[bytes]:
+        checked = check_nodes(name, nodes)
+        for node in checked:
+            if not cl.hasnode(node):
+                raise CommandError(b"unknown changeset: %s", (hex(node),))
+        return checked
+
+    for spec in revisions:
+        if not isinstance(spec, dict):
+            raise CommandError(b"revision specifier must be a map")
+        if b"type" not in spec:
+            raise CommandError(b"type key not present in revision specifier")
+        typ = spec[b"type"]
+        if typ == b"changesetexplicit":
+            nodes = known(b"nodes", _spec_key(spec, b"nodes", typ))
+            revs.update(cl.rev(n) for n in nodes)
+        elif typ == b"changesetexplicitdepth":
+            nodes = known(b"nodes", _spec_key(spec, b"nodes", typ))
+            depth = _spec_key(spec, b"depth", typ)
+            if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+                raise CommandError(b"depth must be a positive integer")
+            if nodes:
+                revs.update(repo.revs(b"ancestors(%ln, %d)", nodes, depth - 1))
+        elif typ == b"changesetdagrange":
+            roots = check_nodes(b"roots", _spec_key(spec, b"roots", typ))
+            heads = _spec_key(spec, b"heads", typ)
+            if not heads:
+                raise CommandError(b"heads key in changesetdagrange cannot be empty")
+            heads = known(b"heads", heads)
+            common = [n for n in roots if cl.hasnode(n)] or [repo.nullid]
+            out = discovery.outgoing(repo, commonheads=common, ancestorsof=heads)
+            revs.update(cl.rev(n) for n in out.missing)
+        else:
+            raise CommandError(b"unknown revision specifier type: %s", (_printable(typ),))
+    return [cl.node(r) for r in sorted(revs)]
+
+
+def _printable(value: object) -> bytes:
+    return value if isinstance(value, bytes) else repr(value).encode("ascii", "replace")
+
+
+def file_matcher(repo: Any, pathfilter: object) -> Any:
+    """A matcher for a ``{include?, exclude?}`` path filter (None: everything).
+
+    Only ``path:`` and ``rootfilesin:`` patterns are accepted; the result is also
+    limited to the repository's narrow spec.
+    """
+    if pathfilter is None or pathfilter == {}:
+        return repo.narrowmatch(matchmod.always())
+    if not isinstance(pathfilter, dict):
+        raise CommandError(b"pathfilter must be a map")
+    lists: dict[bytes, list[bytes]] = {}
+    for key in (b"include", b"exclude"):
+        patterns = pathfilter.get(key, [])
+        if not isinstance(patterns, (list, tuple)):
+            raise CommandError(b"%s must be an array of patterns", (key,))
+        for pattern in patterns:
+            if not isinstance(pattern, bytes) or not pattern.startswith(PATH_FILTER_PREFIXES):
+                raise CommandError(
+                    b"%s pattern must begin with `path:` or `rootfilesin:`; got %s",
+                    (key, _printable(pattern)),
+                )
+        lists[key] = list(patterns)
+    unknown = sorted(k for k in pathfilter if k not in (b"include", b"exclude"))
+    if unknown:
+        raise CommandError(b"unknown pathfilter keys: %s", (b", ".join(map(_printable, unknown)),))
+    include = lists[b"include"] if b"include" in pathfilter else None
+    matcher = matchmod.match(
+        repo.root, b"", include=include or None, exclude=lists[b"exclude"] or None
+    )
+    if include is not None and not include:
+        # An explicit empty include list matches nothing, not everything.
+        matcher = matchmod.never()
+    return repo.narrowmatch(matcher)
+
+
+def revision_records(
+    revisions: Iterable[Any],
+    fields: set[bytes] | frozenset[bytes],
+    linknodes: Mapping[bytes, bytes] | None = None,
+) -> Iterator[object]:
+    """Records (and their following payloads) for ``emitrevisions`` output.
+
+    Each record is ``{node, parents?, linknode?, deltabasenode?, fieldsfollowing?}``
+    followed by one bytestring per ``fieldsfollowing`` entry: the full text, or a
+    delta in Mercurial's binary patch format against ``deltabasenode``.
+    """
+    want_parents = b"parents" in fields
+    want_revision = b"revision" in fields
+    for rev in revisions:
+        record: dict[bytes, object] = {b"node": rev.node}
+        if want_parents:
+            record[b"parents"] = [rev.p1node, rev.p2node]
+        if linknodes is not None:
+            record[b"linknode"] = linknodes[rev.node]
+        payload: bytes | None = None
+        if want_revision:
+            if rev.revision is not None:
+                payload = bytes(rev.revision)
+                record[b"fieldsfollowing"] = [[b"revision", len(payload)]]
+            else:
+                payload = bytes(rev.delta)
+                record[b"deltabasenode"] = rev.basenode
+                record[b"fieldsfollowing"] = [[b"delta", len(payload)]]
+        yield record
+        if payload is not None:
+            yield payload

@@ -1,0 +1,106 @@
+"""The ``filedata`` and ``filesdata`` handlers: file revisions, per path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mercurial import error
+from mercurial.node import hex
+
+from hgwire_tw.commands.common import (
+    check_nodes,
+    file_matcher,
+    resolve_revisions,
+    revision_records,
+)
+from hgwire_tw.commands.manifests import unique
+from hgwire_tw.core.errors import CommandError
+
+__all__ = ["filedata", "filesdata"]
+
+
+def _filelog(repo: Any, path: object) -> Any:
+    if not isinstance(path, bytes) or not path:
+        raise CommandError(b"path must be a non-empty bytestring")
+    store = repo.file(path)
+    if not len(store):
+        raise CommandError(b"unknown file: %s", (path,))
+    return store
+
+
+def filedata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
+    """Stream ``{totalitems}`` then records for the given revisions of one file.
+
+    Revision data is the raw filelog data (copy metadata included). A file revision
+    first introduced by a changeset outside the served view (secret, hidden) is
+    refused like an unknown one, so secret content never leaves through this command.
+    """
+    path = args[b"path"]
+    store = _filelog(repo, path)
+    nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
+    cl = repo.changelog
+    filtered = cl.filteredrevs
+    linknodes: dict[bytes, bytes] = {}
+    for node in nodes:
+        try:
+            linkrev = store.linkrev(store.rev(node))
+        except error.LookupError:
+            raise CommandError(b"unknown file node: %s", (hex(node),)) from None
+        if linkrev in filtered:
+            raise CommandError(b"unknown file node: %s", (hex(node),))
+        linknodes[node] = cl.node(linkrev)
+    fields = args[b"fields"]
+    yield {b"totalitems": len(nodes)}
+    if not nodes:
+        return
+    revisions = store.emitrevisions(
+        nodes,
+        nodesorder=b"storage",
+        revisiondata=b"revision" in fields,
+        assumehaveparentrevisions=bool(args[b"haveparents"]),
+    )
+    yield from revision_records(revisions, fields, linknodes if b"linknode" in fields else None)
+
+
+def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
+    """Stream the file revisions a set of changesets needs.
+
+    With ``haveparents`` the candidates of a changeset are the files it touched (a
+    removed file has no revision and is skipped: upstream looked it up and crashed),
+    otherwise its whole manifest. The header ``{totalpaths, totalitems}`` is followed,
+    per path in sorted order, by ``{path, totalitems}`` and the revision records, whose
+    ``linknode`` is the earliest requested changeset referencing that file revision.
+    """
+    nodes = resolve_revisions(repo, args[b"revisions"])
+    matcher = file_matcher(repo, args[b"pathfilter"])
+    haveparents = bool(args[b"haveparents"])
+    fields = args[b"fields"]
+
+    # path -> {file node: linknode}; metadata only, the data itself is streamed below.
+    wanted: dict[bytes, dict[bytes, bytes]] = {}
+    for node in nodes:
+        ctx = repo[node]
+        manifest = ctx.manifest()
+        paths = ctx.files() if haveparents else manifest.keys()
+        for path in paths:
+            fnode = manifest.get(path)
+            if fnode is None or not matcher(path):
+                continue
+            wanted.setdefault(path, {}).setdefault(fnode, node)
+
+    yield {
+        b"totalpaths": len(wanted),
+        b"totalitems": sum(len(v) for v in wanted.values()),
+    }
+    for path in sorted(wanted):
+        filenodes = wanted.pop(path)
+        store = _filelog(repo, path)
+        yield {b"path": path, b"totalitems": len(filenodes)}
+        revisions = store.emitrevisions(
+            list(filenodes),
+            nodesorder=b"storage",
+            revisiondata=b"revision" in fields,
+            assumehaveparentrevisions=haveparents,
+        )
+        yield from revision_records(revisions, fields, filenodes if b"linknode" in fields else None)
