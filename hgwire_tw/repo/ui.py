@@ -15,6 +15,13 @@ from typing import Any
 
 from mercurial import ui as uimod
 
+try:  # Mercurial >= 7.1 registers bundle2 part handlers etc. only through this module
+    from mercurial import initialization as _hginit
+except ImportError:  # pragma: no cover - older Mercurial registers them on import
+    pass
+else:
+    _hginit.init()
+
 __all__ = ["DiscardingWriter", "make_ui"]
 
 
