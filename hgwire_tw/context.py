@@ -45,6 +45,9 @@ class Settings:
     workers: int = 4
     #: SSH channel window (bytes).
     ssh_window: int = 2 * MiB
+    #: Extra OpenSSH private host keys offered by the SSH server (besides the generated
+    #: ed25519 key in the state directory).
+    ssh_host_keys: tuple[str, ...] = ()
     #: Realm shown to HTTP clients asked to log in.
     realm: str = "hgwire"
 

@@ -1,0 +1,371 @@
+"""``hg -R <repo> serve --stdio`` over an SSH channel: the v1 session.
+
+``V1SSHSession`` is the Twisted glue between three pieces written elsewhere:
+
+* ``hgwire_tw.core.v1.SSHRequestParser`` turns the channel's bytes into requests,
+  payload chunks and the shutdown line;
+* ``hgwire_tw.v1.dispatch.v1_response`` runs Mercurial's own v1 command on a worker
+  thread (through ``RepositoryPool.iterate``) and yields typed results and, for stream
+  responses, the body in pieces;
+* a ``SessionOutput`` (the SSH channel) takes stdout/stderr bytes and says when its
+  window is full.
+
+Requests are served strictly one at a time, in order, as Mercurial's own server does.
+A stream response (``getbundle``) is produced on the worker only as fast as the client
+opens the channel window: each batch the worker hands over is written, and while the
+channel holds unsent data the ``Deferred`` returned to the pool keeps the worker
+waiting. Nothing is ever built whole in memory.
+
+``unbundle``: the user's write permission is checked first (a refusal is an
+out-of-band error and the client never sends the bundle); then the server asks for the
+payload (``0\\n``), spools it to an anonymous temporary file (bounded by
+``Settings.max_push_bytes``) and only then runs the command, which reads the file back
+on the worker thread. ``pushkey`` (and ``unbundle``, again) are checked through
+``V1Protocol.checkperm`` on the worker, so ``batch`` cannot smuggle a push command in.
+
+Remote output (the "adding changesets" lines, hook output) goes to stderr, which the
+client prints as ``remote: ...``. When the client closes its side (EOF), requests
+already received are still answered; then the session ends with exit status 0. A
+protocol violation or an internal error ends it with a message on stderr and exit
+status 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hgwire_tw.context import ServerContext
+from hgwire_tw.core.errors import PermissionDenied, ProtocolError
+from hgwire_tw.core.v1 import (
+    SSHCommand,
+    SSHEvent,
+    SSHPayloadChunk,
+    SSHPayloadEnd,
+    SSHRequestParser,
+    SSHShutdown,
+    SSHUnknownCommand,
+    ssh_bytes_response,
+    ssh_capabilities,
+    ssh_ooberror,
+    ssh_push_result,
+    ssh_unknown_command,
+)
+from hgwire_tw.repo.registry import ServedRepository
+
+__all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
+
+log = Logger()
+
+#: Requests a client may send ahead while one is being answered (real clients send the
+#: handshake's two, then wait for every answer).
+MAX_QUEUED_REQUESTS = 64
+
+
+class SessionOutput(Protocol):
+    """What a session writes to: the SSH channel (or a test double)."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` on stdout (buffered by the channel when its window is full)."""
+
+    def write_stderr(self, data: bytes) -> None:
+        """Send ``data`` on stderr (extended data)."""
+
+    def drained(self) -> Deferred[None] | None:
+        """None when nothing waits for window space; else fires once everything is sent."""
+
+    def finish(self, status: int) -> None:
+        """Send the exit status (after any buffered output) and close the channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class _InputError:
+    """The request stream broke (queued so earlier requests are still answered)."""
+
+    message: str
+
+
+_Queued = SSHEvent | _InputError
+
+
+def _v1_command_specs() -> dict[bytes, bytes]:
+    from mercurial import wireprotov1server
+
+    return {name: entry.args for name, entry in wireprotov1server.commands.items()}
+
+
+class V1SSHSession:
+    """Serves one ``hg serve --stdio`` session for ``user`` on ``served``."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        output: SessionOutput,
+        served: ServedRepository,
+        user: str,
+        peer_host: str = "",
+    ) -> None:
+        from hgwire_tw.v1.protocol import V1Protocol
+
+        self.ctx = ctx
+        self.output = output
+        self.served = served
+        self.user = user
+        self.parser = SSHRequestParser(_v1_command_specs(), max_payload=ctx.settings.max_push_bytes)
+        server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
+        if not ctx.settings.stream_clone:
+            server_config = ((b"server", b"uncompressed", b"false"),)
+        # One handler for the whole session: ``protocaps`` sets state on it that later
+        # commands read. Its payload is whatever push is spooled at the time.
+        self.proto = V1Protocol(
+            transport="ssh",
+            checkperm=self._checkperm,
+            payload=self._payload,
+            remote_host=peer_host,
+            remote_user=user,
+            capabilities=ssh_capabilities(),
+            server_config=server_config,
+        )
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._busy = False
+        self._done = False
+        self._in_flight: Deferred[None] | None = None
+        self._started_output = False
+        self._push: SSHCommand | None = None
+        self._spool: IO[bytes] | None = None
+
+    # -- input --------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the client's stdin."""
+        if self._done:
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as e:
+            self._queue.append(_InputError(str(e)))
+        else:
+            self._queue.extend(events)
+        if self._busy and len(self._queue) > MAX_QUEUED_REQUESTS and self._push is None:
+            self._queue.append(_InputError("too many requests sent ahead of the answers"))
+        self._pump()
+
+    def eofReceived(self) -> None:
+        """The client closed stdin: answer what was asked, then end the session."""
+        if self._done:
+            return
+        try:
+            self._queue.extend(self.parser.end_of_input())
+        except ProtocolError as e:
+            self._queue.append(_InputError(str(e)))
+        self._pump()
+
+    def connectionLost(self) -> None:
+        """The channel is gone: stop any work and drop the spooled push."""
+        self._done = True
+        self._queue.clear()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        self._close_spool()
+
+    # -- the request loop ----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while not self._busy and not self._done and self._queue:
+            self._handle(self._queue.popleft())
+
+    def _handle(self, event: _Queued) -> None:
+        if isinstance(event, SSHCommand):
+            if event.name == b"unbundle":
+                self._start_push(event)
+            else:
+                self._run(event.name, event.args)
+        elif isinstance(event, SSHPayloadChunk):
+            self._spool_chunk(event.data)
+        elif isinstance(event, SSHPayloadEnd):
+            push, self._push = self._push, None
+            if push is not None and self._spool is not None:
+                self._spool.flush()
+                self._run(push.name, push.args)
+        elif isinstance(event, SSHUnknownCommand):
+            # Includes the dead ``upgrade`` handshake: answering an empty string keeps
+            # the client on plain v1.
+            self.output.write(ssh_unknown_command())
+        elif isinstance(event, SSHShutdown):
+            self._finish(0)
+        elif isinstance(event, _InputError):
+            self._fail(f"protocol error: {event.message}")
+
+    def _start_push(self, command: SSHCommand) -> None:
+        if not self.ctx.access.can_write(self.user, self.served.name):
+            self._write_ooberror(self._denied_message(b"push"))
+            self._queue.extend(self._parser_call(self.parser.skip_payload))
+            return
+        try:
+            self._spool = tempfile.TemporaryFile(prefix="hgwire-push-")
+        except OSError as e:
+            log.error("cannot spool a push: {error}", error=e)
+            self._write_ooberror(b"cannot accept a push right now (no temporary space)\n")
+            self._queue.extend(self._parser_call(self.parser.skip_payload))
+            return
+        self._push = command
+        self.output.write(ssh_bytes_response(b""))  # "send the payload"
+        self._queue.extend(self._parser_call(self.parser.begin_payload))
+
+    def _parser_call(self, method: Any) -> list[_Queued]:
+        try:
+            return list(method())
+        except ProtocolError as e:
+            return [_InputError(str(e))]
+
+    def _spool_chunk(self, data: bytes) -> None:
+        if self._spool is None:
+            return
+        try:
+            self._spool.write(data)
+        except OSError as e:
+            log.error("cannot spool a push: {error}", error=e)
+            self._fail("the server ran out of space for this push")
+
+    def _payload(self) -> Any:
+        from hgwire_tw.v1.protocol import file_payload
+
+        if self._spool is None:
+            return iter(())
+        return file_payload(self._spool)
+
+    def _close_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+
+    # -- running a command --------------------------------------------------------------
+
+    def _checkperm(self, perm: bytes) -> None:
+        """``V1Protocol.checkperm``, run on the worker thread."""
+        access = self.ctx.access
+        allowed = (
+            access.can_write(self.user, self.served.name)
+            if perm == b"push"
+            else access.can_read(self.user, self.served.name)
+        )
+        if not allowed:
+            raise PermissionDenied(self._denied_message(perm).decode("utf-8").rstrip("\n"))
+
+    def _denied_message(self, perm: bytes) -> bytes:
+        what = "push to" if perm == b"push" else "read"
+        return (
+            f"permission denied: user {self.user!r} may not {what} "
+            f"repository {self.served.name!r}\n".encode()
+        )
+
+    def _run(self, name: bytes, args: dict[bytes, Any]) -> None:
+        from hgwire_tw.v1.dispatch import v1_response
+
+        self._busy = True
+        self._started_output = False
+        d = self.ctx.pool.iterate(
+            self.served, v1_response, (name, args, self.proto, None), self._deliver
+        )
+        self._in_flight = d
+        d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
+        d.addErrback(self._internal_error)
+
+    def _deliver(self, batch: list[object]) -> Deferred[None] | None:
+        """Write one batch of a command's output (reactor thread)."""
+        from hgwire_tw.v1.dispatch import (
+            V1Bytes,
+            V1OutOfBandError,
+            V1PushError,
+            V1PushResult,
+            V1StreamStart,
+        )
+
+        if self._done:
+            raise CancelledError()
+        for item in batch:
+            if isinstance(item, bytes):
+                self._started_output = True
+                self.output.write(item)
+            elif isinstance(item, V1StreamStart):
+                self._started_output = True  # raw stream: nothing precedes the body
+            elif isinstance(item, V1Bytes):
+                self.output.write(ssh_bytes_response(item.data))
+            elif isinstance(item, V1PushResult):
+                self._flush_remote_output(item.output)
+                self.output.write(ssh_push_result(item.result))
+            elif isinstance(item, V1PushError):
+                self._flush_remote_output(item.output)
+                self.output.write(ssh_bytes_response(item.message))
+            elif isinstance(item, V1OutOfBandError):
+                self._write_ooberror(item.message)
+            else:
+                raise TypeError(f"unexpected v1 result {type(item).__name__}")
+        return self.output.drained()
+
+    def _flush_remote_output(self, extra: bytes = b"") -> None:
+        captured = self.proto.captured
+        data = captured.getvalue() + extra
+        captured.seek(0)
+        captured.truncate()
+        if data:
+            self.output.write_stderr(data)
+
+    def _write_ooberror(self, message: bytes) -> None:
+        stdout, stderr = ssh_ooberror(message.rstrip(b"\n"))
+        self.output.write_stderr(stderr)
+        self.output.write(stdout)
+
+    def _end_command(self) -> None:
+        self._in_flight = None
+        self._busy = False
+        self._close_spool()
+
+    def _command_done(self, _: None) -> None:
+        if self._done:
+            return
+        self._flush_remote_output()
+        self._end_command()
+        self._pump()
+
+    def _command_failed(self, failure: Failure, name: bytes) -> None:
+        if self._done or failure.check(CancelledError):
+            return
+        self._flush_remote_output()
+        self._end_command()
+        if failure.check(PermissionDenied) and not self._started_output:
+            self._write_ooberror(str(failure.value).encode("utf-8"))
+        else:
+            log.failure("v1 command {name} failed over SSH", failure, name=name)
+            if self._started_output:
+                # The response is half sent; there is no way to tell the client in-band.
+                self._fail("internal server error; see the server log")
+                return
+            self._write_ooberror(b"internal server error; see the server log")
+        self._pump()
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("SSH v1 session error", failure)
+        self._fail("internal server error; see the server log")
+
+    def _fail(self, message: str) -> None:
+        if self._done:
+            return
+        self.output.write_stderr(f"hgwire: {message}\n".encode())
+        self._finish(1)
+
+    def _finish(self, status: int) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._queue.clear()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        self._close_spool()
+        self.output.finish(status)
