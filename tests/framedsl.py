@@ -8,7 +8,7 @@ from hgwire_tw.core import cbor
 from hgwire_tw.core.frames import Frame, FrameType, StreamFlag, encode_frame
 from hgwire_tw.core.reactor import SendFrames
 
-__all__ = ["f", "frames_of", "join", "settings_frame", "request_frame", "splits"]
+__all__ = ["f", "frames_of", "join", "request_frame", "settings_frame", "splits"]
 
 
 def f(

@@ -46,9 +46,6 @@ ENCODINGS: Final[tuple[bytes, ...]] = (ZSTD_8MB, ZLIB, IDENTITY)
 ZSTD_MAX_WINDOW: Final = 8 * 1024 * 1024
 #: Default bound on what one frame's payload may decode to.
 DEFAULT_MAX_FRAME_OUTPUT: Final = 16 * 1024 * 1024
-#: zstd hands decompressed output to our sink in pieces this big, so a bomb is caught
-#: after at most this much over the bound.
-_ZSTD_WRITE_SIZE: Final = 128 * 1024
 _ZSTD_LEVEL: Final = 3
 
 
@@ -206,14 +203,17 @@ class _ZstdDecoder:
     __slots__ = ("_sink", "_writer")
 
     def __init__(self, limit: int) -> None:
-        # A stream writer pushes output through our sink in bounded pieces; the plain
-        # decompressobj would build the whole (possibly enormous) output first.
+        # python-zstandard's decompressobj has no output bound, so decode through a
+        # stream writer whose sink raises past the limit. Its output buffer is one byte
+        # larger than the limit: the writer only drains output it has room for, so a
+        # smaller buffer could leave decoded bytes stuck inside zstd at the end of a
+        # frame, while this size means "buffer full" already is "over the limit".
         self._sink = _BoundedSink(limit)
         decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
         self._writer = decompressor.stream_writer(
             # The writer only ever calls ``write`` on its sink.
             cast("IO[bytes]", self._sink),
-            write_size=_ZSTD_WRITE_SIZE,
+            write_size=limit + 1,
             write_return_read=True,
             closefd=False,
         )
