@@ -81,3 +81,35 @@ def pump_reactor() -> PumpReactor:
 def linear_repo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small linear public repository (no secret changesets: stream clones allowed)."""
     return repobuilders.make_linear_repo(tmp_path_factory.mktemp("linear") / "repo", commits=6)
+
+
+def call_command(
+    repo_path: Path,
+    name: bytes,
+    args: dict[bytes, object] | None = None,
+    *,
+    commands: dict[bytes, object] | None = None,
+) -> list[object]:
+    """Run a v2 command handler synchronously (no Twisted) on the served view of a repo.
+
+    Arguments are normalized first, as the runner does; the objects are returned as a list.
+    """
+    import os
+
+    from mercurial import hg
+
+    from hgwire_tw.commands.common import served_view
+    from hgwire_tw.commands.registry import COMMANDS, normalize_args
+    from hgwire_tw.repo.ui import make_ui
+
+    table = commands or COMMANDS
+    spec = table[name]
+    normalized = normalize_args(spec, args or {})  # type: ignore[arg-type]
+    repo = served_view(hg.repository(make_ui(), os.fsencode(repo_path)))
+    return list(spec.handler(repo, normalized))  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def call() -> object:
+    """``call(repo_path, name, args)``: run a v2 handler synchronously (see call_command)."""
+    return call_command

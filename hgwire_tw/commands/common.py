@@ -13,7 +13,7 @@ from typing import Any
 
 from mercurial import discovery, error
 from mercurial import match as matchmod
-from mercurial.node import hex
+from mercurial.node import hex, nullrev
 
 from hgwire_tw.core.errors import ArgumentError, CommandError
 
@@ -97,8 +97,7 @@ def resolve_revisions(repo: Any, revisions: object) -> list[bytes]:
             depth = _spec_key(spec, b"depth", typ)
             if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
                 raise CommandError(b"depth must be a positive integer")
-            if nodes:
-                revs.update(repo.revs(b"ancestors(%ln, %d)", nodes, depth - 1))
+            revs.update(_ancestors_within(cl, [cl.rev(n) for n in nodes], depth - 1))
         elif typ == b"changesetdagrange":
             roots = check_nodes(b"roots", _spec_key(spec, b"roots", typ))
             heads = _spec_key(spec, b"heads", typ)
@@ -111,6 +110,18 @@ def resolve_revisions(repo: Any, revisions: object) -> list[bytes]:
         else:
             raise CommandError(b"unknown revision specifier type: %s", (_printable(typ),))
     return [cl.node(r) for r in sorted(revs)]
+
+
+def _ancestors_within(cl: Any, revs: list[int], distance: int) -> set[int]:
+    """``revs`` and their ancestors at most ``distance`` generations away."""
+    result = set(revs)
+    frontier = set(revs)
+    for _ in range(distance):
+        frontier = {p for r in frontier for p in cl.parentrevs(r) if p != nullrev} - result
+        if not frontier:
+            break
+        result |= frontier
+    return result
 
 
 def _printable(value: object) -> bytes:

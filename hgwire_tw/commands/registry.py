@@ -82,6 +82,8 @@ class ArgSpec:
     type: bytes
     default: object = REQUIRED
     valid_values: frozenset[bytes] | None = None
+    #: The error text for a value of the wrong type, when the protocol documents one.
+    type_error: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -126,6 +128,8 @@ def _check_type(name: bytes, spec: ArgSpec, value: object) -> None:
     if spec.type == b"int" and isinstance(value, bool):
         ok = False
     if not ok:
+        if spec.type_error is not None:
+            raise ArgumentError(spec.type_error)
         raise ArgumentError(b"invalid type for argument %s: expected %s", (name, spec.type))
 
 
@@ -267,6 +271,7 @@ def _capabilities(
     )
 
 
+_REVISIONS = ArgSpec(b"list", type_error=b"revisions must be defined as an array")
 _FIELDS_CS = frozenset({b"bookmarks", b"parents", b"phase", b"revision"})
 _FIELDS_FILE = frozenset({b"linknode", b"parents", b"revision"})
 _FIELDS_FILES = frozenset({b"firstchangeset", b"linknode", b"parents", b"revision"})
@@ -295,7 +300,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
     add(
         CommandSpec(
             b"changesetdata",
-            {b"revisions": ArgSpec(b"list"), b"fields": ArgSpec(b"set", set(), _FIELDS_CS)},
+            {b"revisions": _REVISIONS, b"fields": ArgSpec(b"set", set(), _FIELDS_CS)},
             PULL,
             changesets.changesetdata,
             cache_key=changesetdata_key,
@@ -322,7 +327,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
                 b"haveparents": ArgSpec(b"bool", False),
                 b"fields": ArgSpec(b"set", set(), _FIELDS_FILES),
                 b"pathfilter": ArgSpec(b"dict", None),
-                b"revisions": ArgSpec(b"list"),
+                b"revisions": _REVISIONS,
             },
             PULL,
             files.filesdata,
