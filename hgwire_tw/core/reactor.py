@@ -97,6 +97,7 @@ __all__ = [
     "ClientAction",
     "ClientEvent",
     "ClientFrameReactor",
+    "ClientState",
     "CloseConnection",
     "DuplexMode",
     "ProtocolFailure",
@@ -113,9 +114,13 @@ __all__ = [
     "ServerState",
 ]
 
+#: Largest request (CBOR map plus command data) a server accepts.
 DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
+#: Requests that may exist at once on one server channel (receiving, ready or running).
 DEFAULT_MAX_REQUESTS_IN_FLIGHT: Final = 128
+#: Bytes all partly received or not yet dispatched requests may hold together.
 DEFAULT_MAX_BUFFER: Final = 32 * 1024 * 1024
+#: Bytes of one partial response value a client holds.
 DEFAULT_CLIENT_MAX_BUFFER: Final = cbor.DEFAULT_MAX_BUFFER
 
 _STATUS_OK: Final = cbor.dumps({b"status": b"ok"})
