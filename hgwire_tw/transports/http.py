@@ -1,0 +1,610 @@
+"""The HTTP transport: a ``twisted.web`` resource tree serving wire protocol v1 (and v2).
+
+``HgResource(ctx)`` is the root. A request's path is mapped to a served repository with
+``ctx.registry.match``; ``<repo>/api/...`` goes to the v2 API (``http_v2.render_api``)
+and ``<repo>?cmd=NAME`` is a v1 command:
+
+1. the command must be known and addressed to the repository root;
+2. the body must fit ``settings.max_push_bytes`` (413), the arguments (query string,
+   ``X-HgArg-N`` or ``X-HgArgs-Post``) must decode strictly (400);
+3. the user is authenticated (HTTP Basic, ``httpauth.authenticate``) and the pull and
+   push decisions are made here, once, hgweb's way: read, then POST (405), then TLS
+   (403 unless ``allow_push_over_http``), then write (401 when logging in could help,
+   else 403). The command's ``checkperm`` — and every command inside ``batch`` — is
+   answered from those decisions;
+4. ``?cmd=capabilities`` carrying the v2 upgrade headers is answered by
+   ``http_v2.upgrade_response`` when it accepts the upgrade;
+5. the command runs on a worker thread through ``RepositoryPool.iterate`` and
+   ``hgwire_tw.v1.dispatch.v1_response``. String results become
+   ``200 Script output follows`` with ``application/mercurial-0.1``; stream results
+   are compressed on the worker (media type and engine negotiated from ``X-HgProto-N``
+   by ``core.v1.choose_response_format``) and written through a push producer, so the
+   worker only produces as fast as the client reads; out-of-band errors are
+   ``application/hg-error``. A client that disconnects cancels the stream and frees the
+   worker. twisted.web's gzip encoding is never used: compression is negotiated in-band.
+
+``HgSite`` (``make_site``) is a ``Site`` whose requests discard bodies over the push
+limit instead of spooling them, and whose channels accept the long ``X-HgArg-N``
+header series real clients send for big discovery sets.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import IO, Any
+from urllib.parse import unquote
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from hgwire_tw.context import ServerContext
+from hgwire_tw.core.errors import CommandError, RemoteProtocolError, UnknownRepository
+from hgwire_tw.core.v1 import (
+    MEDIA_TYPE_ERROR,
+    MEDIA_TYPE_V01,
+    ArgValue,
+    ProtoCaps,
+    ResponseFormat,
+    choose_response_format,
+    decode_http_args,
+    http_capabilities,
+    join_header_values,
+    parse_protocaps,
+    parse_urlencoded,
+    select_command_args,
+)
+from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports import http_v2
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+from hgwire_tw.v1.dispatch import (
+    V1Bytes,
+    V1OutOfBandError,
+    V1PushError,
+    V1PushResult,
+    V1StreamStart,
+    command_permission,
+    command_spec,
+    is_command,
+    run_v1_command,
+    v1_response,
+)
+from hgwire_tw.v1.protocol import V1Protocol, file_payload
+
+__all__ = ["HgRequest", "HgResource", "HgSite", "make_site"]
+
+log = Logger()
+
+OK_REASON = b"Script output follows"
+#: Largest request header block (request line + headers) an ``HgSite`` channel accepts.
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+MAX_HEADERS = 8192
+
+
+# ---------------------------------------------------------------------------------------
+# Site and request: bounded bodies, long X-HgArg series
+
+
+class _Discard(io.RawIOBase):
+    """A request body sink that drops everything (the body is over the limit)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+    def readinto(self, buffer: Any) -> int:
+        return 0
+
+
+class HgRequest(Request):
+    """A ``Request`` that stops storing a body once it exceeds the site's push limit."""
+
+    body_too_large = False
+    _body_received = 0
+
+    def _body_limit(self) -> int | None:
+        site = getattr(getattr(self, "channel", None), "site", None)
+        limit = getattr(site, "max_body_bytes", None)
+        return limit if isinstance(limit, int) else None
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._body_limit()
+        if limit is not None and length is not None and length > limit:
+            self.body_too_large = True
+            self.content = _Discard()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_received += len(data)
+        limit = self._body_limit()
+        if limit is not None and self._body_received > limit:
+            self.body_too_large = True
+            old, self.content = self.content, _Discard()
+            old.close()
+            return
+        super().handleContentChunk(data)
+
+
+class HgSite(Site):
+    """The HTTP site of hgwire_tw: ``HgRequest``s and roomy header limits."""
+
+    requestFactory = HgRequest
+
+    def __init__(self, resource: Resource, *, max_body_bytes: int | None = None) -> None:
+        super().__init__(resource)
+        self.max_body_bytes = max_body_bytes
+        self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        # The HTTPChannel sits inside a protocol-negotiation wrapper; its header limits
+        # (16 KiB by default) are too small for the X-HgArg-N series of a big discovery.
+        inner = getattr(channel, "_channel", channel)
+        inner.totalHeadersSize = MAX_HEADER_BYTES
+        inner.maxHeaders = MAX_HEADERS
+        return channel
+
+
+def make_site(ctx: ServerContext) -> HgSite:
+    """The ``Site`` to listen with: ``HgResource(ctx)`` behind an ``HgSite``."""
+    return HgSite(HgResource(ctx), max_body_bytes=ctx.settings.max_push_bytes)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _plain(request: IRequest, status: int, message: str, reason: bytes | None = None) -> bytes:
+    body = message.encode("utf-8")
+    if reason is None:
+        request.setResponseCode(status)
+    else:
+        request.setResponseCode(status, reason)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _gone(request: IRequest) -> bool:
+    return bool(getattr(request, "_disconnected", False) or getattr(request, "finished", False))
+
+
+def _finish(request: IRequest, body: bytes) -> None:
+    if _gone(request):
+        return
+    request.write(body)
+    request.finish()
+
+
+def _path_segments(request: IRequest) -> list[str]:
+    path = request.path.split(b"?", 1)[0]
+    segments = [unquote(s.decode("latin-1"), encoding="utf-8") for s in path.split(b"/")]
+    return [s for s in segments if s]
+
+
+def _query(request: IRequest) -> bytes:
+    _, _, query = request.uri.partition(b"?")
+    return query
+
+
+def _body_size(content: IO[bytes] | None) -> int:
+    if content is None:
+        return 0
+    pos = content.tell()
+    content.seek(0, io.SEEK_END)
+    size = content.tell()
+    content.seek(pos)
+    return size
+
+
+# ---------------------------------------------------------------------------------------
+# the resource
+
+
+class HgResource(Resource):
+    """Root of the HTTP URL space: repositories, their v1 commands and their v2 API."""
+
+    isLeaf = True
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def render(self, request: IRequest) -> bytes | int:
+        """Route one request (any method) to a repository's v1 command or v2 API."""
+        segments = _path_segments(request)
+        try:
+            served, rest = self.ctx.registry.match(segments)
+        except UnknownRepository as e:
+            return _plain(request, 404, f"{e}\n")
+        if rest and rest[0] == "api":
+            result: bytes | int = http_v2.render_api(self.ctx, request, served, rest)
+            return result
+        try:
+            query = parse_urlencoded(_query(request), where="query string")
+        except RemoteProtocolError as e:
+            return _plain(request, 400, f"bad request: {e}\n")
+        cmd = query.get(b"cmd")
+        if not cmd:
+            if rest:
+                return _plain(request, 404, "Not Found\n")
+            return _plain(
+                request, 200, f"Mercurial repository {served.name or '/'} (served by hgwire_tw)\n"
+            )
+        return _V1Request(self.ctx, request, served, rest, cmd[0], query).render()
+
+
+class _V1Request:
+    """One v1 command over HTTP, from checks to the finished response."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: IRequest,
+        served: ServedRepository,
+        rest: list[str],
+        name: bytes,
+        query: dict[bytes, list[bytes]],
+    ) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.served = served
+        self.rest = rest
+        self.name = name
+        self.query = query
+        self.started_at = time.monotonic()
+        self.user: str | None = None
+        self.payload_file: IO[bytes] | None = None
+        self.payload_offset = 0
+        self.args: dict[bytes, ArgValue] = {}
+        self.caps = ProtoCaps()
+        self.proto: V1Protocol | None = None
+        self.v1_caps = b""
+
+    # -- checks -------------------------------------------------------------------------
+
+    def render(self) -> bytes | int:
+        request, name = self.request, self.name
+        if self.rest:
+            if is_command(name):
+                request.setResponseCode(404)
+                request.setHeader(b"Content-Type", MEDIA_TYPE_V01)
+                return b"0\nNot Found\n"
+            return _plain(request, 404, "Not Found\n")
+        if not is_command(name):
+            return _plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
+        content = getattr(request, "content", None)
+        limit = self.ctx.settings.max_push_bytes
+        if getattr(request, "body_too_large", False) or _body_size(content) > limit:
+            return _plain(
+                request,
+                413,
+                f"request body too large: this server accepts at most {limit} bytes\n",
+                b"Request Entity Too Large",
+            )
+        try:
+            self.args = self._decode_args(content)
+        except RemoteProtocolError as e:
+            return _plain(request, 400, f"bad request: {e}\n")
+        except CommandError as e:
+            return self._oob(e.render().encode("utf-8") + b"\n")
+
+        d = authenticate(self.ctx, request)
+        d.addCallback(self._authenticated)
+        d.addErrback(self._refused)
+        d.addErrback(self._internal_error)
+        return NOT_DONE_YET
+
+    def _decode_args(self, content: IO[bytes] | None) -> dict[bytes, ArgValue]:
+        request = self.request
+        header_args = join_header_values(request.getHeader, b"X-HgArg")
+        post_args: bytes | None = None
+        post_len_header = request.getHeader(b"X-HgArgs-Post")
+        if post_len_header is not None:
+            text = post_len_header.strip()
+            if not text.isdigit() or len(text) > 12:
+                raise RemoteProtocolError(f"bad X-HgArgs-Post header: {text[:20]!r}")
+            post_len = int(text)
+            size = _body_size(content)
+            if post_len > size:
+                raise RemoteProtocolError("X-HgArgs-Post is longer than the request body")
+            if post_len and content is not None:
+                content.seek(0)
+                post_args = content.read(post_len)
+                self.payload_offset = post_len
+        known = decode_http_args(query=self.query, header_args=header_args, post_args=post_args)
+        self.payload_file = content
+        return select_command_args(command_spec(self.name), known)
+
+    def _decide(self, perm: bytes) -> HTTPDenied | None:
+        """The refusal for ``perm`` (pull/push) for this user and request, or None."""
+        try:
+            check_access(self.ctx, self.request, self.served.name, self.user, write=False)
+            if perm == b"push":
+                if self.request.method != b"POST":
+                    return HTTPDenied(405, "push requires POST request")
+                check_access(self.ctx, self.request, self.served.name, self.user, write=True)
+        except HTTPDenied as denied:
+            return denied
+        return None
+
+    def _authenticated(self, user: str | None) -> Deferred[None] | None:
+        self.user = user
+        denials = {perm: self._decide(perm) for perm in (b"pull", b"push")}
+        denied = denials[command_permission(self.name)]
+        if denied is not None:
+            raise denied
+
+        def checkperm(perm: bytes) -> None:
+            refusal = denials.get(perm, HTTPDenied(403, "unknown permission"))
+            if refusal is not None:
+                raise refusal
+
+        request = self.request
+        secure = bool(request.isSecure())
+        settings = self.ctx.settings
+        protocaps_raw = join_header_values(request.getHeader, b"X-HgProto")
+        self.caps = parse_protocaps(protocaps_raw)
+        config: list[tuple[bytes, bytes, bytes]] = []
+        if not settings.stream_clone:
+            config.append((b"server", b"uncompressed", b"false"))
+        client_address = request.getClientAddress()
+        self.proto = V1Protocol(
+            transport="https" if secure else "http",
+            checkperm=checkperm,
+            args=self.args,
+            protocaps=protocaps_raw,
+            payload=self._payload_reader(),
+            remote_host=str(getattr(client_address, "host", "")),
+            remote_user=user,
+            capabilities=http_capabilities(
+                engines=settings.v1_compression,
+                header_max=settings.http_header_max,
+                post_args=settings.http_post_args,
+                min_recv=settings.v1_min_recv,
+                min_send=settings.v1_min_send,
+            ),
+            server_config=config,
+        )
+        if self.name == b"capabilities" and http_v2.is_upgrade_request(self.ctx, request):
+            return self._upgrade()
+        self._start()
+        return None
+
+    def _payload_reader(self) -> Callable[[], Any]:
+        fileobj, offset = self.payload_file, self.payload_offset
+
+        def payload() -> Any:
+            if fileobj is None:
+                return iter(())
+            return file_payload(fileobj, offset)
+
+        return payload
+
+    def _refused(self, f: Failure) -> None:
+        f.trap(HTTPDenied)
+        denied: HTTPDenied = f.value  # type: ignore[assignment]
+        if _gone(self.request):
+            return
+        if denied.status == 405:
+            self.request.setHeader(b"Allow", b"POST")
+        body = b"0\n%s\n" % denied.message.encode("utf-8")
+        self._log(denied.status, b"-", "-")
+        _finish(self.request, deny(self.ctx, self.request, denied, body))
+
+    def _internal_error(self, f: Failure) -> None:
+        log.failure("v1 HTTP command {cmd!r} failed", f, cmd=self.name)
+        request = self.request
+        if _gone(request):
+            return
+        if not getattr(request, "startedWriting", False):
+            _finish(request, _plain(request, 500, "internal server error\n"))
+        else:
+            _abort(request)
+
+    def _oob(self, message: bytes) -> bytes:
+        request = self.request
+        request.setResponseCode(200, OK_REASON)
+        request.setHeader(b"Content-Type", MEDIA_TYPE_ERROR)
+        request.setHeader(b"Content-Length", b"%d" % len(message))
+        self._log(200, MEDIA_TYPE_ERROR, "-")
+        return message
+
+    def _log(self, status: int, media_type: bytes, engine: str) -> None:
+        log.info(
+            "v1 {repo} {cmd} {status} {media} {engine} {secs:.3f}s",
+            repo=self.served.name or "/",
+            cmd=self.name.decode("utf-8", "replace"),
+            status=status,
+            media=media_type.decode("latin-1"),
+            engine=engine,
+            secs=time.monotonic() - self.started_at,
+        )
+
+    # -- the capabilities upgrade --------------------------------------------------------
+
+    def _upgrade(self) -> Deferred[None]:
+        d: Deferred[Any] = self.ctx.pool.run(
+            self.served, run_v1_command, self.name, self.args, self.proto
+        )
+
+        def got_capabilities(result: object) -> Any:
+            assert isinstance(result, V1Bytes)
+            self.v1_caps = result.data
+            return maybeDeferred(
+                http_v2.upgrade_response, self.ctx, self.request, self.served, result.data
+            )
+
+        def answer(body: bytes | None) -> None:
+            if body is None:
+                # not accepted after all: the plain v1 answer
+                self._write_result(V1Bytes(data=self.v1_caps))
+                self.request.finish()
+                return
+            if _gone(self.request):
+                return
+            self.request.setResponseCode(200)
+            self.request.setHeader(b"Content-Length", b"%d" % len(body))
+            self._log(200, b"application/mercurial-cbor", "-")
+            _finish(self.request, body)
+
+        d.addCallback(got_capabilities)
+        d.addCallback(answer)
+        return d
+
+    # -- running the command ---------------------------------------------------------------
+
+    def _choose(self, prefer_uncompressed: bool) -> ResponseFormat:
+        settings = self.ctx.settings
+        return choose_response_format(
+            self.caps,
+            settings.v1_compression,
+            prefer_uncompressed=prefer_uncompressed,
+            levels={"zstd": settings.zstd_level, "zlib": settings.zlib_level},
+            min_send=settings.v1_min_send,
+        )
+
+    def _start(self) -> None:
+        response = _V1Response(self)
+        iteration: Deferred[None] = self.ctx.pool.iterate(
+            self.served,
+            v1_response,
+            (self.name, self.args, self.proto, self._choose),
+            response.deliver,
+        )
+        response.attach(iteration)
+
+    def _write_result(self, result: object) -> None:
+        """Write a whole (non-stream) result with its headers."""
+        request = self.request
+        media_type = MEDIA_TYPE_V01
+        if isinstance(result, V1Bytes):
+            body = result.data
+        elif isinstance(result, V1PushResult):
+            body = b"%d\n%s" % (result.result, result.output)
+        elif isinstance(result, V1PushError):
+            body = b"0\n%s\n" % result.message
+        elif isinstance(result, V1OutOfBandError):
+            body = result.message
+            media_type = MEDIA_TYPE_ERROR
+        else:
+            raise TypeError(f"unexpected v1 result {type(result).__name__}")
+        request.setResponseCode(200, OK_REASON)
+        request.setHeader(b"Content-Type", media_type)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        self._log(200, media_type, "-")
+        request.write(body)
+
+
+def _abort(request: IRequest) -> None:
+    """Cut the connection: a response that failed half-way must not look complete."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+@implementer(IPushProducer)
+class _V1Response:
+    """Writes a v1 result as the worker produces it, paused while the client is not reading."""
+
+    def __init__(self, v1request: _V1Request) -> None:
+        self.v1 = v1request
+        self.request = v1request.request
+        self.streaming = False
+        self.paused = False
+        self.gone = False
+        self._resume: Deferred[None] | None = None
+        self.iteration: Deferred[None] | None = None
+        self.request.notifyFinish().addErrback(self._client_gone)
+
+    def attach(self, iteration: Deferred[None]) -> None:
+        self.iteration = iteration
+        iteration.addCallbacks(self._done, self._failed)
+        iteration.addErrback(self.v1._internal_error)
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume.callback(None)
+
+    def stopProducing(self) -> None:
+        self._client_gone(None)
+
+    def _client_gone(self, _: object) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        # Cancelling the iteration also cancels the delivery the worker waits for; the
+        # pool then closes the generator on the worker and frees it.
+        if self.iteration is not None and not self.iteration.called:
+            self.iteration.cancel()
+
+    # called on the reactor thread with each batch from the worker
+    def deliver(self, batch: list[object]) -> Deferred[None] | None:
+        if self.gone:
+            raise ConnectionAbortedError("client went away")
+        request = self.request
+        for item in batch:
+            if isinstance(item, bytes):
+                request.write(item)
+            elif isinstance(item, V1StreamStart):
+                request.setResponseCode(200, OK_REASON)
+                request.setHeader(b"Content-Type", item.media_type)
+                self.v1._log(200, item.media_type, item.engine)
+                request.registerProducer(self, True)
+                self.streaming = True
+            else:
+                self.v1._write_result(item)
+        if self.paused and not self.gone:
+            self._resume = Deferred()
+            return self._resume
+        return None
+
+    def _done(self, _: object) -> None:
+        if self.streaming and not self.gone:
+            self.request.unregisterProducer()
+        self._close_payload()
+        if not _gone(self.request):
+            self.request.finish()
+
+    def _failed(self, f: Failure) -> None:
+        if self.streaming and not self.gone:
+            self.request.unregisterProducer()
+        self._close_payload()
+        if self.gone or f.check(CancelledError, ConnectionAbortedError):
+            return None
+        if f.check(HTTPDenied) and not getattr(self.request, "startedWriting", False):
+            self.v1._refused(f)
+            return None
+        return self.v1._internal_error(f)
+
+    def _close_payload(self) -> None:
+        # The worker is done with the spooled body; twisted.web closes it as well, but
+        # only once the response finishes.
+        self.v1.payload_file = None

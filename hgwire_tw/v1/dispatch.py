@@ -1,0 +1,327 @@
+"""Run Mercurial's own v1 wire commands on a worker thread and type their results.
+
+``run_v1_command(repo, name, args, proto)`` is the whole of v1 command execution: it
+binds our ``V1Protocol`` to the worker's repository, takes the ``served`` view (secret
+and hidden changesets are never served), checks the command's permission through
+``proto.checkperm``, runs ``batch`` itself (every inner command's permission checked
+the same way) and calls ``mercurial.wireprotov1server.commands[name].func`` for the
+rest. Results come back as small frozen dataclasses that the transports format.
+
+``v1_response(repo, name, args, proto, choose)`` is the generator a transport hands to
+``RepositoryPool.iterate``: it runs the command, then yields the result and, for stream
+results, a ``V1StreamStart`` followed by the response body in pieces of about
+``STREAM_PIECE`` bytes, compressed here, on the worker thread, as the transport
+consumes them (nothing is built whole in memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mercurial import error as hgerror
+from mercurial import wireprototypes, wireprotov1server
+
+from hgwire_tw.core.errors import CommandError, ProtocolError
+from hgwire_tw.core.v1 import (
+    MEDIA_TYPE_V01,
+    ArgValue,
+    ResponseFormat,
+    decode_batch_cmds,
+    encode_batch_results,
+    make_compressor,
+    parse_arg_spec,
+    select_command_args,
+)
+from hgwire_tw.v1.protocol import V1Protocol
+
+__all__ = [
+    "NOT_BATCHABLE",
+    "STREAM_PIECE",
+    "UnknownCommand",
+    "V1Bytes",
+    "V1LegacyStream",
+    "V1OutOfBandError",
+    "V1PushError",
+    "V1PushResult",
+    "V1Result",
+    "V1Stream",
+    "V1StreamStart",
+    "command_permission",
+    "command_spec",
+    "is_command",
+    "run_v1_command",
+    "v1_response",
+]
+
+#: Bytes per piece of a streamed body handed to the transport.
+STREAM_PIECE = 64 * 1024
+
+#: Commands whose result is not a string, or that cannot run inside ``batch``.
+NOT_BATCHABLE = frozenset(
+    {
+        b"batch",
+        b"changegroup",
+        b"changegroupsubset",
+        b"get_cached_bundle_inline",
+        b"getbundle",
+        b"stream_out",
+        b"unbundle",
+    }
+)
+
+
+class UnknownCommand(CommandError):
+    """The request names no v1 command."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1Bytes:
+    """A string response (``application/mercurial-0.1``, raw)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1Stream:
+    """A compressible stream response; ``chunks`` must be read on the worker thread."""
+
+    chunks: Iterator[bytes]
+    prefer_uncompressed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1LegacyStream:
+    """A stream always sent as raw 0.1 (``stream_out``, a bundle2 push reply)."""
+
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1PushResult:
+    """A bundle1 push outcome: Mercurial's integer result and the captured output."""
+
+    result: int
+    output: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1PushError:
+    """A push refused before it started (e.g. the remote heads changed)."""
+
+    message: bytes
+    output: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1OutOfBandError:
+    """An error reported outside the command's response format (``application/hg-error``)."""
+
+    message: bytes
+
+
+V1Result = V1Bytes | V1Stream | V1LegacyStream | V1PushResult | V1PushError | V1OutOfBandError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class V1StreamStart:
+    """First item of a streamed response in ``v1_response``: how the body is encoded.
+
+    For a legacy stream ``media_type`` is 0.1 and ``engine`` is ``"none"``.
+    """
+
+    media_type: bytes
+    engine: str
+    legacy: bool
+
+
+def is_command(name: bytes) -> bool:
+    """Whether ``name`` is a v1 wire command."""
+    return name in wireprotov1server.commands
+
+
+def command_spec(name: bytes) -> tuple[bytes, ...]:
+    """The argument names of v1 command ``name`` (``UnknownCommand`` if there is none)."""
+    entry = wireprotov1server.commands.get(name)
+    if entry is None:
+        raise UnknownCommand(b"unknown command: %s", (name,))
+    return parse_arg_spec(entry.args)
+
+
+def command_permission(name: bytes) -> bytes:
+    """``b"pull"`` or ``b"push"``: what running command ``name`` requires."""
+    entry = wireprotov1server.commands.get(name)
+    if entry is None:
+        raise UnknownCommand(b"unknown command: %s", (name,))
+    perm: bytes = entry.permission
+    return perm
+
+
+def _abort_message(exc: hgerror.Abort) -> bytes:
+    message: bytes = exc.message
+    if not message.endswith(b"\n"):
+        message += b"\n"
+    if exc.hint:
+        message += b"(%s)\n" % exc.hint
+    return message
+
+
+def _convert(rsp: object) -> V1Result:
+    """Mercurial's response objects → our typed results."""
+    if isinstance(rsp, bytes):
+        return V1Bytes(data=rsp)
+    if isinstance(rsp, wireprototypes.bytesresponse):
+        return V1Bytes(data=rsp.data)
+    if isinstance(rsp, wireprototypes.streamres):
+        return V1Stream(chunks=iter(rsp.gen), prefer_uncompressed=bool(rsp.prefer_uncompressed))
+    if isinstance(rsp, wireprototypes.streamreslegacy):
+        return V1LegacyStream(chunks=iter(rsp.gen))
+    if isinstance(rsp, wireprototypes.pushres):
+        return V1PushResult(result=int(rsp.res), output=rsp.output or b"")
+    if isinstance(rsp, wireprototypes.pusherr):
+        return V1PushError(message=rsp.res, output=rsp.output or b"")
+    if isinstance(rsp, wireprototypes.ooberror):
+        return V1OutOfBandError(message=rsp.message)
+    raise TypeError(f"unexpected v1 response type {type(rsp).__name__}")
+
+
+def _positional(spec: tuple[bytes, ...], args: Mapping[bytes, ArgValue]) -> list[ArgValue]:
+    try:
+        return [args[name] for name in spec]
+    except KeyError as e:
+        raise CommandError(b"missing argument: %s", (e.args[0],)) from None
+
+
+def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
+    """``batch``: our parsing and permission checks, Mercurial's inner commands."""
+    try:
+        calls = decode_batch_cmds(cmds)
+    except ProtocolError as e:
+        return V1OutOfBandError(message=b"malformed batch request: %s\n" % str(e).encode())
+    results: list[bytes] = []
+    for name, values in calls:
+        entry = wireprotov1server.commands.get(name)
+        if entry is None or name in NOT_BATCHABLE:
+            return V1OutOfBandError(message=b"command %s cannot be batched\n" % name)
+        proto.checkperm(entry.permission)
+        spec = parse_arg_spec(entry.args)
+        inner = select_command_args(spec, {k: [v] for k, v in values.items()})
+        result = _convert(entry.func(repo, proto, *_positional(spec, inner)))
+        if isinstance(result, V1OutOfBandError):
+            return result
+        if not isinstance(result, V1Bytes):
+            return V1OutOfBandError(message=b"command %s cannot be batched\n" % name)
+        results.append(result.data)
+    return V1Bytes(data=encode_batch_results(results))
+
+
+def run_v1_command(
+    repo: Any, name: bytes, args: Mapping[bytes, ArgValue], proto: V1Protocol
+) -> V1Result:
+    """Run v1 command ``name`` on the worker thread's ``repo`` and type its result.
+
+    ``args`` are the command's arguments selected per its spec. Permission refusals
+    propagate as whatever ``proto.checkperm`` raises; a Mercurial ``Abort`` or our
+    ``CommandError`` becomes an out-of-band error.
+    """
+    entry = wireprotov1server.commands.get(name)
+    if entry is None:
+        raise UnknownCommand(b"unknown command: %s", (name,))
+    proto.bind(repo)
+    proto.args = dict(args)
+    view = wireprotov1server.getdispatchrepo(repo, proto, name)
+    proto.checkperm(entry.permission)
+    try:
+        if name == b"batch":
+            cmds = args.get(b"cmds")
+            if not isinstance(cmds, bytes):
+                raise CommandError(b"missing argument: %s", (b"cmds",))
+            return _run_batch(view, proto, cmds)
+        spec = parse_arg_spec(entry.args)
+        return _convert(entry.func(view, proto, *_positional(spec, args)))
+    except hgerror.Abort as e:
+        return V1OutOfBandError(message=_abort_message(e))
+    except CommandError as e:
+        return V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
+
+
+def _pieces(chunks: Iterator[bytes], piece: int) -> Iterator[bytes]:
+    """Regroup ``chunks`` into pieces of at least ``piece`` bytes (the last may be short)."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= piece:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _compressed(chunks: Iterator[bytes], fmt: ResponseFormat, piece: int) -> Iterator[bytes]:
+    compressor = make_compressor(fmt.engine, fmt.level)
+    out: list[bytes] = [fmt.prefix] if fmt.prefix else []
+    size = len(fmt.prefix)
+    for chunk in chunks:
+        data = compressor.compress(chunk)
+        if data:
+            out.append(data)
+            size += len(data)
+            if size >= piece:
+                yield b"".join(out)
+                out, size = [], 0
+    out.append(compressor.finish())
+    tail = b"".join(out)
+    if tail:
+        yield tail
+
+
+def v1_response(
+    repo: Any,
+    name: bytes,
+    args: Mapping[bytes, ArgValue],
+    proto: V1Protocol,
+    choose: Callable[[bool], ResponseFormat] | None,
+    piece: int = STREAM_PIECE,
+) -> Iterator[object]:
+    """Generator for ``RepositoryPool.iterate``: the result, then any stream body.
+
+    Non-stream results are yielded alone. A stream yields ``V1StreamStart`` and then
+    ``bytes`` pieces. ``choose(prefer_uncompressed)`` picks the media type and engine
+    (HTTP); with ``choose=None`` (SSH) streams go out raw. The command's own generator is
+    closed when this one is, on the same worker thread.
+    """
+    result = run_v1_command(repo, name, args, proto)
+    if isinstance(result, V1Stream):
+        chunks = result.chunks
+        try:
+            if choose is None:
+                yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=False)
+                yield from _pieces(chunks, piece)
+                return
+            try:
+                fmt = choose(result.prefer_uncompressed)
+            except CommandError as e:
+                yield V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
+                return
+            yield V1StreamStart(media_type=fmt.media_type, engine=fmt.engine, legacy=False)
+            yield from _compressed(_pieces(chunks, piece), fmt, piece)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    elif isinstance(result, V1LegacyStream):
+        chunks = result.chunks
+        try:
+            yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=True)
+            yield from _pieces(chunks, piece)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    else:
+        yield result
