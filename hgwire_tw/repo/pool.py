@@ -255,8 +255,8 @@ class RepositoryPool:
     ) -> None:
         """Worker side of ``iterate``: generate, batch, hand over, wait."""
         gen = gen_fn(self.repository(served), *args)
+        batch: list[object] = []
         try:
-            batch: list[object] = []
             size = 0
             for obj in gen:
                 if stream.cancelled:
@@ -264,10 +264,22 @@ class RepositoryPool:
                 batch.append(obj)
                 size += _approx_size(obj)
                 if size >= batch_bytes or len(batch) >= batch_items:
-                    self._hand_over(deliver, batch, stream)
-                    batch, size = [], 0
+                    full, batch, size = batch, [], 0
+                    self._hand_over(deliver, full, stream)
             if batch:
-                self._hand_over(deliver, batch, stream)
+                full, batch = batch, []
+                self._hand_over(deliver, full, stream)
+        except (_Stop, _DeliveryFailed):
+            raise
+        except BaseException:
+            # The generator failed: what it produced before failing still goes out
+            # (the client gets the objects, then the error), as a streaming server would.
+            if batch and not stream.cancelled:
+                try:
+                    self._hand_over(deliver, batch, stream)
+                except (_Stop, _DeliveryFailed):
+                    pass  # the generator's own error is the one to report
+            raise
         finally:
             # Runs the generator's own finally/with blocks (locks, open files) here, on
             # the worker that owns the repository object.
