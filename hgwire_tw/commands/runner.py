@@ -122,11 +122,10 @@ class CommandRunner:
         return succeed(None)
 
     def _failed(self, failure: Failure, sink: CommandSink, name: bytes) -> None:
-        if failure.check(CancelledError):
+        exc = failure.value
+        if isinstance(exc, CancelledError):
             return None
-        if failure.check(CommandError):
-            exc = failure.value
-            assert isinstance(exc, CommandError)
+        if isinstance(exc, CommandError):
             sink.error(exc.message, exc.args_)
             return None
         log.failure("command {command!r} failed", failure, command=name)
@@ -135,5 +134,5 @@ class CommandRunner:
 
     def _sink_broke(self, failure: Failure, name: bytes) -> None:
         # The sink itself raised while being told the outcome: log, never propagate.
-        if not failure.check(CancelledError):
+        if not isinstance(failure.value, CancelledError):
             log.failure("reporting the outcome of {command!r} failed", failure, command=name)

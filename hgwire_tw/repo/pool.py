@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mercurial import hg
 from twisted.internet.defer import CancelledError, Deferred
@@ -180,7 +180,9 @@ class RepositoryPool:
 
     def run(self, served: ServedRepository, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``fn(repo, *args)`` on a worker; the Deferred fires with its result."""
-        return deferToThreadPool(self._reactor, self._threadpool, self._call, served, fn, args)
+        return deferToThreadPool(
+            cast(Any, self._reactor), self._threadpool, self._call, served, fn, args
+        )
 
     def iterate(
         self,
@@ -211,7 +213,7 @@ class RepositoryPool:
 
         result: Deferred[None] = Deferred(cancel)
         work = deferToThreadPool(
-            self._reactor,
+            cast(Any, self._reactor),
             self._threadpool,
             self._produce,
             served,
@@ -227,13 +229,15 @@ class RepositoryPool:
             self._streams.discard(stream)
             if result.called:
                 # Cancelled already; anything but our own stop signal is worth a log line.
-                if isinstance(outcome, Failure) and not outcome.check(_Stop, CancelledError):
+                if isinstance(outcome, Failure) and not isinstance(
+                    outcome.value, (_Stop, CancelledError)
+                ):
                     log.failure("stream failed after cancellation", outcome)
                 return
             if isinstance(outcome, Failure):
-                if outcome.check(_DeliveryFailed):
-                    result.errback(outcome.value.failure)  # type: ignore[union-attr]
-                elif outcome.check(_Stop):
+                if isinstance(outcome.value, _DeliveryFailed):
+                    result.errback(outcome.value.failure)
+                elif isinstance(outcome.value, _Stop):
                     result.errback(CancelledError())
                 else:
                     result.errback(outcome)
@@ -283,7 +287,9 @@ class RepositoryPool:
         finally:
             # Runs the generator's own finally/with blocks (locks, open files) here, on
             # the worker that owns the repository object.
-            gen.close()
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
     def _hand_over(
         self,
@@ -304,7 +310,7 @@ class RepositoryPool:
             try:
                 ret = deliver(batch)
             except BaseException:
-                outcome.put(Failure())
+                outcome.put(Failure())  # type: ignore[no-untyped-call]
                 return
             if not isinstance(ret, Deferred):
                 outcome.put(None)
