@@ -199,7 +199,8 @@ class HgSessionChannel(channel.SSHChannel):
             self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
 
     def write(self, data: bytes) -> None:
-        if not self._closed and not self._finished and data:
+        # Conch's addWindowBytes flushes its buffer through here too, also after finish().
+        if not self._closed and data:
             super().write(data)
 
     def _pending(self) -> bool:
