@@ -11,12 +11,23 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE
+from hgwire_tw.core.preamble import encode_ok, encode_request
+from hgwire_tw.core.reactor import (
+    ClientFrameReactor,
+    ResponseError,
+    ResponseFinished,
+    ResponseObjects,
+    SendFrames,
+)
 from tests.repobuilders import HG, hg, hg_env, log_nodes, make_rich_repo, repo_summary, verify
 from tests.servers import RunningServer, running_server
 
@@ -121,7 +132,7 @@ keys = ["{pub["alice"]}"]
 keys = ["{pub["bob"]}"]
 [[rules]]
 repos = "*"
-read = ["*"]
+read = ["*", "anonymous"]
 write = ["alice"]
 """,
         encoding="utf-8",
@@ -136,7 +147,6 @@ write = ["alice"]
         "tcp:0:interface=127.0.0.1",
         "--access",
         str(access),
-        http="none",
     ) as server:
         yield Site(server=server, keys=keys, rich=rich, big=big, tmp=tmp)
 
@@ -369,3 +379,104 @@ def test_hg_clone_of_root_name_refused_without_root(site: Site, tmp_path: Path) 
 def test_hg_client_binary_exists() -> None:
     """The client these tests run is the test virtualenv's hg."""
     assert Path(HG).exists()
+
+
+# -- the hgwire subsystem (v2 frames) ---------------------------------------------------------
+
+V2_COMMANDS: list[tuple[bytes, dict[bytes, object]]] = [
+    (b"heads", {}),
+    (b"known", {b"nodes": []}),
+    (b"listkeys", {b"namespace": b"bookmarks"}),
+    (b"branchmap", {}),
+    (b"lookup", {b"key": b"main"}),
+    (b"listkeys", {b"namespace": b"phases"}),
+    (b"heads", {b"publiconly": True}),
+]
+
+
+def _call_all(
+    client: Any, commands: list[tuple[bytes, dict[bytes, object]]]
+) -> tuple[bytes, list[int]]:
+    data, ids = [], []
+    for name, args in commands:
+        rid, actions = client.call_command(name, args)
+        ids.append(rid)
+        data += [a.data for a in actions if isinstance(a, SendFrames)]
+    return b"".join(data), ids
+
+
+def _answers(client: Any, data: bytes, ids: list[int]) -> dict[int, object]:
+    """Objects (or the error) of each request, from the server's whole output."""
+    out: dict[int, object] = {i: [] for i in ids}
+    finished = set()
+    for event in [*client.receive_data(data), *client.end_of_input()]:
+        if isinstance(event, ResponseObjects):
+            out[event.request_id].extend(event.objects)  # type: ignore[attr-defined]
+        elif isinstance(event, ResponseFinished):
+            finished.add(event.request_id)
+        elif isinstance(event, ResponseError):
+            out[event.request_id] = ("error", event.message, event.args)
+            finished.add(event.request_id)
+    assert finished == set(ids), (finished, ids)
+    return out
+
+
+def _subsystem(site: Site, who: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    argv = [*site.ssh_cmd(who), "-T", "-s", f"{who}@127.0.0.1", "hgwire"]
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=60, env=hg_env())
+
+
+def _http_v2(site: Site, repo: str, body: bytes) -> bytes:
+    req = urllib.request.Request(
+        f"{site.server.http_url}/{repo}/api/exp-http-v2-0003/ro/multirequest",
+        data=body,
+        method="POST",
+        headers={
+            "Accept": FRAMING_MEDIA_TYPE.decode(),
+            "Content-Type": FRAMING_MEDIA_TYPE.decode(),
+        },
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return bytes(resp.read())
+
+
+@pytest.mark.parametrize("encoding", [b"zstd-8mb", b"identity"])
+def test_subsystem_answers_like_http_v2(site: Site, encoding: bytes) -> None:
+    """Several commands in flight over 'ssh -s hgwire' give exactly the HTTP v2 answers."""
+    ssh_client = ClientFrameReactor(encodings=(encoding,))
+    frames, ids = _call_all(ssh_client, V2_COMMANDS)
+    proc = _subsystem(site, "bob", encode_request("team/rich") + frames)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(encode_ok())
+    over_ssh = _answers(ssh_client, proc.stdout[len(encode_ok()) :], ids)
+
+    http_client = ClientFrameReactor(encodings=(encoding,))
+    body, http_ids = _call_all(http_client, V2_COMMANDS)
+    over_http = _answers(http_client, _http_v2(site, "team/rich", body), http_ids)
+    assert [over_ssh[i] for i in ids] == [over_http[i] for i in http_ids]
+    heads = {bytes.fromhex(n) for n in log_nodes(site.rich, "heads(not secret())")}
+    assert set(over_ssh[ids[0]][0]) == heads  # type: ignore[index]
+
+
+def test_subsystem_refusals(site: Site) -> None:
+    """Unknown repositories and bad preambles get 'error ...' and exit 1; a read-only user's
+    pushkey is an error response and changes nothing."""
+    proc = _subsystem(site, "bob", encode_request("../etc"))
+    assert proc.returncode == 1 and proc.stdout.startswith(b"error ")
+    proc = _subsystem(site, "bob", b"GET / HTTP/1.0\n")
+    assert proc.returncode == 1 and proc.stdout.startswith(b"error ")
+    before = repo_summary(site.rich)
+    client = ClientFrameReactor(encodings=(b"identity",))
+    frames, ids = _call_all(
+        client,
+        [
+            (
+                b"pushkey",
+                {b"namespace": b"bookmarks", b"key": b"evil", b"old": b"", b"new": b"0" * 40},
+            )
+        ],
+    )
+    proc = _subsystem(site, "bob", encode_request("team/rich") + frames)
+    answers = _answers(client, proc.stdout[len(encode_ok()) :], ids)
+    assert answers[ids[0]][0] == "error"  # type: ignore[index]
+    assert repo_summary(site.rich) == before
