@@ -86,6 +86,7 @@ class Options(usage.Options):
         self["repos"] = {}
         for name in TRANSPORTS:
             self[name] = []
+        self["ssh-host-keys"] = []
 
     def opt_repo(self, value: str) -> None:
         """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
@@ -105,6 +106,11 @@ class Options(usage.Options):
     def opt_ssh(self, value: str) -> None:
         """Twisted endpoint to serve SSH on (repeatable; 'none' disables)."""
         self["ssh"].append(value)
+
+    def opt_ssh_host_key(self, value: str) -> None:
+        """OpenSSH private host key file for the SSH server, besides the generated ed25519
+        key (repeatable)."""
+        self["ssh-host-keys"].append(value)
 
     def opt_tcp(self, value: str) -> None:
         """Twisted endpoint to serve raw v2 frames on (repeatable; 'none' disables)."""
@@ -127,6 +133,7 @@ class Options(usage.Options):
             "max_push_bytes",
             "allow_push_over_http",
             "no_v2",
+            "ssh_host_keys",
             *TRANSPORTS,
         }
         unknown = set(config) - known
@@ -142,6 +149,9 @@ class Options(usage.Options):
             elif key in TRANSPORTS:
                 if not self[key]:
                     self[key] = [value] if isinstance(value, str) else list(value)
+            elif key == "ssh_host_keys":
+                if not self["ssh-host-keys"]:
+                    self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
             elif opt in ("allow-push-over-http", "no-v2"):
                 self[opt] = self[opt] or bool(value)
             elif self.get(opt) is None:
@@ -176,6 +186,7 @@ class Options(usage.Options):
             s.max_push_bytes = int(self["max-push-bytes"])
         s.allow_push_over_http = bool(self["allow-push-over-http"])
         s.v2_enabled = not self["no-v2"]
+        s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
