@@ -79,6 +79,15 @@ class HgSessionChannel(channel.SSHChannel):
     """A ``session`` channel running one hg session (v1 exec or the v2 subsystem)."""
 
     name = b"session"
+    hg_avatar: HgwireAvatar
+    ctx: ServerContext
+    reactor: Any
+    session: Any
+    _started: bool
+    _finished: bool
+    _closed: bool
+    _drain_waiters: list[Deferred[None]]
+    _exit_status: int | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,12 +99,12 @@ class HgSessionChannel(channel.SSHChannel):
         window = max(int(self.ctx.settings.ssh_window), 32 * 1024)
         self.localWindowSize = window
         self.localWindowLeft = window
-        self.session: Any = None
+        self.session = None
         self._started = False
         self._finished = False
         self._closed = False
-        self._drain_waiters: list[Deferred[None]] = []
-        self._exit_status: int | None = None
+        self._drain_waiters = []
+        self._exit_status = None
 
     # -- requests -----------------------------------------------------------------------
 
