@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -140,9 +141,14 @@ def test_clone_follows_server_engine_order(
     rb.verify(dest)
 
 
+def getbundle_args(heads: str) -> str:
+    """getbundle arguments asking for a bundle2 with a changegroup, as a client does."""
+    caps = "HG20,bundle2=" + urllib.parse.quote("HG20\nchangegroup=01,02")
+    return urllib.parse.urlencode({"bundlecaps": caps, "cg": "1", "common": ZERO, "heads": heads})
+
+
 def _getbundle_headers(proto: str | None, heads: str) -> dict[str, str]:
-    args = f"bundlecaps=HG20&cg=1&common={ZERO}&heads={heads}"
-    headers = {"X-HgArg-1": args}
+    headers = {"X-HgArg-1": getbundle_args(heads)}
     if proto is not None:
         headers["X-HgProto-1"] = proto
     return headers
@@ -163,7 +169,7 @@ def test_raw_getbundle_negotiation(
 ) -> None:
     """Media type and engine on the wire follow the server's order and the 0.1 fallback."""
     server, src = shared
-    heads = "+".join(rb.log_nodes(src, "heads(not secret())"))
+    heads = " ".join(rb.log_nodes(src, "heads(not secret())"))
     status, headers, body = raw(
         server.url("rich") + "?cmd=getbundle", _getbundle_headers(proto, heads)
     )
@@ -176,7 +182,8 @@ def test_raw_getbundle_negotiation(
         data = zstandard.ZstdDecompressor().decompressobj().decompress(body)
     else:
         data = zlib.decompress(body)
-    assert data.startswith(b"HG20")
+    assert data.startswith(b"HG20") and b"CHANGEGROUP" in data.upper()
+    assert len(data) > 2000  # the whole history, not an empty bundle
 
 
 def test_capabilities_and_batch(shared: tuple[RunningServer, Path]) -> None:
@@ -354,15 +361,18 @@ def test_client_disconnect_frees_the_worker(tmp_path: Path) -> None:
     rb.hg("commit", "-A", "-q", "-m", "big", cwd=src)
     with running_server(tmp_path, "--repo", f"r={src}", "--workers", "1") as server:
         heads = rb.log_nodes(src, "tip")[0]
-        args = f"bundlecaps=HG20&cg=1&common={ZERO}&heads={heads}"
+        args = getbundle_args(heads)
         with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
             sock.sendall(
                 b"GET /r?cmd=getbundle HTTP/1.1\r\nHost: x\r\n"
-                b"X-HgProto-1: 0.1 0.2 comp=none\r\n"
+                b"X-HgProto-1: 0.1 0.2 comp=zstd\r\n"
                 b"X-HgArg-1: " + args.encode() + b"\r\n\r\n"
             )
-            sock.recv(4096)  # the response has started; stop reading and hang up
+            got = 0
+            while got < 256 * 1024:  # the response is flowing; stop reading and hang up
+                got += len(sock.recv(65536))
         dest = tmp_path / "c"
         rb.hg("clone", "-U", server.url("r"), dest, timeout=60)
+        assert "Traceback" not in server.log()
     assert summary(dest) == expected_clone(src)
     shutil.rmtree(dest)

@@ -92,20 +92,11 @@ MAX_HEADERS = 8192
 # Site and request: bounded bodies, long X-HgArg series
 
 
-class _Discard(io.RawIOBase):
+class _Discard(io.BytesIO):
     """A request body sink that drops everything (the body is over the limit)."""
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def write(self, data: Any) -> int:
         return len(data)
-
-    def readinto(self, buffer: Any) -> int:
-        return 0
 
 
 class HgRequest(Request):
@@ -579,6 +570,11 @@ class _V1Response:
                 self.v1._log(200, item.media_type, item.engine)
                 request.registerProducer(self, True)
                 self.streaming = True
+                # HTTPChannel does not pause a producer registered while the transport
+                # is already full (e.g. after an earlier response on this connection).
+                channel = getattr(request, "channel", None)
+                if getattr(channel, "_waitingForTransport", False):
+                    self.pauseProducing()
             else:
                 self.v1._write_result(item)
         if self.paused and not self.gone:

@@ -178,7 +178,8 @@ def _convert(rsp: object) -> V1Result:
     if isinstance(rsp, wireprototypes.streamreslegacy):
         return V1LegacyStream(chunks=iter(rsp.gen))
     if isinstance(rsp, wireprototypes.pushres):
-        return V1PushResult(result=int(rsp.res), output=rsp.output or b"")
+        # None: a bundle2 push that asked for no reply (no replycaps part)
+        return V1PushResult(result=int(rsp.res or 0), output=rsp.output or b"")
     if isinstance(rsp, wireprototypes.pusherr):
         return V1PushError(message=rsp.res, output=rsp.output or b"")
     if isinstance(rsp, wireprototypes.ooberror):
@@ -187,8 +188,9 @@ def _convert(rsp: object) -> V1Result:
 
 
 def _positional(spec: tuple[bytes, ...], args: Mapping[bytes, ArgValue]) -> list[ArgValue]:
+    # Copies: Mercurial's commands consume the ``*`` dict (``options`` deletes keys).
     try:
-        return [args[name] for name in spec]
+        return [dict(args[n]) if isinstance(args[n], dict) else args[n] for n in spec]
     except KeyError as e:
         raise CommandError(b"missing argument: %s", (e.args[0],)) from None
 
@@ -242,6 +244,9 @@ def run_v1_command(
         return _convert(entry.func(view, proto, *_positional(spec, args)))
     except hgerror.Abort as e:
         return V1OutOfBandError(message=_abort_message(e))
+    except (hgerror.LookupError, hgerror.RepoLookupError) as e:
+        # e.g. a getbundle naming a node that is unknown or not served (secret)
+        return V1OutOfBandError(message=bytes(e) + b"\n")
     except CommandError as e:
         return V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
 

@@ -1,0 +1,245 @@
+"""The HTTP v1 resource driven in-process: a real ``HTTPChannel`` over ``StringTransport``
+and a synchronous stand-in for the repository pool, so pausing, disconnects and limits
+can be observed step by step."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from mercurial import hg
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from hgwire_tw.access import AccessPolicy
+from hgwire_tw.context import ServerContext, Settings
+from hgwire_tw.repo.registry import RepositoryRegistry
+from hgwire_tw.repo.ui import make_ui
+from hgwire_tw.transports.http import HgResource, HgSite
+from tests import repobuilders as rb
+
+
+class SyncPool:
+    """Runs pool jobs on the calling thread; ``iterate`` hands over one object at a time
+    and stops at an unfired delivery Deferred, as the real pool's worker waits."""
+
+    def __init__(self, repo: Any) -> None:
+        self.repo = repo
+        self.closed = 0
+        self.delivered = 0
+
+    def run(self, served: Any, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return maybeDeferred(fn, self.repo, *args)
+
+    def iterate(
+        self, served: Any, gen_fn: Callable[..., Iterator[object]], args: Any, deliver: Any
+    ) -> Deferred[None]:
+        gen = gen_fn(self.repo, *args)
+
+        def close() -> None:
+            gen.close()
+            self.closed += 1
+
+        result: Deferred[None] = Deferred(lambda _: close())
+
+        def step(_: object = None) -> None:
+            while not result.called:
+                try:
+                    obj = next(gen)
+                except StopIteration:
+                    close()
+                    result.callback(None)
+                    return
+                self.delivered += 1
+                ret = deliver([obj])
+                if isinstance(ret, Deferred):
+                    ret.addCallbacks(step, lambda f: None if result.called else failed(f))
+                    return
+
+        def failed(f: Failure) -> None:
+            close()
+            result.errback(f)
+
+        step()
+        return result
+
+
+@pytest.fixture(scope="module")
+def big_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose bundle is a few MiB of incompressible data."""
+    import os
+
+    path = rb.init_repo(tmp_path_factory.mktemp("big") / "repo")
+    (path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    rb.hg("commit", "-A", "-q", "-m", "big", cwd=path)
+    return path
+
+
+def make_channel(repo_path: Path, settings: Settings | None = None) -> tuple[Any, Any, SyncPool]:
+    repo = hg.repository(make_ui(), bytes(repo_path))
+    pool = SyncPool(repo)
+    ctx = ServerContext(
+        reactor=None,
+        registry=RepositoryRegistry({"r": repo_path}),
+        pool=pool,  # type: ignore[arg-type]
+        access=AccessPolicy.default(),
+        settings=settings or Settings(),
+    )
+    site = HgSite(HgResource(ctx), max_body_bytes=ctx.settings.max_push_bytes)
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport, pool
+
+
+def request(
+    channel: Any,
+    target: bytes,
+    headers: dict[bytes, bytes] | None = None,
+    method: bytes = b"GET",
+    body: bytes = b"",
+) -> None:
+    lines = [b"%s %s HTTP/1.1" % (method, target), b"Host: test"]
+    for k, v in (headers or {}).items():
+        lines.append(k + b": " + v)
+    if body or method == b"POST":
+        lines.append(b"Content-Length: %d" % len(body))
+    channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+
+
+def split_response(raw: bytes) -> tuple[bytes, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+def dechunk(body: bytes) -> bytes:
+    out = []
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out.append(rest[:n])
+        body = rest[n + 2 :]
+    return b"".join(out)
+
+
+def getbundle_target(repo_path: Path) -> tuple[bytes, dict[bytes, bytes]]:
+    import urllib.parse
+
+    heads = rb.log_nodes(repo_path, "max(not secret())")[0]
+    caps = "HG20,bundle2=" + urllib.parse.quote("HG20\nchangegroup=01,02")
+    args = urllib.parse.urlencode({"bundlecaps": caps, "common": "0" * 40, "heads": heads})
+    return b"/r?cmd=getbundle", {b"X-HgArg-1": args.encode()}
+
+
+def test_stream_pauses_with_the_client_and_resumes(big_repo: Path) -> None:
+    """While the transport is paused the producer gets no more data; resuming continues."""
+    channel, transport, pool = make_channel(big_repo)
+    target, headers = getbundle_target(big_repo)
+    headers[b"X-HgProto-1"] = b"0.1 0.2 comp=zstd,zlib"
+    transport.producer.pauseProducing()  # the client is not reading
+    request(channel, target, headers)
+    delivered = pool.delivered
+    assert delivered <= 3  # StreamStart and a piece or two, then the worker waits
+    transport.producer.resumeProducing()
+    head, body = split_response(transport.value())
+    assert b"200 Script output follows" in head
+    assert b"Content-Type: application/mercurial-0.2" in head
+    data = dechunk(body)
+    assert data[:5] == b"\x04zstd"
+    bundle = zstandard.ZstdDecompressor().decompressobj().decompress(data[5:])
+    assert bundle.startswith(b"HG20") and len(bundle) > 3 * 1024 * 1024
+    assert pool.delivered > delivered and pool.closed == 1
+
+
+def test_disconnect_mid_stream_closes_the_generator(big_repo: Path) -> None:
+    """A client that goes away mid-response stops the command's generator."""
+    channel, transport, pool = make_channel(big_repo)
+    target, headers = getbundle_target(big_repo)
+    transport.producer.pauseProducing()
+    request(channel, target, headers)
+    assert pool.closed == 0
+    channel.connectionLost(Failure(ConnectionError("gone")))
+    assert pool.closed == 1
+
+
+def test_legacy_client_gets_zlib(rich_repo: Path) -> None:
+    """No X-HgProto header: 0.1 and zlib."""
+    channel, transport, _ = make_channel(rich_repo)
+    target, headers = getbundle_target(rich_repo)
+    request(channel, target, headers)
+    head, body = split_response(transport.value())
+    assert b"Content-Type: application/mercurial-0.1" in head
+    assert zlib.decompress(dechunk(body)).startswith(b"HG20")
+
+
+def test_secret_head_is_an_out_of_band_error(rich_repo: Path) -> None:
+    """Asking for a secret (unserved) head is a clean hg-error, not a server error."""
+    channel, transport, _ = make_channel(rich_repo)
+    target, headers = getbundle_target(rich_repo)
+    secret = rb.log_nodes(rich_repo, "secret()")[0].encode()
+    visible = rb.log_nodes(rich_repo, "max(not secret())")[0].encode()
+    headers[b"X-HgArg-1"] = headers[b"X-HgArg-1"].replace(visible, secret)
+    request(channel, target, headers)
+    head, body = split_response(transport.value())
+    assert b"Content-Type: application/hg-error" in head
+    assert b"filtered" in body or b"unknown" in body
+
+
+def test_body_over_limit_is_413_and_not_stored(rich_repo: Path) -> None:
+    """A push bigger than max_push_bytes is answered 413 before anything runs."""
+    channel, transport, pool = make_channel(rich_repo, Settings(max_push_bytes=10))
+    request(channel, b"/r?cmd=unbundle", {b"X-HgArg-1": b"heads=666f726365"}, b"POST", b"x" * 50)
+    head, body = split_response(transport.value())
+    assert head.startswith(b"HTTP/1.1 413")
+    assert b"at most 10 bytes" in body
+    assert pool.delivered == 0
+
+
+def test_many_arg_headers_accepted(rich_repo: Path) -> None:
+    """A long X-HgArg-N series (bigger than twisted's 16 KiB default) is accepted."""
+    channel, transport, _ = make_channel(rich_repo)
+    nodes = "+".join(["1" * 40] * 1000)  # unknown nodes
+    encoded = f"nodes={nodes}".encode()
+    headers = {
+        b"X-HgArg-%d" % (i // 1000 + 1): encoded[i : i + 1000] for i in range(0, len(encoded), 1000)
+    }
+    request(channel, b"/r?cmd=known", headers)
+    head, body = split_response(transport.value())
+    assert b"200 Script output follows" in head
+    assert body.endswith(b"0" * 1000)
+
+
+def test_post_args(rich_repo: Path) -> None:
+    """Arguments in the POST body (X-HgArgs-Post) are read."""
+    channel, transport, _ = make_channel(rich_repo, Settings(http_post_args=True))
+    args = b"key=tip"
+    request(channel, b"/r?cmd=lookup", {b"X-HgArgs-Post": b"%d" % len(args)}, b"POST", args)
+    head, body = split_response(transport.value())
+    assert b"200 Script output follows" in head and body.startswith(b"1 ")
+
+
+def test_capabilities_advertise_post_args_and_min_versions(rich_repo: Path) -> None:
+    """Configured httppostargs, header size and minimum media types appear."""
+    settings = Settings(http_post_args=True, http_header_max=2048, v1_min_send="0.1")
+    channel, transport, _ = make_channel(rich_repo, settings)
+    request(channel, b"/r?cmd=capabilities")
+    _, body = split_response(transport.value())
+    caps = body.split()
+    assert b"httppostargs" in caps and b"httpheader=2048" in caps
+    assert b"httpmediatype=0.1rx,0.1tx,0.2tx,mintx=0.1" in caps
+
+
+def test_stream_clone_disabled(rich_repo: Path) -> None:
+    """With stream clones off, no stream capability is advertised."""
+    channel, transport, _ = make_channel(rich_repo, Settings(stream_clone=False))
+    request(channel, b"/r?cmd=capabilities")
+    _, body = split_response(transport.value())
+    assert not [c for c in body.split() if c.startswith(b"stream")]
+    assert b"stream%3Dv2" not in body
