@@ -13,6 +13,9 @@ usage: hgwire COMMAND [options]
 commands:
   serve [options]   serve repositories (same options as `twistd -n hgwire`; see --help)
   passwd [--stdin]  print a password hash for the access file
+  clone URL DEST    clone a repository over wire protocol v2 (http://, hgwire://)
+  pull [-R DEST] [URL]
+                    pull new changesets over wire protocol v2
 """
 
 
@@ -69,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(rest)
     if command == "passwd":
         return _passwd(rest)
-    # Later issues add clone/pull/mirror here.
+    if command in ("clone", "pull"):
+        from hgwire_tw.client.main import clone_main, pull_main
+
+        return clone_main(rest) if command == "clone" else pull_main(rest)
     print(f"hgwire: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 

@@ -1,0 +1,241 @@
+"""The v2 peer over HTTP: capabilities upgrade, then frames POSTed to the v2 API.
+
+``capabilities()`` sends ``GET <repo>/?cmd=capabilities`` with the upgrade headers and
+reads the CBOR answer (wire-protocol §3.1). Each :meth:`HTTPPeer.call` is one POST to
+``<api>/ro/<command>`` (one command) or ``<api>/ro/multirequest`` (several), whose body
+holds the frames of a fresh :class:`ClientFrameReactor`; the response body is fed to
+that reactor as it arrives and each command's objects go to its sink at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from hgwire_tw.client.peer import Command, CommandFailed, ConnectionFailed
+from hgwire_tw.core import cbor
+from hgwire_tw.core.errors import ProtocolError
+from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, HTTP_V2_API
+from hgwire_tw.core.reactor import (
+    ClientEvent,
+    ClientFrameReactor,
+    ProtocolFailure,
+    ResponseError,
+    ResponseFinished,
+    ResponseObjects,
+    ResponseRedirect,
+)
+
+__all__ = ["FrameChannel", "HTTPPeer"]
+
+USER_AGENT = b"hgwire_tw client"
+MAX_CAPABILITIES_BODY = 4 * 1024 * 1024
+
+
+class FrameChannel:
+    """Routes a client frame reactor's events to the sinks of its commands.
+
+    Shared by the HTTP and TCP peers: feed it bytes with :meth:`data`, and
+    :meth:`closed` when the channel ends.
+    """
+
+    def __init__(self, frame_reactor: ClientFrameReactor) -> None:
+        self.frame_reactor = frame_reactor
+        self.commands: dict[int, Command] = {}
+
+    def add(self, request_id: int, command: Command) -> None:
+        """Route the responses of ``request_id`` to ``command.sink``."""
+        self.commands[request_id] = command
+
+    def data(self, data: bytes) -> None:
+        """Bytes from the server."""
+        self._dispatch(self.frame_reactor.receive_data(data))
+
+    def closed(self, error: Exception | None) -> None:
+        """The channel ended: cleanly (``None``) or with ``error``."""
+        if error is None:
+            self._dispatch(self.frame_reactor.end_of_input())
+        self.fail_all(error or ConnectionFailed("the server closed the connection"))
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every command still waiting."""
+        commands, self.commands = self.commands, {}
+        for command in commands.values():
+            command.sink.failed(error)
+
+    def _dispatch(self, events: list[ClientEvent]) -> None:
+        for event in events:
+            if isinstance(event, ProtocolFailure):
+                self.fail_all(ConnectionFailed(f"protocol error: {event.message}"))
+                continue
+            command = self.commands.get(event.request_id)
+            if command is None:
+                continue
+            if isinstance(event, ResponseObjects):
+                command.sink.objects(event.objects)
+            elif isinstance(event, ResponseFinished):
+                del self.commands[event.request_id]
+                command.sink.finished()
+            elif isinstance(event, ResponseError):
+                del self.commands[event.request_id]
+                command.sink.failed(CommandFailed(command.name, event.message, event.args))
+            elif isinstance(event, ResponseRedirect):
+                del self.commands[event.request_id]
+                command.sink.failed(
+                    ConnectionFailed("content redirects are not supported by this client")
+                )
+
+
+class _BodyReader(Protocol):
+    """Feeds a streamed response body into a :class:`FrameChannel`."""
+
+    def __init__(self, peer: HTTPPeer, channel: FrameChannel) -> None:
+        self.peer = peer
+        self.channel = channel
+
+    def connectionMade(self) -> None:
+        self.peer._readers.add(self)
+        if self.peer._paused:
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.channel.data(data)
+        except ProtocolError as exc:
+            self.channel.fail_all(ConnectionFailed(str(exc)))
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self.peer._readers.discard(self)
+        if reason.check(ResponseDone):
+            self.channel.closed(None)
+        else:
+            self.channel.closed(ConnectionFailed(f"response broken: {reason.getErrorMessage()}"))
+
+
+class HTTPPeer:
+    """A v2 server over HTTP (see the module docs). Reactor thread only."""
+
+    def __init__(self, reactor: Any, url: str) -> None:
+        self.url = url
+        self._base = url.rstrip("/")
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._agent = Agent(reactor, pool=self._pool)
+        self._api: str | None = None
+        self._readers: set[_BodyReader] = set()
+        self._channels: set[FrameChannel] = set()
+        self._paused = False
+        self._closed = False
+
+    async def _capabilities(self) -> dict[bytes, Any]:
+        headers = Headers(
+            {
+                b"X-HgUpgrade-1": [HTTP_V2_API],
+                b"X-HgProto-1": [b"cbor"],
+                b"Vary": [b"X-HgProto-1,X-HgUpgrade-1"],
+                b"Accept": [b"application/mercurial-0.1"],
+                b"User-Agent": [USER_AGENT],
+            }
+        )
+        response = await self._agent.request(
+            b"GET", f"{self._base}/?cmd=capabilities".encode(), headers
+        )
+        body = await readBody(response)
+        if response.code != 200:
+            raise ConnectionFailed(f"capabilities: HTTP {response.code} from {self.url}")
+        ctype = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if ctype != b"application/mercurial-cbor":
+            raise ConnectionFailed(f"{self.url} does not offer the v2 API (no CBOR upgrade)")
+        answer = cbor.loads(body)
+        if not isinstance(answer, dict):
+            raise ConnectionFailed("capabilities: malformed answer")
+        apis = answer.get(b"apis", {})
+        if not isinstance(apis, dict) or HTTP_V2_API not in apis:
+            raise ConnectionFailed(f"{self.url} does not offer {HTTP_V2_API.decode()}")
+        base = answer.get(b"apibase", b"api/")
+        assert isinstance(base, bytes)
+        self._api = f"{self._base}/{base.decode().rstrip('/')}/{HTTP_V2_API.decode()}"
+        descriptor = apis[HTTP_V2_API]
+        assert isinstance(descriptor, dict)
+        return descriptor
+
+    def capabilities(self) -> Deferred[dict[bytes, Any]]:
+        return Deferred.fromCoroutine(self._capabilities())
+
+    def call(self, commands: Sequence[Command]) -> None:
+        if self._closed:
+            raise ConnectionFailed("the peer is closed")
+        if self._api is None:
+            raise ConnectionFailed("capabilities() must come first")
+        frame_reactor = ClientFrameReactor()
+        channel = FrameChannel(frame_reactor)
+        body = []
+        for command in commands:
+            request_id, actions = frame_reactor.call_command(command.name, command.args)
+            channel.add(request_id, command)
+            body += [a.data for a in actions]
+        path = commands[0].name.decode() if len(commands) == 1 else "multirequest"
+        headers = Headers(
+            {
+                b"Accept": [FRAMING_MEDIA_TYPE],
+                b"Content-Type": [FRAMING_MEDIA_TYPE],
+                b"User-Agent": [USER_AGENT],
+            }
+        )
+        self._channels.add(channel)
+        d = self._agent.request(
+            b"POST",
+            f"{self._api}/ro/{path}".encode(),
+            headers,
+            FileBodyProducer(BytesIO(b"".join(body))),
+        )
+        d.addCallback(self._response, channel, path)
+        d.addErrback(lambda f: channel.fail_all(ConnectionFailed(f.getErrorMessage())))
+        d.addBoth(lambda _: self._channels.discard(channel))
+
+    def _response(self, response: IResponse, channel: FrameChannel, path: str) -> Deferred[None]:
+        ctype = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if response.code != 200 or ctype != FRAMING_MEDIA_TYPE:
+
+            def refused(body: bytes) -> None:
+                text = body[:500].decode("utf-8", "replace").strip()
+                channel.fail_all(ConnectionFailed(f"{path}: HTTP {response.code}: {text}"))
+
+            return readBody(response).addCallback(refused)
+        done: Deferred[None] = Deferred()
+        reader = _BodyReader(self, channel)
+        original = reader.connectionLost
+
+        def lost(reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+            original(reason)
+            done.callback(None)
+
+        reader.connectionLost = lost  # type: ignore[method-assign]
+        response.deliverBody(reader)
+        return done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        for reader in self._readers:
+            reader.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        for reader in list(self._readers):
+            reader.transport.resumeProducing()
+
+    def close(self) -> None:
+        self._closed = True
+        for channel in list(self._channels):
+            channel.fail_all(ConnectionFailed("connection closed by the client"))
+        for reader in list(self._readers):
+            reader.transport.stopProducing()
+        self._pool.closeCachedConnections()

@@ -1,0 +1,162 @@
+"""What the client needs from a connection to a v2 server, whatever carries it.
+
+A *peer* runs v2 commands and hands each command's output objects to a
+:class:`ResponseSink` as they are decoded, on the reactor thread. Transports:
+
+- ``http://`` / ``https://``: :class:`hgwire_tw.client.http.HTTPPeer` (capabilities
+  upgrade, then one POST per batch of commands);
+- ``hgwire://host:port/repo``: :class:`hgwire_tw.client.tcp.TCPPeer` (preamble, then
+  full-duplex frames on one connection, several commands in flight);
+- ``ssh://user@host:port/repo``: not implemented yet. The hook is
+  :data:`PEER_FACTORIES`: an SSH-subsystem peer registers a factory for the ``ssh``
+  scheme that opens a channel, sends the preamble and then behaves as ``TCPPeer`` does
+  on the channel's bytes (``TCPPeer``'s protocol class only needs a transport).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+
+from hgwire_tw.core.errors import HgWireError
+
+__all__ = [
+    "PEER_FACTORIES",
+    "Command",
+    "CommandFailed",
+    "ConnectionFailed",
+    "Peer",
+    "PeerURL",
+    "ResponseSink",
+    "make_peer",
+    "parse_url",
+]
+
+
+class ConnectionFailed(HgWireError):
+    """The connection to the server failed or broke (the pull is aborted)."""
+
+
+class CommandFailed(HgWireError):
+    """The server answered a command with an error."""
+
+    def __init__(self, name: bytes, message: bytes, args: Sequence[bytes] = ()) -> None:
+        try:
+            text = message % tuple(args) if args else message
+        except (TypeError, ValueError):
+            text = message + b" " + b" ".join(args)
+        super().__init__(f"{name.decode('utf-8', 'replace')}: {text.decode('utf-8', 'replace')}")
+        self.name = name
+        self.message = message
+        self.args_ = tuple(args)
+
+
+class ResponseSink(Protocol):
+    """Receives one command's outcome on the reactor thread.
+
+    ``objects`` may be called any number of times, then exactly one of ``finished`` or
+    ``failed``.
+    """
+
+    def objects(self, objs: Sequence[object]) -> None:
+        """Decoded output objects, in order."""
+
+    def finished(self) -> None:
+        """The response ended normally."""
+
+    def failed(self, error: Exception) -> None:
+        """The command or the connection failed (``CommandFailed``/``ConnectionFailed``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One v2 command to run: name, arguments, where its output goes."""
+
+    name: bytes
+    args: Mapping[bytes, object]
+    sink: ResponseSink
+
+
+class Peer(Protocol):
+    """A v2 server seen from the client (every method on the reactor thread)."""
+
+    url: str
+
+    def capabilities(self) -> Deferred[dict[bytes, Any]]:
+        """The server's v2 capabilities descriptor (wire-protocol §4)."""
+
+    def call(self, commands: Sequence[Command]) -> None:
+        """Start ``commands``; each one's outcome goes to its sink."""
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the server (the consumer is behind)."""
+
+    def resumeProducing(self) -> None:
+        """Read again."""
+
+    def close(self) -> None:
+        """Drop the connection(s); outstanding commands fail."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerURL:
+    """A parsed server URL."""
+
+    scheme: str
+    host: str
+    port: int | None
+    user: str | None
+    path: str
+    raw: str
+
+
+def parse_url(url: str) -> PeerURL:
+    """Split ``url``; unknown schemes raise ``ValueError``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in PEER_FACTORIES:
+        known = ", ".join(sorted(PEER_FACTORIES))
+        raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r} (known: {known})")
+    if not parts.hostname:
+        raise ValueError(f"no host in URL {url!r}")
+    return PeerURL(
+        scheme=scheme,
+        host=parts.hostname,
+        port=parts.port,
+        user=parts.username,
+        path=parts.path.strip("/"),
+        raw=url,
+    )
+
+
+def _http_peer(reactor: Any, url: PeerURL) -> Peer:
+    from hgwire_tw.client.http import HTTPPeer
+
+    return HTTPPeer(reactor, url.raw)
+
+
+def _tcp_peer(reactor: Any, url: PeerURL) -> Peer:
+    from hgwire_tw.client.tcp import TCPPeer
+
+    return TCPPeer(reactor, url.host, url.port or DEFAULT_TCP_PORT, url.path)
+
+
+#: Default port of the raw TCP transport (``hgwire://``).
+DEFAULT_TCP_PORT = 7357
+
+#: scheme -> factory(reactor, PeerURL) -> Peer. An SSH peer adds ``"ssh"`` here.
+PEER_FACTORIES: dict[str, Callable[[Any, PeerURL], Peer]] = {
+    "http": _http_peer,
+    "https": _http_peer,
+    "hgwire": _tcp_peer,
+}
+
+
+def make_peer(reactor: Any, url: str) -> Peer:
+    """A peer for ``url`` (scheme chooses the transport)."""
+    parsed = parse_url(url)
+    return PEER_FACTORIES[parsed.scheme](reactor, parsed)

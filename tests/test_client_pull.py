@@ -1,0 +1,124 @@
+"""The client's pull logic against the server's own command handlers, in process.
+
+No network: ``LocalRemote`` runs the v2 handlers on the source repository and passes
+every object through CBOR, so what the pull logic sees is what a server would send.
+The reference result is Mercurial's own ``clone -U --pull`` of the same source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hgwire_tw.client.pull import PullStats, pull
+from hgwire_tw.client.repo import open_or_create
+from hgwire_tw.commands.common import served_view
+from hgwire_tw.commands.registry import COMMANDS, capabilities_descriptor, normalize_args
+from hgwire_tw.core import cbor
+from hgwire_tw.core.cbor import EncodedCBOR
+from hgwire_tw.repo.ui import make_ui
+from tests.repobuilders import hg, repo_summary, verify
+
+
+class InjectedFailure(Exception):
+    """Raised by LocalRemote to simulate a connection dropping mid-transfer."""
+
+
+class LocalRemote:
+    """A ``Remote`` answering from a repository on disk through the command handlers."""
+
+    def __init__(self, path: Path, fail_after: dict[bytes, int] | None = None) -> None:
+        from mercurial import hg as hgmod
+
+        self.url = f"local:{path}"
+        self.repo = hgmod.repository(make_ui(), str(path).encode())
+        self.fail_after = dict(fail_after or {})
+        self.calls: list[bytes] = []
+
+    def capabilities(self) -> dict[bytes, Any]:
+        caps = cbor.loads(cbor.dumps(capabilities_descriptor(self.repo)))
+        assert isinstance(caps, dict)
+        return caps
+
+    def call(self, name: bytes, args: Mapping[bytes, object]) -> Iterator[object]:
+        self.calls.append(name)
+        spec = COMMANDS[name]
+        normalized = normalize_args(spec, cbor.loads(cbor.dumps(dict(args))))  # type: ignore[arg-type]
+        limit = self.fail_after.get(name)
+        count = 0
+        for obj in spec.handler(served_view(self.repo.unfiltered()), normalized):
+            data = bytes(obj) if isinstance(obj, EncodedCBOR) else cbor.dumps(obj)
+            for value in cbor.loads_sequence(data):
+                if limit is not None and count >= limit:
+                    raise InjectedFailure(f"{name!r} dropped after {count} objects")
+                count += 1
+                yield value
+
+    def call_many(
+        self, commands: Sequence[tuple[bytes, Mapping[bytes, object]]]
+    ) -> list[Iterator[object]]:
+        return [iter(list(self.call(n, a))) for n, a in commands]
+
+
+def local_pull(dest: Path, src: Path, **kw: Any) -> PullStats:
+    remote = LocalRemote(src, **kw)
+    repo = open_or_create(dest, create=not dest.exists())
+    return pull(repo, remote)
+
+
+def test_clone_equals_reference(rich_repo: Path, tmp_path: Path) -> None:
+    """A pull into an empty repository equals hg's own clone --pull and verifies."""
+    hg("clone", "-q", "-U", "--pull", rich_repo, tmp_path / "ref")
+    stats = local_pull(tmp_path / "dest", rich_repo)
+    assert repo_summary(tmp_path / "dest") == repo_summary(tmp_path / "ref")
+    verify(tmp_path / "dest")
+    assert stats.changesets == len(repo_summary(tmp_path / "ref")["nodes"])  # type: ignore[arg-type]
+
+
+def test_drafts_stay_draft_on_non_publishing(rich_repo: Path, tmp_path: Path) -> None:
+    """From a non-publishing source, drafts arrive draft and secrets never arrive."""
+    with open(rich_repo / ".hg" / "hgrc", "a", encoding="utf-8") as f:
+        f.write("[phases]\npublish = false\n")
+    local_pull(tmp_path / "dest", rich_repo)
+    phases = hg("log", "-r", "all()", "-T", "{phase}\n", cwd=tmp_path / "dest").stdout.split()
+    assert b"draft" in phases and b"secret" not in phases
+    verify(tmp_path / "dest")
+
+
+def test_incremental_pull_fetches_only_new(rich_repo: Path, tmp_path: Path) -> None:
+    """A second pull after a commit, a merge and a bookmark move brings exactly those."""
+    dest = tmp_path / "dest"
+    local_pull(dest, rich_repo)
+    hg("update", "-q", "-r", "main", cwd=rich_repo)
+    (rich_repo / "new.txt").write_text("new\n")
+    hg("commit", "-A", "-q", "-m", "new", cwd=rich_repo)
+    hg("merge", "-q", "-r", "stable", cwd=rich_repo)
+    hg("commit", "-q", "-m", "merge stable", cwd=rich_repo)
+    hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=rich_repo)
+    stats = local_pull(dest, rich_repo)
+    assert stats.changesets == 2
+    assert stats.bookmarks == 2  # "main" (active, moved by the commits) and "stable-bm"
+    hg("clone", "-q", "-U", "--pull", rich_repo, tmp_path / "ref")
+    assert repo_summary(dest) == repo_summary(tmp_path / "ref")
+    verify(dest)
+    again = local_pull(dest, rich_repo)
+    assert (again.changesets, again.manifests, again.files) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("command", [b"changesetdata", b"manifestdata", b"filesdata"])
+def test_interrupted_pull_leaves_nothing_and_rerun_completes(
+    rich_repo: Path, tmp_path: Path, command: bytes
+) -> None:
+    """A failure mid-transfer aborts the transaction; running the pull again completes."""
+    dest = tmp_path / "dest"
+    with pytest.raises(InjectedFailure):
+        local_pull(dest, rich_repo, fail_after={command: 5})
+    assert hg("log", "-r", "all()", "-T", "x", cwd=dest).stdout == b""
+    verify(dest)
+    local_pull(dest, rich_repo)
+    hg("clone", "-q", "-U", "--pull", rich_repo, tmp_path / "ref")
+    assert repo_summary(dest) == repo_summary(tmp_path / "ref")
+    verify(dest)
