@@ -276,11 +276,9 @@ class HgwireService(service.MultiService):
 
 def _factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
     if transport == "http":
-        from twisted.web.server import Site
+        from hgwire_tw.transports.http import make_site
 
-        from hgwire_tw.transports.http import HgResource
-
-        site = Site(HgResource(ctx))
+        site = make_site(ctx)
         site.displayTracebacks = False
         return site
     if transport == "ssh":

@@ -71,17 +71,17 @@ def check_access(
     if not access.can_read(user, repo_name):
         if user is None and access.requires_login(repo_name):
             raise HTTPDenied(401, "read not authorized", ask_login=True)
-        raise HTTPDenied(
-            403 if user is not None else 401, "read not authorized", ask_login=user is None
-        )
+        raise HTTPDenied(403, "read not authorized")
     if not write:
         return
     if not is_secure(request) and not ctx.settings.allow_push_over_http:
         raise HTTPDenied(403, "ssl required")
     if not access.can_write(user, repo_name):
-        raise HTTPDenied(
-            401 if user is None else 403, "push not authorized", ask_login=user is None
+        # Ask for a login only when some user could push here; otherwise 403 is the truth.
+        could_login = user is None and any(
+            access.can_write(name, repo_name) for name in access.users
         )
+        raise HTTPDenied(401 if could_login else 403, "push not authorized", ask_login=could_login)
 
 
 def deny(ctx: ServerContext, request: IRequest, denied: HTTPDenied, body: bytes) -> bytes:
