@@ -97,5 +97,3 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> int | None:
             proc.kill()
             proc.wait()
     return proc.returncode
-
-
