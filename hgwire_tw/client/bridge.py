@@ -121,6 +121,13 @@ class ObjectQueue:
                 self._done = True
             self._cond.notify_all()
 
+    def drain_nowait(self) -> list[object]:
+        """Everything queued so far (reactor thread, for small answers)."""
+        with self._cond:
+            items = [obj for obj, _ in self._items]
+            self._items.clear()
+        return items
+
     # consumer (worker thread)
     def __iter__(self) -> Iterator[object]:
         return self
