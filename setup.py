@@ -5,12 +5,12 @@ from setuptools import find_packages, setup
 setup(
     name="hgwire_tw",
     version="0.1.0",
-    description="Mercurial repository server on Twisted: HTTP, SSH and raw TCP, wire protocol v1 and v2",
+    description="Mercurial repository server on Twisted: HTTP, SSH and raw TCP, protocol v1 and v2",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
-    packages=find_packages(include=["hgwire_tw", "hgwire_tw.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["hgwire_tw", "hgwire_tw.*"]), "twisted.plugins"],
     package_data={"twisted": ["plugins/hgwire_plugin.py"]},
     install_requires=[
         "twisted[conch,tls]>=22.4,<27",

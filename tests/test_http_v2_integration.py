@@ -13,6 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from hgwire_tw.core import cbor
+from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, FrameDecoder, FrameType
 from hgwire_tw.core.reactor import (
     ClientFrameReactor,
     ResponseError,
@@ -20,9 +23,6 @@ from hgwire_tw.core.reactor import (
     ResponseObjects,
     SendFrames,
 )
-
-from hgwire_tw.core import cbor
-from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, FrameDecoder, FrameType
 from tests.repobuilders import HG_603, hg, repo_summary, verify
 from tests.servers import RunningServer, running_server
 
