@@ -11,7 +11,7 @@ Unlike Mercurial 6.0.3, every command's own permission is checked against the UR
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -35,6 +35,7 @@ from hgwire_tw.core.reactor import (
     ServerFrameReactor,
 )
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.framesink import FrameSink
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 
 log = Logger()
@@ -242,10 +243,10 @@ class _V2Response:
         self.ctx = ctx
         self.request = request
         self.served = served
-        self.frame_reactor = frame_reactor
+        self.frames: ServerFrameReactor | None = frame_reactor
         self.may_push = may_push
         self.paused: Deferred[None] | None = None
-        self.gone = False
+        self.done = False
 
     # IPushProducer: twisted.web pauses us when the client stops reading.
     def pauseProducing(self) -> None:
@@ -258,7 +259,7 @@ class _V2Response:
             paused.callback(None)
 
     def stopProducing(self) -> None:
-        self.gone = True
+        self.done = True
         self.resumeProducing()
 
     def start(self, runs: Sequence[RunCommand]) -> None:
@@ -271,27 +272,27 @@ class _V2Response:
         d.addBoth(lambda _: self._done())
 
     def _run(self, run: RunCommand) -> Deferred[None]:
-        if self.gone:
+        if self.done:
             return succeed(None)
-        sink = _FrameSink(self, run.request_id)
+        sink = FrameSink(self, run.request_id)
         result: Deferred[None] = self.ctx.runner.run(
             self.served, run.name, run.args, may_push=self.may_push, sink=sink
         )
         return result
 
     def _failed(self, f: Failure) -> None:
-        if not self.gone:
+        if not self.done:
             log.failure("v2 command failed", f)
 
     def _done(self) -> None:
-        if self.gone:
+        if self.done:
             return
         self.request.unregisterProducer()
         self.request.finish()
 
-    def send(self, actions: Sequence[object]) -> Deferred[None] | None:
+    def execute(self, actions: Sequence[object]) -> Deferred[None] | None:
         """Write the frames among ``actions``; a Deferred while the client is not reading."""
-        if self.gone:
+        if self.done:
             raise ConnectionAbortedError("client went away")
         for action in actions:
             if isinstance(action, SendFrames):
@@ -299,30 +300,3 @@ class _V2Response:
             elif isinstance(action, (ProtocolFailure, CloseConnection)):
                 pass  # output-side calls never fail the protocol
         return self.paused
-
-
-class _FrameSink:
-    """The ``CommandRunner`` sink for one request id, writing through the frame reactor."""
-
-    def __init__(self, response: _V2Response, request_id: int) -> None:
-        self.response = response
-        self.request_id = request_id
-
-    def objects(self, objs: list[object]) -> Deferred[None] | None:
-        fr = self.response.frame_reactor
-        return self.response.send(fr.response_objects(self.request_id, objs))
-
-    def error(self, message: bytes, args: Sequence[bytes] = ()) -> None:
-        fr = self.response.frame_reactor
-        if not self.response.gone:
-            self.response.send(fr.response_error(self.request_id, message, args))
-
-    def redirect(self, location: Mapping[bytes, object]) -> None:
-        fr = self.response.frame_reactor
-        if not self.response.gone:
-            self.response.send(fr.response_redirect(self.request_id, location))
-
-    def finished(self) -> None:
-        fr = self.response.frame_reactor
-        if not self.response.gone:
-            self.response.send(fr.response_end(self.request_id))

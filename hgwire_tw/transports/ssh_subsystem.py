@@ -16,8 +16,7 @@ an error frame). If the channel goes away, every running command is cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -35,6 +34,7 @@ from hgwire_tw.core.reactor import (
     ServerFrameReactor,
 )
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.framesink import FrameSink
 from hgwire_tw.transports.ssh_command import ExecRefused
 from hgwire_tw.transports.ssh_v1 import SessionOutput
 
@@ -81,7 +81,7 @@ class FrameSubsystemSession:
             if not data:
                 return
         assert self.frames is not None
-        self._execute(self.frames.receive_data(data))
+        self.execute(self.frames.receive_data(data))
 
     def eofReceived(self) -> None:
         if self.done:
@@ -90,7 +90,7 @@ class FrameSubsystemSession:
         if self.frames is None:
             self._finish(1)
             return
-        self._execute(self.frames.end_of_input())
+        self.execute(self.frames.end_of_input())
         self._maybe_finish()
 
     def connectionLost(self) -> None:
@@ -126,7 +126,7 @@ class FrameSubsystemSession:
 
     # -- actions ------------------------------------------------------------------------
 
-    def _execute(self, actions: Sequence[object]) -> Deferred[None] | None:
+    def execute(self, actions: Sequence[object]) -> Deferred[None] | None:
         """Carry out the reactor's actions; a Deferred while the channel is full."""
         for action in actions:
             if isinstance(action, SendFrames):
@@ -146,7 +146,7 @@ class FrameSubsystemSession:
         if self.done:
             return
         assert self.served is not None
-        sink = _Sink(self, action.request_id)
+        sink = FrameSink(self, action.request_id)
         d = self.ctx.runner.run(
             self.served, action.name, action.args, may_push=self.may_push, sink=sink
         )
@@ -168,31 +168,3 @@ class FrameSubsystemSession:
             return
         self.connectionLost()
         self.output.finish(status)
-
-
-class _Sink:
-    """``CommandRunner`` sink for one request, writing through the frame reactor."""
-
-    def __init__(self, session: FrameSubsystemSession, request_id: int) -> None:
-        self.session = session
-        self.request_id = request_id
-
-    def _frames(self) -> ServerFrameReactor:
-        if self.session.done or self.session.frames is None:
-            raise CancelledError()
-        return self.session.frames
-
-    def objects(self, objs: list[object]) -> Deferred[None] | None:
-        return self.session._execute(self._frames().response_objects(self.request_id, objs))
-
-    def error(self, message: bytes, args: Sequence[bytes] = ()) -> None:
-        if not self.session.done:
-            self.session._execute(self._frames().response_error(self.request_id, message, args))
-
-    def redirect(self, location: Mapping[bytes, Any]) -> None:
-        if not self.session.done:
-            self.session._execute(self._frames().response_redirect(self.request_id, location))
-
-    def finished(self) -> None:
-        if not self.session.done:
-            self.session._execute(self._frames().response_end(self.request_id))

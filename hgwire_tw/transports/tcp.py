@@ -23,7 +23,7 @@ threads is not done).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from hgwire_tw.core.reactor import (
     ServerFrameReactor,
 )
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.framesink import FrameSink
 
 __all__ = ["HgwireTCPFactory", "HgwireTCPProtocol", "TCPLimits", "make_tcp_factory"]
 
@@ -168,7 +169,7 @@ class HgwireTCPProtocol(Protocol):
         self._touch()
         if data:
             assert self.frames is not None
-            self._execute(self.frames.receive_data(data))
+            self.execute(self.frames.receive_data(data))
 
     def readConnectionLost(self) -> None:
         """The client half-closed: answer what was asked, then close."""
@@ -178,7 +179,7 @@ class HgwireTCPProtocol(Protocol):
         if self.frames is None:
             self._close()
             return
-        self._execute(self.frames.end_of_input())
+        self.execute(self.frames.end_of_input())
         self._maybe_finish()
 
     def writeConnectionLost(self) -> None:
@@ -209,7 +210,7 @@ class HgwireTCPProtocol(Protocol):
         self._close()
 
     # -- actions -----------------------------------------------------------------------
-    def _execute(self, actions: Sequence[object]) -> Deferred[None] | None:
+    def execute(self, actions: Sequence[object]) -> Deferred[None] | None:
         for action in actions:
             if self.done:
                 break
@@ -243,7 +244,7 @@ class HgwireTCPProtocol(Protocol):
         assert self.served is not None
         stream_id = self.stream_ids[self.next_stream % len(self.stream_ids)]
         self.next_stream += 1
-        sink = _Sink(self, action.request_id, stream_id)
+        sink = FrameSink(self, action.request_id, stream_id)
         d = self.ctx.runner.run(self.served, action.name, action.args, may_push=False, sink=sink)
         self.running[action.request_id] = d
         d.addBoth(self._command_over, action.request_id)
@@ -260,44 +261,6 @@ class HgwireTCPProtocol(Protocol):
     def _maybe_finish(self) -> None:
         if self.input_closed and not self.running and not self.waiting:
             self._close()
-
-
-class _Sink:
-    """``CommandRunner`` sink for one request, writing on its output stream."""
-
-    def __init__(self, protocol: HgwireTCPProtocol, request_id: int, stream_id: int) -> None:
-        self.protocol = protocol
-        self.request_id = request_id
-        self.stream_id = stream_id
-
-    def _frames(self) -> ServerFrameReactor:
-        if self.protocol.done or self.protocol.frames is None:
-            raise CancelledError()
-        return self.protocol.frames
-
-    def objects(self, objs: list[object]) -> Deferred[None] | None:
-        frames = self._frames()
-        waiting = self.protocol._execute(
-            frames.response_objects(self.request_id, objs, stream_id=self.stream_id)
-        )
-        if self.protocol.done:
-            raise CancelledError()
-        return waiting
-
-    def _safely(self, actions: Sequence[object]) -> None:
-        self.protocol._execute(actions)
-
-    def error(self, message: bytes, args: Sequence[bytes] = ()) -> None:
-        if not self.protocol.done:
-            self._safely(self._frames().response_error(self.request_id, message, args))
-
-    def redirect(self, location: Mapping[bytes, Any]) -> None:
-        if not self.protocol.done:
-            self._safely(self._frames().response_redirect(self.request_id, location))
-
-    def finished(self) -> None:
-        if not self.protocol.done:
-            self._safely(self._frames().response_end(self.request_id))
 
 
 class _Refusal(Protocol):
