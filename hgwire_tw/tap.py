@@ -26,8 +26,8 @@ from hgwire_tw.context import ServerContext, Settings
 log = Logger()
 
 DEFAULT_HTTP = "tcp:8000:interface=127.0.0.1"
-DEFAULT_SSH = "none"
-DEFAULT_TCP = "none"
+DEFAULT_SSH = "tcp:8022:interface=127.0.0.1"
+DEFAULT_TCP = "tcp:8023:interface=127.0.0.1"
 
 #: Transports and the modules that build their factories, in listening.json order.
 TRANSPORTS = ("http", "ssh", "tcp")
@@ -104,7 +104,8 @@ class Options(usage.Options):
         self["http"].append(value)
 
     def opt_ssh(self, value: str) -> None:
-        """Twisted endpoint to serve SSH on (repeatable; 'none' disables)."""
+        """Twisted endpoint to serve SSH on (repeatable; 'none' disables);
+        default tcp:8022:interface=127.0.0.1."""
         self["ssh"].append(value)
 
     def opt_ssh_host_key(self, value: str) -> None:

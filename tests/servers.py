@@ -57,7 +57,20 @@ def running_server(
     """
     state_dir = tmp_path / f"state-{time.monotonic_ns()}"
     log_path = state_dir.with_suffix(".log")
-    argv = [sys.executable, "-m", "hgwire_tw", "serve", "--state-dir", str(state_dir)]
+    # SSH and raw TCP listen on fixed localhost ports by default; tests turn them off
+    # unless ARGS asks for them (a later --ssh/--tcp ENDPOINT adds to "none").
+    argv = [
+        sys.executable,
+        "-m",
+        "hgwire_tw",
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--ssh",
+        "none",
+        "--tcp",
+        "none",
+    ]
     if http is not None:
         argv += ["--http", http]
     argv += list(args)

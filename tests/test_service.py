@@ -41,7 +41,11 @@ def test_serves_current_directory_by_default(tmp_path: Path) -> None:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.05)
-        port = json.loads((state / "listening.json").read_text())["http"][0]
+        listening = json.loads((state / "listening.json").read_text())
+        assert len(listening["ssh"]) == len(listening["tcp"]) == 1
+        key = state / "ssh_host_ed25519_key"
+        assert key.exists() and key.stat().st_mode & 0o777 == 0o600  # generated, private
+        port = listening["http"][0]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?cmd=heads", timeout=30) as r:
             heads = r.read().split()
         expected = hg("heads", "-T", "{node}\n", cwd=repo).stdout.split()

@@ -20,10 +20,12 @@ def parse(*argv: str) -> Options:
 
 
 def test_defaults_bind_localhost_only(tmp_path: Path) -> None:
-    """Without options, HTTP listens on 127.0.0.1 and SSH/TCP are off."""
+    """Without options, HTTP, SSH and raw TCP listen on 127.0.0.1 only."""
     init_repo(tmp_path / "r")
     opts = parse("--repo", f"r={tmp_path / 'r'}")
     assert opts["http"] == [DEFAULT_HTTP] and "interface=127.0.0.1" in DEFAULT_HTTP
+    for name in ("ssh", "tcp"):
+        assert len(opts[name]) == 1 and opts[name][0].endswith("interface=127.0.0.1")
     assert opts["repos"] == {"r": str(tmp_path / "r")}
 
 
