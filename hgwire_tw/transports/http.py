@@ -64,6 +64,8 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.pausegate import PauseGate
 from hgwire_tw.v1.dispatch import (
     V1Bytes,
     V1OutOfBandError,
@@ -160,28 +162,6 @@ def make_site(ctx: ServerContext) -> HgSite:
 # helpers
 
 
-def _plain(request: IRequest, status: int, message: str, reason: bytes | None = None) -> bytes:
-    body = message.encode("utf-8")
-    if reason is None:
-        request.setResponseCode(status)
-    else:
-        request.setResponseCode(status, reason)
-    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
-def _gone(request: IRequest) -> bool:
-    return bool(getattr(request, "_disconnected", False) or getattr(request, "finished", False))
-
-
-def _finish(request: IRequest, body: bytes) -> None:
-    if _gone(request):
-        return
-    request.write(body)
-    request.finish()
-
-
 def _path_segments(request: IRequest) -> list[str]:
     path = request.path.split(b"?", 1)[0]
     segments = [unquote(s.decode("latin-1"), encoding="utf-8") for s in path.split(b"/")]
@@ -222,19 +202,19 @@ class HgResource(Resource):
         try:
             served, rest = self.ctx.registry.match(segments)
         except UnknownRepository as e:
-            return _plain(request, 404, f"{e}\n")
+            return plain(request, 404, f"{e}\n")
         if rest and rest[0] == "api":
             result: bytes | int = http_v2.render_api(self.ctx, request, served, rest)
             return result
         try:
             query = parse_urlencoded(_query(request), where="query string")
         except RemoteProtocolError as e:
-            return _plain(request, 400, f"bad request: {e}\n")
+            return plain(request, 400, f"bad request: {e}\n")
         cmd = query.get(b"cmd")
         if not cmd:
             if rest:
-                return _plain(request, 404, "Not Found\n")
-            return _plain(
+                return plain(request, 404, "Not Found\n")
+            return plain(
                 request, 200, f"Mercurial repository {served.name or '/'} (served by hgwire_tw)\n"
             )
         return _V1Request(self.ctx, request, served, rest, cmd[0], query).render()
@@ -276,22 +256,22 @@ class _V1Request:
                 request.setResponseCode(404)
                 request.setHeader(b"Content-Type", MEDIA_TYPE_V01)
                 return b"0\nNot Found\n"
-            return _plain(request, 404, "Not Found\n")
+            return plain(request, 404, "Not Found\n")
         if not is_command(name):
-            return _plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
+            return plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
         content = getattr(request, "content", None)
         limit = self.ctx.settings.max_push_bytes
         if getattr(request, "body_too_large", False) or _body_size(content) > limit:
-            return _plain(
+            return plain(
                 request,
                 413,
                 f"request body too large: this server accepts at most {limit} bytes\n",
-                b"Request Entity Too Large",
+                reason=b"Request Entity Too Large",
             )
         try:
             self.args = self._decode_args(content)
         except RemoteProtocolError as e:
-            return _plain(request, 400, f"bad request: {e}\n")
+            return plain(request, 400, f"bad request: {e}\n")
         except CommandError as e:
             return self._oob(e.render().encode("utf-8") + b"\n")
 
@@ -390,21 +370,21 @@ class _V1Request:
     def _refused(self, f: Failure) -> None:
         f.trap(HTTPDenied)
         denied: HTTPDenied = f.value  # type: ignore[assignment]
-        if _gone(self.request):
+        if is_gone(self.request):
             return
         if denied.status == 405:
             self.request.setHeader(b"Allow", b"POST")
         body = b"0\n%s\n" % denied.message.encode("utf-8")
         self._log(denied.status, b"-", "-")
-        _finish(self.request, deny(self.ctx, self.request, denied, body))
+        finish(self.request, deny(self.ctx, self.request, denied, body))
 
     def _internal_error(self, f: Failure) -> None:
         log.failure("v1 HTTP command {cmd!r} failed", f, cmd=self.name)
         request = self.request
-        if _gone(request):
+        if is_gone(request):
             return
         if not getattr(request, "startedWriting", False):
-            _finish(request, _plain(request, 500, "internal server error\n"))
+            finish(request, plain(request, 500, "internal server error\n"))
         else:
             _abort(request)
 
@@ -447,12 +427,12 @@ class _V1Request:
                 self._write_result(V1Bytes(data=self.v1_caps))
                 self.request.finish()
                 return
-            if _gone(self.request):
+            if is_gone(self.request):
                 return
             self.request.setResponseCode(200)
             self.request.setHeader(b"Content-Length", b"%d" % len(body))
             self._log(200, b"application/mercurial-cbor", "-")
-            _finish(self.request, body)
+            finish(self.request, body)
 
         d.addCallback(got_capabilities)
         d.addCallback(answer)
@@ -523,9 +503,8 @@ class _V1Response:
         self.v1 = v1request
         self.request = v1request.request
         self.streaming = False
-        self.paused = False
+        self.gate = PauseGate()
         self.gone = False
-        self._resume: Deferred[None] | None = None
         self.iteration: Deferred[None] | None = None
         self.request.notifyFinish().addErrback(self._client_gone)
 
@@ -536,13 +515,10 @@ class _V1Response:
 
     # IPushProducer
     def pauseProducing(self) -> None:
-        self.paused = True
+        self.gate.pause()
 
     def resumeProducing(self) -> None:
-        self.paused = False
-        resume, self._resume = self._resume, None
-        if resume is not None:
-            resume.callback(None)
+        self.gate.resume()
 
     def stopProducing(self) -> None:
         self._client_gone(None)
@@ -577,16 +553,13 @@ class _V1Response:
                     self.pauseProducing()
             else:
                 self.v1._write_result(item)
-        if self.paused and not self.gone:
-            self._resume = Deferred()
-            return self._resume
-        return None
+        return None if self.gone else self.gate.wait()
 
     def _done(self, _: object) -> None:
         if self.streaming and not self.gone:
             self.request.unregisterProducer()
         self._close_payload()
-        if not _gone(self.request):
+        if not is_gone(self.request):
             self.request.finish()
 
     def _failed(self, f: Failure) -> None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from hgwire_tw.commands.registry import COMMANDS, Permission, capabilities_descriptor
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core import cbor
+from hgwire_tw.core.errors import RemoteProtocolError
 from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, HTTP_V2_API
 from hgwire_tw.core.reactor import (
     CloseConnection,
@@ -34,9 +35,12 @@ from hgwire_tw.core.reactor import (
     SendFrames,
     ServerFrameReactor,
 )
+from hgwire_tw.core.v1 import join_header_values
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.framesink import FrameSink
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+from hgwire_tw.transports.httpreplies import TEXT, finish, is_gone, plain
+from hgwire_tw.transports.pausegate import PauseGate
 
 log = Logger()
 
@@ -47,25 +51,19 @@ MAX_V2_BODY = 16 * 1024 * 1024
 MULTIREQUEST = b"multirequest"
 
 
-def _joined_header(request: IRequest, prefix: str) -> bytes:
-    """Concatenate ``Prefix-1``, ``Prefix-2``, ... until one is missing."""
-    parts = []
-    n = 1
-    while True:
-        value = request.getHeader(f"{prefix}-{n}".encode())
-        if value is None:
-            break
-        parts.append(value)
-        n += 1
-    return b"".join(parts)
+def _joined_header(request: IRequest, name: bytes) -> bytes:
+    try:
+        return join_header_values(request.getHeader, name)
+    except RemoteProtocolError:
+        return b""  # absurdly many headers: not an upgrade request
 
 
 def is_upgrade_request(ctx: ServerContext, request: IRequest) -> bool:
     """Whether a ``?cmd=capabilities`` request asks to upgrade to the v2 API (§3.1)."""
     if not ctx.settings.v2_enabled:
         return False
-    upgrade = _joined_header(request, "X-HgUpgrade")
-    proto = _joined_header(request, "X-HgProto")
+    upgrade = _joined_header(request, b"X-HgUpgrade")
+    proto = _joined_header(request, b"X-HgProto")
     return bool(upgrade) and bool(proto) and b"cbor" in proto.split()
 
 
@@ -79,7 +77,7 @@ def upgrade_response(
     """
     if not is_upgrade_request(ctx, request):
         return None
-    wanted = set(_joined_header(request, "X-HgUpgrade").split())
+    wanted = set(_joined_header(request, b"X-HgUpgrade").split())
     request.setHeader(b"Content-Type", CBOR_MEDIA_TYPE)
 
     def descriptor(repo: Any) -> bytes:
@@ -94,12 +92,9 @@ def upgrade_response(
     return d
 
 
-def _plain(request: IRequest, status: int, message: str) -> bytes:
-    body = message.encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"text/plain")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
+def _text(request: IRequest, status: int, message: str) -> bytes:
+    # The v2 API answers exactly text/plain, as Mercurial's does.
+    return plain(request, status, message, content_type=TEXT)
 
 
 def render_api(
@@ -110,9 +105,9 @@ def render_api(
     if parts and parts[-1] == "" and len(parts) <= 2:
         parts = parts[:-1]
     if not ctx.settings.v2_enabled:
-        return _plain(request, 404, "API not enabled\n")
+        return _text(request, 404, "API not enabled\n")
     if not parts:
-        return _plain(
+        return _text(
             request,
             200,
             f"APIs can be accessed at /api/<name>, where <name> "
@@ -120,17 +115,17 @@ def render_api(
         )
     api = parts[0]
     if api != HTTP_V2_API.decode():
-        return _plain(request, 404, f"Unknown API: {api}\nKnown APIs: {HTTP_V2_API.decode()}")
+        return _text(request, 404, f"Unknown API: {api}\nKnown APIs: {HTTP_V2_API.decode()}")
     if len(parts) == 1:
-        return _plain(request, 200, "HTTP version 2 API handler")
+        return _text(request, 200, "HTTP version 2 API handler")
     if len(parts) != 3:
-        return _plain(request, 404, "Not Found")
+        return _text(request, 404, "Not Found")
     perm, command = parts[1], parts[2]
     if perm not in ("ro", "rw"):
-        return _plain(request, 404, "Not Found")
+        return _text(request, 404, "Not Found")
     if request.method != b"POST":
         request.setHeader(b"Allow", b"POST")
-        return _plain(request, 405, "commands require POST requests")
+        return _text(request, 405, "commands require POST requests")
 
     def authorised(user: str | None) -> bytes | int:
         check_access(ctx, request, served.name, user, write=(perm == "rw"))
@@ -138,30 +133,23 @@ def render_api(
 
     def refused(f: Failure) -> None:
         f.trap(HTTPDenied)
-        _finish(request, deny(ctx, request, f.value, b"permission denied"))
+        finish(request, deny(ctx, request, f.value, b"permission denied"))
 
     d = authenticate(ctx, request).addCallback(authorised)
 
     def rendered(result: bytes | int) -> None:
         if result is not NOT_DONE_YET:
-            _finish(request, result)  # type: ignore[arg-type]
+            finish(request, result)  # type: ignore[arg-type]
 
     d.addCallbacks(rendered, refused).addErrback(_internal_error, request)
     return NOT_DONE_YET
 
 
-def _finish(request: IRequest, body: bytes) -> None:
-    if getattr(request, "_disconnected", False) or getattr(request, "finished", False):
-        return
-    request.write(body)
-    request.finish()
-
-
 def _internal_error(f: Failure, request: IRequest) -> None:
     log.failure("v2 HTTP request failed", f)
     if not getattr(request, "startedWriting", False):
-        _finish(request, _plain(request, 500, "internal server error\n"))
-    elif not getattr(request, "finished", False) and not getattr(request, "_disconnected", False):
+        finish(request, _text(request, 500, "internal server error\n"))
+    elif not is_gone(request):
         request.finish()
 
 
@@ -170,50 +158,50 @@ def _checked_command(
 ) -> bytes | int:
     name = command.encode("utf-8")
     if name != MULTIREQUEST and name not in COMMANDS:
-        return _plain(request, 404, f"unknown wire protocol command: {command}\n")
+        return _text(request, 404, f"unknown wire protocol command: {command}\n")
     if name != MULTIREQUEST and COMMANDS[name].permission is Permission.PUSH and perm == "ro":
-        return _plain(request, 403, f"insufficient permissions to execute command: {command}\n")
+        return _text(request, 403, f"insufficient permissions to execute command: {command}\n")
     if request.requestHeaders.getRawHeaders(b"accept") != [FRAMING_MEDIA_TYPE]:
-        return _plain(
+        return _text(
             request,
             406,
             f"client MUST specify Accept header with value: {FRAMING_MEDIA_TYPE.decode()}\n",
         )
     if request.requestHeaders.getRawHeaders(b"content-type") != [FRAMING_MEDIA_TYPE]:
-        return _plain(
+        return _text(
             request,
             415,
             f"client MUST send Content-Type header with value: {FRAMING_MEDIA_TYPE.decode()}\n",
         )
     body = request.content.read(MAX_V2_BODY + 1)
     if len(body) > MAX_V2_BODY:
-        return _plain(request, 413, "request body too large\n")
+        return _text(request, 413, "request body too large\n")
 
     frame_reactor = ServerFrameReactor(mode=DuplexMode.HALF, encodings=ctx.settings.v2_encodings)
     actions = [*frame_reactor.receive_data(body), *frame_reactor.end_of_input()]
     runs: list[RunCommand] = []
     for action in actions:
         if isinstance(action, ProtocolFailure):
-            return _plain(request, 200, action.message)
+            return _text(request, 200, action.message)
         if isinstance(action, RunCommand):
             runs.append(action)
         # A half-duplex reactor sends nothing before the commands run; CloseConnection
         # only follows a ProtocolFailure.
     if name != MULTIREQUEST:
         if len(runs) != 1:
-            return _plain(request, 200, "multiple commands cannot be issued to this URL")
+            return _text(request, 200, "multiple commands cannot be issued to this URL")
         if runs[0].name != name:
-            return _plain(request, 200, "command in frame must match command in URL")
+            return _text(request, 200, "command in frame must match command in URL")
     for run in runs:
         spec = COMMANDS.get(run.name)
         if spec is None:
-            return _plain(
+            return _text(
                 request,
                 200,
                 f"wire protocol command not available: {run.name.decode('utf-8', 'replace')}",
             )
         if spec.permission is Permission.PUSH and perm == "ro":
-            return _plain(
+            return _text(
                 request,
                 403,
                 f"insufficient permissions to execute command: "
@@ -245,18 +233,15 @@ class _V2Response:
         self.served = served
         self.frames: ServerFrameReactor | None = frame_reactor
         self.may_push = may_push
-        self.paused: Deferred[None] | None = None
+        self.gate = PauseGate()
         self.done = False
 
     # IPushProducer: twisted.web pauses us when the client stops reading.
     def pauseProducing(self) -> None:
-        if self.paused is None:
-            self.paused = Deferred()
+        self.gate.pause()
 
     def resumeProducing(self) -> None:
-        paused, self.paused = self.paused, None
-        if paused is not None:
-            paused.callback(None)
+        self.gate.resume()
 
     def stopProducing(self) -> None:
         self.done = True
@@ -299,4 +284,4 @@ class _V2Response:
                 self.request.write(action.data)
             elif isinstance(action, (ProtocolFailure, CloseConnection)):
                 pass  # output-side calls never fail the protocol
-        return self.paused
+        return self.gate.wait()

@@ -13,6 +13,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.iweb import IRequest
 
 from hgwire_tw.context import ServerContext
+from hgwire_tw.transports.httpreplies import TEXT, plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +87,7 @@ def check_access(
 
 def deny(ctx: ServerContext, request: IRequest, denied: HTTPDenied, body: bytes) -> bytes:
     """Set the status and headers for a refusal; returns ``body`` to send."""
-    request.setResponseCode(denied.status, denied.message.encode())
     if denied.ask_login:
         realm = ctx.settings.realm.replace('"', "")
         request.setHeader(b"WWW-Authenticate", f'Basic realm="{realm}"'.encode())
-    request.setHeader(b"Content-Type", b"text/plain")
-    request.setHeader(b"Content-Length", str(len(body)).encode())
-    return body
+    return plain(request, denied.status, body, reason=denied.message.encode(), content_type=TEXT)

@@ -47,6 +47,7 @@ from hgwire_tw.core.reactor import (
 )
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.framesink import FrameSink
+from hgwire_tw.transports.pausegate import PauseGate
 
 __all__ = ["HgwireTCPFactory", "HgwireTCPProtocol", "TCPLimits", "make_tcp_factory"]
 
@@ -84,7 +85,7 @@ class HgwireTCPProtocol(Protocol):
         self.next_stream = 0
         self.running: dict[int, Deferred[None]] = {}
         self.waiting: deque[RunCommand] = deque()
-        self.paused: Deferred[None] | None = None
+        self.gate = PauseGate()
         self.reading_paused = False
         self.input_closed = False
         self.done = False
@@ -138,13 +139,10 @@ class HgwireTCPProtocol(Protocol):
 
     # -- IPushProducer (the socket's send buffer) ---------------------------------------
     def pauseProducing(self) -> None:
-        if self.paused is None:
-            self.paused = Deferred()
+        self.gate.pause()
 
     def resumeProducing(self) -> None:
-        paused, self.paused = self.paused, None
-        if paused is not None:
-            paused.callback(None)
+        self.gate.resume()
 
     def stopProducing(self) -> None:
         self.done = True
@@ -227,7 +225,7 @@ class HgwireTCPProtocol(Protocol):
             elif isinstance(action, CloseConnection):
                 self._close()
         self._start_waiting()
-        return None if self.done else self.paused
+        return None if self.done else self.gate.wait()
 
     def _start_waiting(self) -> None:
         while self.waiting and len(self.running) < self.limits.max_in_flight and not self.done:
