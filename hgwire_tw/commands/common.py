@@ -8,7 +8,7 @@ default: secret and hidden changesets do not exist for them), see ``served_view`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mercurial import discovery, error
@@ -161,6 +161,30 @@ def file_matcher(repo: Any, pathfilter: object) -> Any:
         # An explicit empty include list matches nothing, not everything.
         matcher = matchmod.never()
     return repo.narrowmatch(matcher)
+
+
+def store_records(
+    store: Any,
+    nodes: Sequence[bytes],
+    args: Mapping[bytes, Any],
+    linknodes: Mapping[bytes, bytes] | None = None,
+) -> Iterator[object]:
+    """The ``{totalitems}`` header, then records for ``nodes`` of a manifest or file store.
+
+    Shared by manifestdata and filedata, whose responses differ only in which nodes are
+    valid and whether link nodes are attached.
+    """
+    fields = args[b"fields"]
+    yield {b"totalitems": len(nodes)}
+    if not nodes:
+        return
+    revisions = store.emitrevisions(
+        nodes,
+        nodesorder=b"storage",
+        revisiondata=b"revision" in fields,
+        assumehaveparentrevisions=bool(args[b"haveparents"]),
+    )
+    yield from revision_records(revisions, fields, linknodes)
 
 
 def revision_records(

@@ -13,6 +13,7 @@ from hgwire_tw.commands.common import (
     file_matcher,
     resolve_revisions,
     revision_records,
+    store_records,
 )
 from hgwire_tw.commands.manifests import unique
 from hgwire_tw.core.errors import CommandError
@@ -50,17 +51,8 @@ def filedata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
         if linkrev in filtered:
             raise CommandError(b"unknown file node: %s", (hex(node),))
         linknodes[node] = cl.node(linkrev)
-    fields = args[b"fields"]
-    yield {b"totalitems": len(nodes)}
-    if not nodes:
-        return
-    revisions = store.emitrevisions(
-        nodes,
-        nodesorder=b"storage",
-        revisiondata=b"revision" in fields,
-        assumehaveparentrevisions=bool(args[b"haveparents"]),
-    )
-    yield from revision_records(revisions, fields, linknodes if b"linknode" in fields else None)
+    wanted = linknodes if b"linknode" in args[b"fields"] else None
+    yield from store_records(store, nodes, args, wanted)
 
 
 def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:

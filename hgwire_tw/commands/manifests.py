@@ -7,7 +7,7 @@ from typing import Any
 
 from mercurial import error
 
-from hgwire_tw.commands.common import check_nodes, revision_records
+from hgwire_tw.commands.common import check_nodes, store_records
 from hgwire_tw.core.errors import CommandError
 
 __all__ = ["manifestdata", "unique"]
@@ -36,14 +36,4 @@ def manifestdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
             store.rev(node)
         except error.LookupError:
             raise CommandError(b"unknown node: %s", (node,)) from None
-    fields = args[b"fields"]
-    yield {b"totalitems": len(nodes)}
-    if not nodes:
-        return
-    revisions = store.emitrevisions(
-        nodes,
-        nodesorder=b"storage",
-        revisiondata=b"revision" in fields,
-        assumehaveparentrevisions=bool(args[b"haveparents"]),
-    )
-    yield from revision_records(revisions, fields)
+    yield from store_records(store, nodes, args)
