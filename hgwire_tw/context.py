@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hgwire_tw.access import AccessPolicy
+    from hgwire_tw.blobstore import BlobStore
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
 
 MiB = 1024 * 1024
+#: Path under which the embedded HTTP listener serves the blob store.
+BLOBS_PATH = "/.hgwire/blobs/"
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Settings:
     ssh_host_keys: tuple[str, ...] = ()
     #: Realm shown to HTTP clients asked to log in.
     realm: str = "hgwire"
+    #: Where an external static server or CDN serves the blob directory (None: the
+    #: embedded HTTP listener serves it at ``BLOBS_PATH``).
+    blob_base_url: str | None = None
 
 
 @dataclass
@@ -63,3 +69,7 @@ class ServerContext:
     settings: Settings = field(default_factory=Settings)
     #: The v2 ``CommandRunner`` (``hgwire_tw.commands.runner``).
     runner: Any = None
+    #: Published redirect targets and clone bundles (``hgwire_tw.blobstore.BlobStore``).
+    blobs: BlobStore | None = None
+    #: ``http://host:port`` + ``BLOBS_PATH`` of the first HTTP listener, once it is bound.
+    embedded_blob_base: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python import usage
 
-from hgwire_tw.context import ServerContext, Settings
+from hgwire_tw.context import BLOBS_PATH, ServerContext, Settings
 
 log = Logger()
 
@@ -75,6 +76,13 @@ class Options(usage.Options):
             "(comma-separated from zstd, zlib, none; default zstd,zlib).",
         ],
         ["max-push-bytes", None, None, "Largest push accepted, in bytes.", int],
+        [
+            "blob-base-url",
+            None,
+            None,
+            "URL under which a static server or CDN serves the blob directory "
+            "(STATE_DIR/blobs); default: this server's first HTTP listener.",
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -135,6 +143,7 @@ class Options(usage.Options):
             "allow_push_over_http",
             "no_v2",
             "ssh_host_keys",
+            "blob_base_url",
             *TRANSPORTS,
         }
         unknown = set(config) - known
@@ -188,6 +197,7 @@ class Options(usage.Options):
         s.allow_push_over_http = bool(self["allow-push-over-http"])
         s.v2_enabled = not self["no-v2"]
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
+        s.blob_base_url = self["blob-base-url"] or None
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -248,6 +258,18 @@ class PoolService(service.Service):
         self.pool.stop()
 
 
+def embedded_blob_base(listener: ListeningService) -> str:
+    """The URL of the blob directory served by ``listener`` (an HTTP listener)."""
+    address = listener.port.getHost()
+    host = address.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if listener.description.strip().lower().startswith("ssl:") else "http"
+    return f"{scheme}://{host}:{address.port}{BLOBS_PATH}"
+
+
 class HgwireService(service.MultiService):
     """The whole server; writes ``listening.json`` once every endpoint is bound."""
 
@@ -269,6 +291,8 @@ class HgwireService(service.MultiService):
         for s in self.listeners:
             if s.port is not None:
                 ports[s.transport].append(s.port.getHost().port)
+                if s.transport == "http" and self.context.embedded_blob_base is None:
+                    self.context.embedded_blob_base = embedded_blob_base(s)
         path = self.state_dir / "listening.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(ports), encoding="utf-8")
@@ -298,6 +322,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
 
         reactor = global_reactor
     from hgwire_tw.access import AccessFileError, AccessPolicy
+    from hgwire_tw.blobstore import BlobStore
     from hgwire_tw.commands.runner import CommandRunner
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
@@ -319,6 +344,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
     ctx.runner = CommandRunner(pool)
+    ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
     top = HgwireService(ctx, state_dir)
     PoolService(pool).setServiceParent(top)
     for transport in TRANSPORTS:

@@ -103,3 +103,29 @@ def test_hgwire_passwd_stdin() -> None:
         check=True,
     )
     assert check_password("hunter2", proc.stdout.strip())
+
+
+def test_blob_store_lives_in_state_dir_with_optional_base_url(tmp_path: Path) -> None:
+    """The blob store is STATE_DIR/blobs; --blob-base-url points URLs at a CDN."""
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.tap import Options, makeService
+
+    repo = tmp_path / "r"
+    (repo / ".hg").mkdir(parents=True)
+    options = Options()
+    options.parseOptions(
+        [
+            "--repo",
+            f"r={repo}",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--blob-base-url",
+            "https://cdn.example/blobs",
+        ]
+    )
+    service = makeService(options, reactor=MemoryReactor())
+    blobs = service.context.blobs
+    assert blobs is not None
+    assert blobs.directory == (tmp_path / "state" / "blobs").resolve()
+    assert blobs.url("ab" * 32 + ".hg") == "https://cdn.example/blobs/" + "ab" * 32 + ".hg"
