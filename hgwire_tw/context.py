@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from hgwire_tw.access import AccessPolicy
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
+    from hgwire_tw.transports.tcp import TCPLimits
 
 MiB = 1024 * 1024
 
@@ -50,6 +51,8 @@ class Settings:
     ssh_host_keys: tuple[str, ...] = ()
     #: Realm shown to HTTP clients asked to log in.
     realm: str = "hgwire"
+    #: Raw TCP limits (``hgwire_tw.transports.tcp.TCPLimits``); None: its defaults.
+    tcp_limits: TCPLimits | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,7 +82,7 @@ def threaded_job_runner(reactor: Any) -> JobRunner:
 
 def inline_job_runner(job: EncodeJob) -> Deferred[SendFrames | None]:
     """Run a job right away on the calling thread (tests, single-core setups)."""
-    return succeed(job.run())
+    return maybeDeferred(job.run)
 
 
 class SessionRefused(Exception):

@@ -243,5 +243,5 @@ class HgwireTCPFactory(Factory):
 
 
 def make_tcp_factory(ctx: ServerContext) -> HgwireTCPFactory:
-    """The factory ``tap.py`` listens with for ``--tcp ENDPOINT``."""
-    return HgwireTCPFactory(ctx)
+    """The factory ``tap.py`` listens with for ``--tcp ENDPOINT`` (limits from settings)."""
+    return HgwireTCPFactory(ctx, ctx.settings.tcp_limits)
