@@ -1,6 +1,7 @@
 """Clone benchmark: hgwire_tw against Mercurial's own servers, same repository, same run.
 
     .venv/bin/python bench/clone.py [--commits 3000] [--rounds 3] [--no-ssh]
+                                    [--sections http,ssh,client,streams] [--streams 4]
 
 Builds (once, cached in bench/out/) a benchmark repository and times full `hg clone` runs
 (hg 7.2.4 client, wire protocol v1):
@@ -13,12 +14,23 @@ Builds (once, cached in bench/out/) a benchmark repository and times full `hg cl
 It reports the median wall time and the server's CPU time per clone (user+sys of the
 server process and of the children it waited for, from /proc) and the ratios
 hgwire_tw / Mercurial. Every clone is checked to hold the source's changesets.
+
+Two more sections:
+
+* client: hgwire_tw's own v2 client (`hgwire clone`) over raw TCP (`hgwire://`) and over
+  HTTP v2, against `hg clone` (7.x, v1, zstd) from `hg serve`: wall time and client+server
+  CPU (the client's from getrusage of the reaped child). The SSH-subsystem client case
+  runs once `hgwire_tw.client.ssh` exists (see `hgwire_ssh_client_case`).
+* streams: one TCP connection carrying several big `filesdata` requests at once, with
+  `--tcp-streams 1` versus `--tcp-streams N`: the server compresses each stream on its
+  own worker thread, so with N > 1 its CPU% (CPU time / wall time) can exceed 100.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -249,19 +261,252 @@ def measure(
     return result
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the clients it ran)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_client(
+    argv: list[str], pid: int, dest: Path, expected: int
+) -> tuple[float, float, float]:
+    """Run one clone command; (wall, client cpu, server cpu)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    cpu0, child0, t0 = cpu_seconds(pid), children_cpu(), time.perf_counter()
+    subprocess.run(argv, env=hg_env(), check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    client, server = children_cpu() - child0, cpu_seconds(pid) - cpu0
+    got = len(log_nodes(dest))
+    if got != expected:
+        raise AssertionError(f"{argv} made {got} changesets, expected {expected}")
+    return wall, client, server
+
+
+def measure_client(
+    label: str, argv: list[str], pid: int, rounds: int, work: Path, expected: int
+) -> dict[str, float]:
+    """Median wall, client CPU and server CPU of ``argv`` cloning into its last argument."""
+    dest = Path(argv[-1])
+    timed_client(argv, pid, dest, expected)  # warm-up
+    runs = [timed_client(argv, pid, dest, expected) for _ in range(rounds)]
+    result = {
+        "wall": statistics.median(r[0] for r in runs),
+        "client": statistics.median(r[1] for r in runs),
+        "server": statistics.median(r[2] for r in runs),
+    }
+    result["cpu"] = result["client"] + result["server"]
+    print(
+        f"  {label:<34} wall {result['wall']:7.3f}s  client cpu {result['client']:7.3f}s"
+        f"  server cpu {result['server']:7.3f}s",
+        file=sys.stderr,
+    )
+    return result
+
+
+HGWIRE = [sys.executable, "-m", "hgwire_tw"]
+
+
+def hgwire_ssh_client_case(
+    repo: Path, work: Path, rounds: int, expected: int
+) -> dict[str, float] | None:
+    """--- SSH-subsystem client case (hgwire clone ssh://...) ---
+
+    Another helper writes the `ssh://` client peer (`hgwire_tw.client.ssh`). Until it
+    exists this returns None and the row is left out. When it does, fill in how
+    `hgwire clone` is given its key and known-hosts file, start `hgwire_ssh(repo, work)`
+    and measure like the TCP case.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("hgwire_tw.client.ssh") is None:
+        print(
+            "  (hgwire clone over SSH: hgwire_tw.client.ssh not present, skipped)", file=sys.stderr
+        )
+        return None
+    print("  (hgwire clone over SSH: client present; case not wired yet)", file=sys.stderr)
+    return None
+
+
+def client_section(
+    repo: Path, work: Path, rounds: int, expected: int
+) -> list[tuple[str, dict[str, float], dict[str, float]]]:
+    """hgwire clone (TCP, HTTP v2[, SSH]) against hg clone v1 from hg serve."""
+    with hg_serve(repo, work, "zstd") as (url, pid):
+        theirs = measure_client(
+            "hg clone, hg serve (HTTP v1)",
+            [HG, "clone", "-q", "-U", url, str(work / "hgc")],
+            pid,
+            rounds,
+            work,
+            expected,
+        )
+    rows = []
+    with running_server(
+        work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1"
+    ) as server:
+        tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
+        ours = measure_client(
+            "hgwire clone (TCP)",
+            [*HGWIRE, "clone", tcp_url, str(work / "hwt")],
+            server.proc.pid,
+            rounds,
+            work,
+            expected,
+        )
+        rows.append(("hgwire tcp", ours, theirs))
+        ours = measure_client(
+            "hgwire clone (HTTP v2)",
+            [*HGWIRE, "clone", server.url("bench"), str(work / "hwh")],
+            server.proc.pid,
+            rounds,
+            work,
+            expected,
+        )
+        rows.append(("hgwire v2", ours, theirs))
+    ssh = hgwire_ssh_client_case(repo, work, rounds, expected)
+    if ssh is not None:
+        rows.append(("hgwire ssh", ssh, theirs))
+    return rows
+
+
+def streams_repo(files: int, megabytes: int) -> Path:
+    """A repository of ``files`` text files of ``megabytes`` MB each (cached in bench/out).
+
+    Big, compressible file texts make compression the main cost of ``filesdata``, which
+    is what the streams comparison is about.
+    """
+    import random
+
+    path = OUT / f"streams-{files}x{megabytes}"
+    if (path / ".hg" / "store").is_dir():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    hg("init", path)
+    rng = random.Random(1)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choices(letters, k=rng.randrange(3, 11))) for _ in range(20000)]
+    for i in range(files):
+        words: list[str] = []
+        size = 0
+        while size < megabytes * 1024 * 1024:
+            line = " ".join(rng.choices(vocab, k=12))
+            words.append(line)
+            size += len(line) + 1
+        (path / f"f{i}.txt").write_text("\n".join(words) + "\n")
+    hg("commit", "-q", "-A", "-m", "big texts", "-u", "bench", "-d", "0 0", cwd=path)
+    hg("phase", "--public", "-r", "tip", cwd=path)
+    return path
+
+
+def streams_requests(repo: Path, parts: int) -> list[bytes]:
+    """``parts`` filesdata requests, one per big file, full texts."""
+    from hgwire_tw.core.reactor import ClientFrameReactor
+
+    node = bytes.fromhex(log_nodes(repo)[-1])
+    client = ClientFrameReactor()
+    out = []
+    for i in range(parts):
+        _, actions = client.call_command(
+            b"filesdata",
+            {
+                b"revisions": [{b"type": b"changesetexplicit", b"nodes": [node]}],
+                b"fields": {b"revision"},
+                b"pathfilter": {b"include": [b"path:f%d.txt" % i]},
+            },
+        )
+        out.append(actions[0].data)
+    return out
+
+
+def one_connection(port: int, requests: list[bytes]) -> int:
+    """Send every request at once on one connection; read until each ended. Bytes read."""
+    import socket
+
+    from hgwire_tw.core.frames import CommandResponseFlag, FrameDecoder, FrameType
+
+    decoder = FrameDecoder()
+    open_ids = set(range(1, 2 * len(requests), 2))
+    total = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.sendall(b"hgwire-v2 streams\n" + b"".join(requests))
+        head = b""
+        while not head.endswith(b"\n"):
+            head += s.recv(1)
+        if head != b"ok\n":
+            raise RuntimeError(head)
+        while open_ids:
+            data = s.recv(1 << 20)
+            if not data:
+                raise RuntimeError(f"connection closed with {open_ids} open")
+            total += len(data)
+            for frame in decoder.feed(data):
+                if frame.type is FrameType.ERROR_RESPONSE:
+                    raise RuntimeError(f"error response {frame.payload[:200]!r}")
+                if (
+                    frame.type is FrameType.COMMAND_RESPONSE
+                    and frame.flags & CommandResponseFlag.EOS
+                ):
+                    open_ids.discard(frame.request_id)
+    return total
+
+
+def streams_section(
+    repo: Path, work: Path, rounds: int, streams: int
+) -> list[tuple[int, dict[str, float]]]:
+    """One TCP connection, ``streams`` big requests at once, 1 versus ``streams`` streams."""
+    repo = streams_repo(streams, 24)
+    requests = streams_requests(repo, streams)
+    out = []
+    for n in (1, streams):
+        with running_server(
+            work,
+            "--repo", f"streams={repo}",
+            "--tcp", "tcp:0:interface=127.0.0.1",
+            "--tcp-streams", str(n),
+            "--workers", str(max(4, streams)),
+            http=None,
+        ) as server:  # fmt: skip
+            port, pid = server.ports["tcp"][0], server.proc.pid
+            one_connection(port, requests)  # warm-up
+            walls, cpus = [], []
+            for _ in range(rounds):
+                cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+                size = one_connection(port, requests)
+                walls.append(time.perf_counter() - t0)
+                cpus.append(cpu_seconds(pid) - cpu0)
+        result = {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "bytes": size}
+        result["pct"] = 100 * result["cpu"] / result["wall"]
+        print(
+            f"  tcp-streams {n:<3} {len(requests)} requests  wall {result['wall']:7.3f}s  "
+            f"server cpu {result['cpu']:7.3f}s ({result['pct']:.0f}%)  {size} bytes",
+            file=sys.stderr,
+        )
+        out.append((n, result))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--commits", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--engines", default="zstd,zlib")
     ap.add_argument("--no-ssh", action="store_true", help="skip the SSH comparison")
+    ap.add_argument("--sections", default="http,ssh,client,streams")
+    ap.add_argument("--streams", type=int, default=4, help="streams (and requests) to compare")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if args.no_ssh:
+        sections.discard("ssh")
     repo = bench_repo(args.commits)
     expected = len(log_nodes(repo))
     rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+    client_rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+    stream_rows: list[tuple[int, dict[str, float]]] = []
+    print(f"load before: {os.getloadavg()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="hgwire-bench-") as tmp:
         work = Path(tmp)
-        for engine in args.engines.split(","):
+        for engine in args.engines.split(",") if "http" in sections else []:
             # The 7.x HTTP client offers every engine; each server picks by its own order.
             with running_server(work, "--repo", f"bench={repo}", "--compression", engine) as server:
                 ours = measure(
@@ -278,7 +523,7 @@ def main() -> int:
                     "hg serve (HTTP v1)", url, pid, engine, args.rounds, work, expected
                 )
             rows.append((f"http {engine}", ours, theirs))
-        if not args.no_ssh:
+        if "ssh" in sections:
             with hgwire_ssh(repo, work) as (url, pid, extra):
                 ours = measure(
                     "hgwire_tw (SSH, Conch)", url, pid, "-", args.rounds, work, expected, extra
@@ -288,6 +533,10 @@ def main() -> int:
                     "sshd + hg serve --stdio", url, pid, "-", args.rounds, work, expected, extra
                 )
             rows.append(("ssh", ours, theirs))
+        if "client" in sections:
+            client_rows = client_section(repo, work, args.rounds, expected)
+        if "streams" in sections:
+            stream_rows = streams_section(repo, work, args.rounds, args.streams)
     print(
         f"\nfull clone of {expected} changesets, median of {args.rounds} "
         "(ratio = hgwire_tw / Mercurial; < 1 means hgwire_tw is cheaper)"
@@ -302,6 +551,27 @@ def main() -> int:
             f"{ours['wall'] / theirs['wall']:>8.2f}{ours['cpu']:>10.3f}s{theirs['cpu']:>8.3f}s"
             f"{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}"
         )
+    if client_rows:
+        print(
+            "\nclients: hgwire clone (v2) / hg clone from hg serve (v1, zstd); "
+            "cpu = client + server"
+        )
+        print(
+            f"{'case':<12}{'wall ours':>11}{'wall hg':>10}{'ratio':>8}"
+            f"{'cpu ours':>11}{'cpu hg':>9}{'ratio':>8}"
+        )
+        for case, ours, theirs in client_rows:
+            print(
+                f"{case:<12}{ours['wall']:>10.3f}s{theirs['wall']:>9.3f}s"
+                f"{ours['wall'] / theirs['wall']:>8.2f}{ours['cpu']:>10.3f}s"
+                f"{theirs['cpu']:>8.3f}s{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}"
+            )
+    if stream_rows:
+        print(f"\none TCP connection, {args.streams} filesdata requests at once (full texts)")
+        print(f"{'streams':<9}{'wall':>9}{'server cpu':>12}{'cpu%':>7}")
+        for n, r in stream_rows:
+            print(f"{n:<9}{r['wall']:>8.3f}s{r['cpu']:>11.3f}s{r['pct']:>6.0f}%")
+    print(f"load after: {os.getloadavg()}")
     return 0
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hgwire_tw.blobstore import BlobStore
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
+    from hgwire_tw.transports.tcp import TCPLimits
 
 MiB = 1024 * 1024
 #: Path under which the embedded HTTP listener serves the blob store.
@@ -56,6 +57,8 @@ class Settings:
     #: Where an external static server or CDN serves the blob directory (None: the
     #: embedded HTTP listener serves it at ``BLOBS_PATH``).
     blob_base_url: str | None = None
+    #: Raw TCP limits (``hgwire_tw.transports.tcp.TCPLimits``); None: its defaults.
+    tcp_limits: TCPLimits | None = None
 
 
 @dataclass

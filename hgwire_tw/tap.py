@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,36 @@ DEFAULT_TCP = "tcp:8023:interface=127.0.0.1"
 
 #: Transports and the modules that build their factories, in listening.json order.
 TRANSPORTS = ("http", "ssh", "tcp")
+
+# -- raw TCP limits: option -> (TCPLimits field, type, help); TOML keys use "_" --------
+TCP_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "tcp-max-connections": ("max_connections", int, "Raw TCP: connections at once (256)."),
+    "tcp-max-per-address": (
+        "max_per_address",
+        int,
+        "Raw TCP: connections at once from one address (16).",
+    ),
+    "tcp-handshake-timeout": (
+        "handshake_timeout",
+        float,
+        "Raw TCP: seconds to send the preamble (10).",
+    ),
+    "tcp-idle-timeout": (
+        "idle_timeout",
+        float,
+        "Raw TCP: seconds without input or work before closing (300).",
+    ),
+    "tcp-max-in-flight": (
+        "max_in_flight",
+        int,
+        "Raw TCP: commands running at once per connection (8).",
+    ),
+    "tcp-streams": (
+        "streams",
+        int,
+        "Raw TCP: output streams per connection, each compressed on its own thread (2).",
+    ),
+}
 
 
 def default_state_dir() -> Path:
@@ -83,6 +113,7 @@ class Options(usage.Options):
             "URL under which a static server or CDN serves the blob directory "
             "(STATE_DIR/blobs); default: this server's first HTTP listener.",
         ],
+        *([name, None, None, text, kind] for name, (_, kind, text) in TCP_LIMIT_OPTIONS.items()),
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -145,6 +176,7 @@ class Options(usage.Options):
             "ssh_host_keys",
             "blob_base_url",
             *TRANSPORTS,
+            *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
         }
         unknown = set(config) - known
         if unknown:
@@ -184,6 +216,16 @@ class Options(usage.Options):
             if bad or not engines:
                 raise usage.UsageError(f"--compression: unknown engine(s) {bad}")
             self["compression"] = engines
+        for name, (_, kind, _text) in TCP_LIMIT_OPTIONS.items():
+            if self[name] is not None:
+                try:
+                    self[name] = kind(self[name])
+                except (TypeError, ValueError):
+                    raise usage.UsageError(f"--{name}: not a number: {self[name]!r}") from None
+                if self[name] <= 0:
+                    raise usage.UsageError(f"--{name} must be positive")
+        if (self["tcp-streams"] or 1) > 64:
+            raise usage.UsageError("--tcp-streams: at most 64 (even stream ids run out)")
 
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
@@ -198,8 +240,20 @@ class Options(usage.Options):
         s.v2_enabled = not self["no-v2"]
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         s.blob_base_url = self["blob-base-url"] or None
+        s.tcp_limits = self.tcp_limits()
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
+
+    def tcp_limits(self) -> Any:
+        """The ``TCPLimits`` of the ``--tcp-*`` options (defaults for those not given)."""
+        from hgwire_tw.transports.tcp import TCPLimits
+
+        given = {
+            field: self[name]
+            for name, (field, _, _) in TCP_LIMIT_OPTIONS.items()
+            if self[name] is not None
+        }
+        return replace(TCPLimits(), **given)
 
 
 class ListeningService(service.Service):

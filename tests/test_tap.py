@@ -129,3 +129,37 @@ def test_blob_store_lives_in_state_dir_with_optional_base_url(tmp_path: Path) ->
     assert blobs is not None
     assert blobs.directory == (tmp_path / "state" / "blobs").resolve()
     assert blobs.url("ab" * 32 + ".hg") == "https://cdn.example/blobs/" + "ab" * 32 + ".hg"
+
+
+def test_tcp_limits_from_options_and_toml(tmp_path: Path) -> None:
+    """--tcp-* options and their TOML keys set TCPLimits; the command line wins."""
+    from hgwire_tw.transports.tcp import TCPLimits
+
+    init_repo(tmp_path / "a")
+    cfg = tmp_path / "hgwire.toml"
+    cfg.write_text("tcp_streams = 4\ntcp_idle_timeout = 30\ntcp_max_per_address = 2\n")
+    opts = parse("--repo", str(tmp_path / "a"), "--config", str(cfg), "--tcp-streams", "3")
+    limits = opts.settings().tcp_limits
+    assert limits == TCPLimits(streams=3, idle_timeout=30.0, max_per_address=2)
+    assert parse("--repo", str(tmp_path / "a")).settings().tcp_limits == TCPLimits()
+    for bad in (("--tcp-streams", "0"), ("--tcp-streams", "65"), ("--tcp-idle-timeout", "-1")):
+        with pytest.raises(usage.UsageError):
+            parse("--repo", str(tmp_path / "a"), *bad)
+
+
+def test_tcp_factory_uses_the_configured_limits(tmp_path: Path) -> None:
+    """makeService builds the TCP factory with the limits the options describe."""
+    from twisted.internet.task import Clock
+
+    from hgwire_tw.tap import makeService
+    from hgwire_tw.transports.tcp import HgwireTCPFactory
+
+    init_repo(tmp_path / "a")
+    opts = parse(
+        "--repo", str(tmp_path / "a"), "--http", "none", "--ssh", "none",
+        "--tcp", "tcp:0:interface=127.0.0.1", "--tcp-max-in-flight", "3",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    top = makeService(opts, reactor=Clock())
+    (factory,) = [s.factory for s in top.listeners]
+    assert isinstance(factory, HgwireTCPFactory) and factory.limits.max_in_flight == 3

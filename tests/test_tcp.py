@@ -21,6 +21,7 @@ from hgwire_tw.core.reactor import (
     ResponseObjects,
 )
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.framesession import inline_job_runner
 from hgwire_tw.transports.tcp import HgwireTCPFactory, HgwireTCPProtocol, TCPLimits
 
 
@@ -75,7 +76,7 @@ def connect(
         access=FakeAccess(readable),  # type: ignore[arg-type]
         runner=runner,
     )
-    factory = HgwireTCPFactory(ctx, limits, clock=clock)
+    factory = HgwireTCPFactory(ctx, limits, clock=clock, run_job=inline_job_runner)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
     assert isinstance(proto, HgwireTCPProtocol)
     transport = StringTransport()

@@ -56,10 +56,41 @@ actions; the command runner feeds command output back in through ``response_*`` 
 # encoder. When two requests' responses interleave on one stream, bytes buffered in the
 # compressor for one request are flushed under that request's id before the other
 # request's bytes go in, so every frame decodes to bytes of its own request only.
+# The frames of one stream are built by its StreamWriter (core/streamwriter.py), which
+# owns the stream's compression context, stream-begin and stream-settings state.
+#
+# Encoding jobs. Encoding (CBOR) and compressing a batch of output is the expensive
+# part of answering, and it must neither block the transport's thread nor serialise
+# streams that could use different cores. So output calls work in two phases. On the
+# caller's thread the reactor does the bookkeeping only: it checks the request, moves
+# it ACTIVE -> RESPONDING (so {status: ok} is fed first) or to FINISHING (eos, error or
+# redirect submitted), binds it to its stream and describes the work as an op for that
+# stream's writer (EncodeObjects, EncodeRaw, EndResponse, or PlainFrame for errors and
+# redirects, which bypass the encoder). The op is wrapped in an EncodeJob.
+#
+# - encoding_jobs=False (the default; HTTP v2): the job runs at once and the call
+#   returns its SendFrames, exactly as if there were no jobs.
+# - encoding_jobs=True (SSH subsystem, TCP): the call returns the EncodeJob if its stream
+#   is idle, else queues it behind the stream's running job. The transport runs
+#   job.run() wherever it likes (a worker thread), writes the SendFrames it returns and
+#   calls job_done(job) back on its own thread, which hands out the stream's next job.
+#   So each stream has at most one job running, in submission order, and its frames hit
+#   the wire in order; jobs of different streams run in parallel and their frames may
+#   interleave on the wire, which the client handles since it decodes per stream.
+#
+# Back-pressure: the queue holds at most one job per request in flight plus its final
+# job, because a request stays in the table (FINISHING, its id still taken) until its
+# last job is done, the transport only asks for the next batch once output_pending()
+# is false for the request, and max_requests_in_flight bounds the requests. A failure
+# (ERRORED) drops the queues; the protocol error frame goes on stream 2 when no job
+# runs there, else on a fresh stream, since a running job owns its stream's state. A
+# stream's encoder is created by its first submission, with the encoding negotiated by
+# then, so streams opened with open_stream() before the client's settings are right.
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias, assert_never
@@ -89,8 +120,15 @@ from hgwire_tw.core.streams import (
     ENCODINGS,
     IDENTITY,
     InputStream,
-    OutputStream,
     negotiate,
+)
+from hgwire_tw.core.streamwriter import (
+    EncodeObjects,
+    EncodeRaw,
+    EndResponse,
+    OutputOp,
+    PlainFrame,
+    StreamWriter,
 )
 
 __all__ = [
@@ -100,6 +138,7 @@ __all__ = [
     "ClientState",
     "CloseConnection",
     "DuplexMode",
+    "EncodeJob",
     "ProtocolFailure",
     "RequestState",
     "ResponseError",
@@ -123,7 +162,6 @@ DEFAULT_MAX_BUFFER: Final = 32 * 1024 * 1024
 #: Bytes of one partial response value a client holds.
 DEFAULT_CLIENT_MAX_BUFFER: Final = cbor.DEFAULT_MAX_BUFFER
 
-_STATUS_OK: Final = cbor.dumps({b"status": b"ok"})
 _MAX_STREAM_ID: Final = 0xFF
 
 
@@ -175,7 +213,33 @@ class CloseConnection:
     """Close the connection once the preceding frames are written."""
 
 
-ServerAction: TypeAlias = RunCommand | SendFrames | ProtocolFailure | CloseConnection
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class EncodeJob:
+    """Output of ``request_id`` to encode on stream ``stream_id`` (``encoding_jobs`` mode).
+
+    :meth:`run` does the CBOR encoding and compression and touches nothing but this
+    stream's writer, so it may run on any thread, provided a stream has at most one job
+    running at a time, in the order the reactor hands them out (the reactor does that:
+    a stream's next job is returned by ``job_done``). Write what ``run`` returns, then
+    call ``ServerFrameReactor.job_done(job)`` on the reactor's own thread.
+    """
+
+    stream_id: int
+    request_id: int
+    #: The request's last output (eos, error or redirect).
+    final: bool
+    writer: StreamWriter
+    op: OutputOp
+
+    def run(self) -> SendFrames | None:
+        """Encode; the frames to write (None when the compressor kept everything)."""
+        frames = self.writer.apply(self.op)
+        if not frames:
+            return None
+        return SendFrames(data=encode_frames(frames), frames=tuple(frames))
+
+
+ServerAction: TypeAlias = RunCommand | SendFrames | ProtocolFailure | CloseConnection | EncodeJob
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,6 +320,8 @@ class RequestState(enum.Enum):
     READY = "ready"
     ACTIVE = "active"
     RESPONDING = "responding"
+    #: The response is complete; its last frames are still being encoded (jobs mode).
+    FINISHING = "finishing"
 
 
 _RECEIVING: Final = frozenset({RequestState.RECEIVING, RequestState.RECEIVING_DATA})
@@ -320,13 +386,14 @@ class _Request:
 
 
 class _OutStream:
-    """An output stream plus which request has bytes buffered in its compressor."""
+    """An output stream's writer plus its encoding jobs: the running one and the queue."""
 
-    __slots__ = ("codec", "pending")
+    __slots__ = ("busy", "queue", "writer")
 
-    def __init__(self, codec: OutputStream) -> None:
-        self.codec = codec
-        self.pending: int | None = None
+    def __init__(self, writer: StreamWriter) -> None:
+        self.writer = writer
+        self.busy: EncodeJob | None = None
+        self.queue: deque[EncodeJob] = deque()
 
 
 class ServerFrameReactor:
@@ -342,10 +409,13 @@ class ServerFrameReactor:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_requests_in_flight: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        encoding_jobs: bool = False,
     ) -> None:
         if not 1 <= max_frame_size <= 0xFFFFFF:
             raise ValueError("max_frame_size out of range")
         self.mode = mode
+        self._encoding_jobs = encoding_jobs
+        self._jobs_of: dict[int, int] = {}
         self._encodings = tuple(encodings)
         self._max_frame_size = max_frame_size
         self._max_request_bytes = max_request_bytes
@@ -658,34 +728,63 @@ class ServerFrameReactor:
         self._state = ServerState.ERRORED
         self._requests.clear()
         self._ready = []
+        self._jobs_of.clear()
+        for out in self._out_streams.values():
+            out.queue.clear()  # the connection closes: queued output is moot
         actions: list[ServerAction] = []
         if self.mode is DuplexMode.FULL:
             rid = frame.request_id if frame is not None else self._last_request_id
-            stream = self._stream_for(None)
             body = cbor.dumps(
                 {b"type": b"protocol", b"message": [{b"msg": _truncate(message.encode())}]}
             )
-            frames = [self._frame(stream, rid, FrameType.ERROR_RESPONSE, NoFlag.NONE, body)]
-            actions.append(SendFrames(data=encode_frames(frames), frames=tuple(frames)))
+            stream = self._idle_stream_for_failure()
+            if stream is not None:
+                op = PlainFrame(
+                    request_id=rid,
+                    type=FrameType.ERROR_RESPONSE,
+                    flags=NoFlag.NONE,
+                    payload=body,
+                    flush_first=False,
+                )
+                actions.extend(self._send(stream.writer.apply(op)))
             actions.append(ProtocolFailure(message=message))
             actions.append(CloseConnection())
         else:
             actions.append(ProtocolFailure(message=message))
         return actions
 
+    def _idle_stream_for_failure(self) -> _OutStream | None:
+        """A stream the error frame may be written on right now, on this thread.
+
+        The default stream unless an encoding job is running on it (a worker owns its
+        state then); in that case a fresh stream, or none when the ids ran out.
+        """
+        default = self._out_streams.get(2)
+        if default is None or default.busy is None:
+            stream = self._stream_for(None)
+        elif self._next_stream_id <= _MAX_STREAM_ID:
+            stream = self._new_stream()
+        else:
+            return None
+        stream.writer.open(self._encoding)
+        return stream
+
     # ------------------------------------------------------------------ output
 
     def open_stream(self) -> int:
-        """Open another even output stream (own encoder context); returns its id."""
-        stream = self._new_stream()
-        return stream.codec.stream_id
+        """Open another even output stream (own encoder context); returns its id.
+
+        The encoder is created by the stream's first output, so a stream opened before
+        the client's protocol settings arrive still uses the negotiated encoding.
+        """
+        return self._new_stream().writer.stream_id
 
     def _new_stream(self) -> _OutStream:
         stream_id = self._next_stream_id
         if stream_id > _MAX_STREAM_ID:
             raise LocalProtocolError("no even stream id left")
         self._next_stream_id += 2
-        stream = _OutStream(OutputStream(stream_id, self._encoding))
+        stream = _OutStream(StreamWriter(stream_id, self._max_frame_size))
         self._out_streams[stream_id] = stream
         return stream
 
@@ -693,8 +792,8 @@ class ServerFrameReactor:
         if stream_id is None:
             stream = self._out_streams.get(2)
             if stream is None:
-                # Stream 2 is opened lazily by the first output, so the client's
-                # protocol settings are known by then; it is always the first one.
+                # Stream 2 is opened lazily by the first output unless open_stream()
+                # made it; either way it is the first one.
                 assert self._next_stream_id == 2
                 stream = self._new_stream()
             return stream
@@ -715,11 +814,18 @@ class ServerFrameReactor:
     def _bind(self, request: _Request, stream_id: int | None) -> _OutStream:
         if request.stream is None:
             request.stream = self._stream_for(stream_id)
-        elif stream_id is not None and stream_id != request.stream.codec.stream_id:
+        elif stream_id is not None and stream_id != request.stream.writer.stream_id:
             raise LocalProtocolError(
-                f"request {request.id} already answers on stream {request.stream.codec.stream_id}"
+                f"request {request.id} already answers on stream {request.stream.writer.stream_id}"
             )
         return request.stream
+
+    def _starts(self, request: _Request) -> bool:
+        """Whether this output is the request's first (so ``{status: ok}`` goes first)."""
+        if request.state is RequestState.ACTIVE:
+            request.state = RequestState.RESPONDING
+            return True
+        return False
 
     def response_objects(
         self, request_id: int, objs: Sequence[object], *, stream_id: int | None = None
@@ -733,11 +839,8 @@ class ServerFrameReactor:
         if request is None:
             return []
         stream = self._bind(request, stream_id)
-        frames: list[Frame] = []
-        self._start(request, stream, frames, encode=True)
-        if objs:
-            self._send_data(request, stream, cbor.dumps_sequence(objs), True, frames)
-        return self._send(frames)
+        op = EncodeObjects(request_id=request.id, objects=tuple(objs), status=self._starts(request))
+        return self._submit(request, stream, op, final=False)
 
     def response_raw(self, request_id: int, data: bytes, *, encode: bool) -> list[ServerAction]:
         """Send pre-encoded CBOR of a running request.
@@ -749,11 +852,10 @@ class ServerFrameReactor:
         if request is None:
             return []
         stream = self._bind(request, None)
-        frames: list[Frame] = []
-        self._start(request, stream, frames, encode=encode)
-        if data:
-            self._send_data(request, stream, bytes(data), encode, frames)
-        return self._send(frames)
+        op = EncodeRaw(
+            request_id=request.id, data=bytes(data), status=self._starts(request), encode=encode
+        )
+        return self._submit(request, stream, op, final=False)
 
     def response_end(self, request_id: int) -> list[ServerAction]:
         """The request's output is complete: flush its stream and send eos."""
@@ -761,20 +863,8 @@ class ServerFrameReactor:
         if request is None:
             return []
         stream = self._bind(request, None)
-        frames: list[Frame] = []
-        self._start(request, stream, frames, encode=True)
-        self._flush_other(request, stream, frames)
-        tail = stream.codec.flush() if stream.pending == request.id else b""
-        stream.pending = None
-        eos = CommandResponseFlag.EOS
-        if tail:
-            self._encoded_frames(request, stream, tail, eos, frames)
-        else:
-            frames.append(
-                self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, eos, b"", False)
-            )
-        self._finish(request)
-        return self._send(frames)
+        op = EndResponse(request_id=request.id, status=self._starts(request))
+        return self._submit(request, stream, op, final=True)
 
     def response_error(
         self, request_id: int, message: bytes, args: Sequence[bytes] = ()
@@ -785,30 +875,35 @@ class ServerFrameReactor:
         if request is None:
             return []
         stream = self._bind(request, None)
-        frames: list[Frame] = []
         if request.state is RequestState.ACTIVE:
             error: dict[bytes, object] = {b"message": message}
             if args:
                 error[b"args"] = list(args)
             body = cbor.dumps({b"status": b"error", b"error": error})
             body = self._fit(body, {b"status": b"error", b"error": {b"message": b""}})
-            frames.append(
-                self._frame(
-                    stream, request.id, FrameType.COMMAND_RESPONSE, CommandResponseFlag.EOS, body
-                )
+            op = PlainFrame(
+                request_id=request.id,
+                type=FrameType.COMMAND_RESPONSE,
+                flags=CommandResponseFlag.EOS,
+                payload=body,
+                flush_first=False,
             )
         else:
-            # Bytes of this request still in the compressor must reach the client before
-            # the error, or they would decode as part of another request's frame.
-            self._flush_pending(stream, frames)
             atom: dict[bytes, object] = {b"msg": message}
             if args:
                 atom[b"args"] = list(args)
             body = cbor.dumps({b"type": b"server", b"message": [atom]})
             body = self._fit(body, {b"type": b"server", b"message": [{b"msg": b""}]})
-            frames.append(self._frame(stream, request.id, FrameType.ERROR_RESPONSE, 0, body))
-        self._finish(request)
-        return self._send(frames)
+            # Bytes of this request still in the compressor must reach the client before
+            # the error, or they would decode as part of another request's frame.
+            op = PlainFrame(
+                request_id=request.id,
+                type=FrameType.ERROR_RESPONSE,
+                flags=NoFlag.NONE,
+                payload=body,
+                flush_first=True,
+            )
+        return self._submit(request, stream, op, final=True)
 
     def response_redirect(
         self, request_id: int, location: Mapping[bytes, object]
@@ -824,144 +919,103 @@ class ServerFrameReactor:
         body = cbor.dumps({b"status": b"redirect", b"location": where})
         if len(body) > self._max_frame_size:
             raise LocalProtocolError("redirect location does not fit in one frame")
-        frames = [
-            self._frame(
-                stream, request.id, FrameType.COMMAND_RESPONSE, CommandResponseFlag.EOS, body
-            )
-        ]
-        self._finish(request)
-        return self._send(frames)
+        op = PlainFrame(
+            request_id=request.id,
+            type=FrameType.COMMAND_RESPONSE,
+            flags=CommandResponseFlag.EOS,
+            payload=body,
+            flush_first=False,
+        )
+        return self._submit(request, stream, op, final=True)
 
     def request_cancelled(self, request_id: int) -> None:
         """Forget a request whose client went away; later output for it is dropped.
 
-        Bytes of it already in a compressor are still flushed under its id before the
-        stream carries another request's bytes, to keep the stream decodable.
+        Its encoding jobs already handed out or queued still run, so bytes of it in a
+        compressor are flushed under its id before the stream carries another request's
+        bytes, keeping the stream decodable.
         """
-        request = self._requests.pop(request_id, None)
+        request = self._requests.get(request_id)
         if request is None:
             return
+        self._cancelled.add(request_id)
+        if request.state is RequestState.FINISHING:
+            return  # the id stays taken until its last job is done
+        del self._requests[request_id]
         if request.state in _RECEIVING or request.state is RequestState.READY:
             self._buffered -= request.size
         if request in self._ready:
             self._ready.remove(request)
-        self._cancelled.add(request_id)
+
+    # ---- encoding jobs
+
+    @property
+    def jobs_pending(self) -> bool:
+        """Whether any encoding job is queued or running (jobs mode)."""
+        return bool(self._jobs_of)
+
+    def output_pending(self, request_id: int) -> bool:
+        """Whether output of ``request_id`` is still queued or being encoded (jobs mode)."""
+        return request_id in self._jobs_of
+
+    def job_done(self, job: EncodeJob) -> list[ServerAction]:
+        """``job`` has run and its frames are written: the stream's next job, if any.
+
+        Only in ``encoding_jobs`` mode; call it on the thread that calls everything else.
+        """
+        stream = self._out_streams.get(job.stream_id)
+        if stream is None or stream.busy is not job:
+            raise LocalProtocolError(f"job_done() for a job that is not running: {job!r}")
+        stream.busy = None
+        self._job_over(job)
+        if self._state is ServerState.ERRORED or not stream.queue:
+            return []
+        stream.busy = stream.queue.popleft()
+        return [stream.busy]
+
+    def _submit(
+        self, request: _Request, stream: _OutStream, op: OutputOp, *, final: bool
+    ) -> list[ServerAction]:
+        if final:
+            # The id stays taken (and counts as in flight) until its last frame is out.
+            request.state = RequestState.FINISHING
+        stream.writer.open(self._encoding)
+        job = EncodeJob(
+            stream_id=stream.writer.stream_id,
+            request_id=request.id,
+            final=final,
+            writer=stream.writer,
+            op=op,
+        )
+        self._jobs_of[request.id] = self._jobs_of.get(request.id, 0) + 1
+        if not self._encoding_jobs:
+            # Inline: the stream is never busy, so run the job right here.
+            send = job.run()
+            self._job_over(job)
+            return [] if send is None else [send]
+        if stream.busy is None:
+            stream.busy = job
+            return [job]
+        stream.queue.append(job)
+        return []
+
+    def _job_over(self, job: EncodeJob) -> None:
+        left = self._jobs_of.get(job.request_id, 0) - 1
+        if left > 0:
+            self._jobs_of[job.request_id] = left
+        else:
+            self._jobs_of.pop(job.request_id, None)
+        if job.final:
+            request = self._requests.get(job.request_id)
+            if request is not None and request.state is RequestState.FINISHING:
+                del self._requests[job.request_id]
 
     # ---- output helpers
-
-    def _start(
-        self, request: _Request, stream: _OutStream, frames: list[Frame], *, encode: bool
-    ) -> None:
-        if request.state is RequestState.ACTIVE:
-            request.state = RequestState.RESPONDING
-            self._send_data(request, stream, _STATUS_OK, encode, frames)
-
-    def _send_data(
-        self, request: _Request, stream: _OutStream, data: bytes, encode: bool, out: list[Frame]
-    ) -> None:
-        cont = CommandResponseFlag.CONTINUATION
-        if encode:
-            self._flush_other(request, stream, out)
-            stream.pending = request.id
-            encoded = stream.codec.encode(data)
-            if encoded:
-                self._encoded_frames(request, stream, encoded, cont, out)
-        else:
-            # Unencoded bytes must not overtake bytes still inside the compressor.
-            self._flush_pending(stream, out)
-            for chunk in self._chunks(data):
-                out.append(self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, cont, chunk))
-
-    def _flush_other(self, request: _Request, stream: _OutStream, out: list[Frame]) -> None:
-        if stream.pending is not None and stream.pending != request.id:
-            self._flush_pending(stream, out)
-
-    def _flush_pending(self, stream: _OutStream, out: list[Frame]) -> None:
-        owner = stream.pending
-        if owner is None:
-            return
-        stream.pending = None
-        flushed = stream.codec.flush()
-        if not flushed:
-            return
-        self._ensure_settings(stream, owner, out)
-        for chunk in self._chunks(flushed):
-            out.append(
-                self._frame(
-                    stream,
-                    owner,
-                    FrameType.COMMAND_RESPONSE,
-                    CommandResponseFlag.CONTINUATION,
-                    chunk,
-                    True,
-                )
-            )
-
-    def _encoded_frames(
-        self,
-        request: _Request,
-        stream: _OutStream,
-        data: bytes,
-        last_flags: CommandResponseFlag,
-        out: list[Frame],
-    ) -> None:
-        self._ensure_settings(stream, request.id, out)
-        chunks = self._chunks(data)
-        cont = CommandResponseFlag.CONTINUATION
-        for index, chunk in enumerate(chunks):
-            flags = last_flags if index == len(chunks) - 1 else cont
-            out.append(
-                self._frame(stream, request.id, FrameType.COMMAND_RESPONSE, flags, chunk, True)
-            )
-
-    def _ensure_settings(self, stream: _OutStream, request_id: int, out: list[Frame]) -> None:
-        if not stream.codec.settings_sent:
-            stream.codec.settings_sent = True
-            out.append(
-                self._frame(
-                    stream,
-                    request_id,
-                    FrameType.STREAM_SETTINGS,
-                    SettingsFlag.EOS,
-                    cbor.dumps(stream.codec.encoding),
-                )
-            )
-
-    def _chunks(self, data: bytes) -> list[bytes]:
-        size = self._max_frame_size
-        if len(data) <= size:
-            return [data]
-        return [data[i : i + size] for i in range(0, len(data), size)]
-
-    def _frame(
-        self,
-        stream: _OutStream,
-        request_id: int,
-        kind: FrameType,
-        flags: int,
-        payload: bytes,
-        encoded: bool = False,
-    ) -> Frame:
-        stream_flags = StreamFlag.ENCODED if encoded else StreamFlag.NONE
-        if not stream.codec.begun:
-            stream.codec.begun = True
-            stream_flags |= StreamFlag.BEGIN
-        return Frame(
-            request_id=request_id,
-            stream_id=stream.codec.stream_id,
-            stream_flags=stream_flags,
-            type=kind,
-            flags=flags,
-            payload=payload,
-        )
 
     def _fit(self, body: bytes, fallback: object) -> bytes:
         if len(body) <= self._max_frame_size:
             return body
         return cbor.dumps(fallback)
-
-    def _finish(self, request: _Request) -> None:
-        self._requests.pop(request.id, None)
 
     @staticmethod
     def _send(frames: list[Frame]) -> list[ServerAction]:

@@ -7,8 +7,7 @@ flushed (zlib ``Z_SYNC_FLUSH``, zstd ``FLUSH_BLOCK``) at the end of each respons
 never finished.
 
 This module owns the codecs only. Which frames carry which bytes, stream-begin and the
-stream-settings frame are the reactor's business; :class:`OutputStream` merely records
-whether those have been sent.
+stream-settings frame are :mod:`hgwire_tw.core.streamwriter`'s business.
 
 Decoding is bounded: a single frame may not decompress to more than
 ``max_frame_output`` bytes, and zstd windows above 8 MiB are refused, so a compression
@@ -120,20 +119,14 @@ def _make_encoder(encoding: bytes) -> _Encoder:
 
 
 class OutputStream:
-    """One outgoing stream and its encoder context.
+    """One outgoing stream's encoder context."""
 
-    ``begun`` and ``settings_sent`` record whether the stream-begin flag and the
-    stream-settings frame have gone out; the reactor sets them.
-    """
-
-    __slots__ = ("_encoder", "begun", "encoding", "settings_sent", "stream_id")
+    __slots__ = ("_encoder", "encoding", "stream_id")
 
     def __init__(self, stream_id: int, encoding: bytes = IDENTITY) -> None:
         self.stream_id = stream_id
         self.encoding = encoding
         self._encoder = _make_encoder(encoding)
-        self.begun = False
-        self.settings_sent = False
 
     def encode(self, data: bytes) -> bytes:
         """Feed ``data`` to the context; returns what the encoder emits now (maybe empty)."""

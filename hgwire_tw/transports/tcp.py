@@ -13,21 +13,23 @@ Flow control, both ways:
 - input: at most ``max_in_flight`` commands run at once per connection; beyond that the
   complete requests wait in a queue and the socket is not read until one finishes.
 
+The session itself (preamble, frames, commands, encoding jobs) is
+:class:`~hgwire_tw.transports.framesession.FrameSession`, shared with the SSH subsystem.
 Responses are spread round-robin over ``streams`` output streams, each with its own
-compression context. Limits: total and per-address connection counts, a handshake
-timeout (preamble) and an idle timeout (no input and nothing running), all timed with
-an injected clock. Compression runs on the reactor thread (moving it to the worker
-threads is not done).
+compression context, compressed on worker threads (one job per stream at a time), so
+one connection's streams use several cores. Limits: total and per-address connection
+counts, a handshake timeout (preamble) and an idle timeout (no input, nothing running
+and nothing being encoded), all timed with an injected clock. ``hgwire serve`` sets
+them with the ``--tcp-*`` options (``tap.py``).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -35,18 +37,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hgwire_tw.context import ServerContext
-from hgwire_tw.core.errors import HgWireError, ProtocolError
-from hgwire_tw.core.preamble import PreambleParser, encode_error, encode_ok
-from hgwire_tw.core.reactor import (
-    CloseConnection,
-    DuplexMode,
-    ProtocolFailure,
-    RunCommand,
-    SendFrames,
-    ServerFrameReactor,
-)
+from hgwire_tw.core.errors import HgWireError
+from hgwire_tw.core.preamble import encode_error
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports.framesink import FrameSink
+from hgwire_tw.transports.framesession import (
+    FrameSession,
+    JobRunner,
+    SessionLimits,
+    SessionRefused,
+    threaded_job_runner,
+)
 from hgwire_tw.transports.pausegate import PauseGate
 
 __all__ = ["HgwireTCPFactory", "HgwireTCPProtocol", "TCPLimits", "make_tcp_factory"]
@@ -68,9 +68,22 @@ class TCPLimits:
     streams: int = 2
 
 
+def _anonymous_reader(ctx: ServerContext) -> Callable[[str], tuple[ServedRepository, bool]]:
+    def open_repository(name: str) -> tuple[ServedRepository, bool]:
+        try:
+            served = ctx.registry.resolve(name)
+        except HgWireError:
+            raise SessionRefused(REFUSED) from None
+        if not ctx.access.can_read(None, served.name):
+            raise SessionRefused(REFUSED)
+        return served, False  # read-only by design
+
+    return open_repository
+
+
 @implementer(IPushProducer, IHalfCloseableProtocol)
 class HgwireTCPProtocol(Protocol):
-    """One raw TCP connection (see the module docs)."""
+    """One raw TCP connection (see the module docs): a ``FrameSession`` plus timers."""
 
     def __init__(self, factory: HgwireTCPFactory, host: str) -> None:
         self.factory = factory
@@ -78,18 +91,23 @@ class HgwireTCPProtocol(Protocol):
         self.limits = factory.limits
         self.clock = factory.clock
         self.host = host
-        self.preamble: PreambleParser | None = PreambleParser()
-        self.served: ServedRepository | None = None
-        self.frames: ServerFrameReactor | None = None
-        self.stream_ids: list[int] = []
-        self.next_stream = 0
-        self.running: dict[int, Deferred[None]] = {}
-        self.waiting: deque[RunCommand] = deque()
         self.gate = PauseGate()
-        self.reading_paused = False
-        self.input_closed = False
-        self.done = False
         self.timer: IDelayedCall | None = None
+        self.closed = False
+        self.session = FrameSession(
+            self.ctx,
+            self,
+            _anonymous_reader(self.ctx),
+            label=f"hgwire TCP {host}",
+            limits=SessionLimits(
+                streams=self.limits.streams,
+                max_in_flight=self.limits.max_in_flight,
+                max_requests=max(self.limits.max_in_flight * 4, 16),
+            ),
+            run_job=factory.run_job,
+            reading=_Reading(self),
+            on_activity=self._touch,
+        )
 
     # -- connection ------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -103,38 +121,41 @@ class HgwireTCPProtocol(Protocol):
 
     def _touch(self) -> None:
         """Activity: restart the idle timer (the handshake timer stays until ``ok``)."""
-        if self.preamble is None and not self.done:
+        if self.session.opened and not self.session.done:
             self._arm(self.limits.idle_timeout, "idle")
 
     def _timed_out(self, what: str) -> None:
         self.timer = None
-        if self.done:
+        if self.session.done:
             return
-        if what == "idle" and (self.running or self.waiting):
+        if what == "idle" and self.session.busy:
             self._arm(self.limits.idle_timeout, "idle")  # busy, not idle
             return
         log.info("hgwire TCP {what} timeout from {host}", what=what, host=self.host)
-        if self.preamble is not None:
-            self.transport.write(encode_error(f"{what} timeout"))  # type: ignore[union-attr]
-        self._close()
+        if not self.session.opened:
+            self.session.refuse(f"{what} timeout")
+        else:
+            self.session.close(1)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.done = True
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
         self.factory.forget(self.host)
-        self.waiting.clear()
-        running, self.running = self.running, {}
-        for request_id, d in running.items():
-            if self.frames is not None:
-                self.frames.request_cancelled(request_id)
-            d.cancel()
+        self.session.connectionLost()
         self.resumeProducing()
 
-    def _close(self) -> None:
-        if not self.done:
-            self.done = True
+    # -- FrameChannel --------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def drained(self) -> Deferred[None] | None:
+        return self.gate.wait()
+
+    def finish(self, status: int) -> None:
+        if not self.closed:
+            self.closed = True
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     # -- IPushProducer (the socket's send buffer) ---------------------------------------
@@ -145,120 +166,32 @@ class HgwireTCPProtocol(Protocol):
         self.gate.resume()
 
     def stopProducing(self) -> None:
-        self.done = True
+        self.session.connectionLost()
         self.resumeProducing()
 
     # -- input -------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
-        if self.done:
-            return
-        if self.preamble is not None:
-            try:
-                request = self.preamble.feed(data)
-            except ProtocolError as e:
-                self._refuse(str(e))
-                return
-            if request is None:
-                return
-            self.preamble = None
-            if not self._open(request.name):
-                return
-            data = request.rest
-        self._touch()
-        if data:
-            assert self.frames is not None
-            self.execute(self.frames.receive_data(data))
+        self.session.dataReceived(data)
 
     def readConnectionLost(self) -> None:
         """The client half-closed: answer what was asked, then close."""
-        if self.done:
-            return
-        self.input_closed = True
-        if self.frames is None:
-            self._close()
-            return
-        self.execute(self.frames.end_of_input())
-        self._maybe_finish()
+        self.session.eofReceived()
 
     def writeConnectionLost(self) -> None:
-        self._close()
+        self.session.close(0)
 
-    def _open(self, name: str) -> bool:
-        try:
-            served = self.ctx.registry.resolve(name)
-        except HgWireError:
-            self._refuse(REFUSED)
-            return False
-        if not self.ctx.access.can_read(None, served.name):
-            self._refuse(REFUSED)
-            return False
-        self.served = served
-        self.frames = ServerFrameReactor(
-            mode=DuplexMode.FULL,
-            encodings=self.ctx.settings.v2_encodings,
-            max_requests_in_flight=max(self.limits.max_in_flight * 4, 16),
-        )
-        self.stream_ids = [self.frames.open_stream() for _ in range(max(1, self.limits.streams))]
-        self.transport.write(encode_ok())  # type: ignore[union-attr]
-        return True
 
-    def _refuse(self, message: str) -> None:
-        log.info("hgwire TCP refused {host}: {why}", host=self.host, why=message)
-        self.transport.write(encode_error(message))  # type: ignore[union-attr]
-        self._close()
+class _Reading:
+    """Pauses and resumes reading the socket (the in-flight limit)."""
 
-    # -- actions -----------------------------------------------------------------------
-    def execute(self, actions: Sequence[object]) -> Deferred[None] | None:
-        for action in actions:
-            if self.done:
-                break
-            if isinstance(action, SendFrames):
-                self.transport.write(action.data)  # type: ignore[union-attr]
-            elif isinstance(action, RunCommand):
-                self.waiting.append(action)
-            elif isinstance(action, ProtocolFailure):
-                log.info(
-                    "hgwire TCP protocol failure from {host}: {why}",
-                    host=self.host,
-                    why=action.message,
-                )
-            elif isinstance(action, CloseConnection):
-                self._close()
-        self._start_waiting()
-        return None if self.done else self.gate.wait()
+    def __init__(self, protocol: HgwireTCPProtocol) -> None:
+        self.protocol = protocol
 
-    def _start_waiting(self) -> None:
-        while self.waiting and len(self.running) < self.limits.max_in_flight and not self.done:
-            self._run(self.waiting.popleft())
-        want_pause = bool(self.waiting) and not self.done
-        if want_pause != self.reading_paused and not self.done:
-            self.reading_paused = want_pause
-            if want_pause:
-                self.transport.pauseProducing()  # type: ignore[union-attr]
-            else:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+    def pauseProducing(self) -> None:
+        self.protocol.transport.pauseProducing()  # type: ignore[union-attr]
 
-    def _run(self, action: RunCommand) -> None:
-        assert self.served is not None
-        stream_id = self.stream_ids[self.next_stream % len(self.stream_ids)]
-        self.next_stream += 1
-        sink = FrameSink(self, action.request_id, stream_id)
-        d = self.ctx.runner.run(self.served, action.name, action.args, may_push=False, sink=sink)
-        self.running[action.request_id] = d
-        d.addBoth(self._command_over, action.request_id)
-
-    def _command_over(self, result: object, request_id: int) -> None:
-        self.running.pop(request_id, None)
-        if isinstance(result, Failure) and not result.check(CancelledError):
-            log.failure("hgwire TCP command failed", result)
-        if not self.done:
-            self._touch()
-            self._start_waiting()
-            self._maybe_finish()
-
-    def _maybe_finish(self) -> None:
-        if self.input_closed and not self.running and not self.waiting:
-            self._close()
+    def resumeProducing(self) -> None:
+        self.protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
 
 class _Refusal(Protocol):
@@ -276,11 +209,16 @@ class HgwireTCPFactory(Factory):
     """Makes :class:`HgwireTCPProtocol` s within the connection limits."""
 
     def __init__(
-        self, ctx: ServerContext, limits: TCPLimits | None = None, clock: Any = None
+        self,
+        ctx: ServerContext,
+        limits: TCPLimits | None = None,
+        clock: Any = None,
+        run_job: JobRunner | None = None,
     ) -> None:
         self.ctx = ctx
         self.limits = limits or TCPLimits()
         self.clock = clock if clock is not None else ctx.reactor
+        self.run_job = run_job if run_job is not None else threaded_job_runner(ctx.reactor)
         self.per_address: dict[str, int] = {}
         self.total = 0
 
@@ -305,5 +243,5 @@ class HgwireTCPFactory(Factory):
 
 
 def make_tcp_factory(ctx: ServerContext) -> HgwireTCPFactory:
-    """The factory ``tap.py`` listens with for ``--tcp ENDPOINT``."""
-    return HgwireTCPFactory(ctx)
+    """The factory ``tap.py`` listens with for ``--tcp ENDPOINT`` (limits from settings)."""
+    return HgwireTCPFactory(ctx, ctx.settings.tcp_limits)
