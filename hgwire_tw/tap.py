@@ -75,6 +75,14 @@ class Options(usage.Options):
             "(comma-separated from zstd, zlib, none; default zstd,zlib).",
         ],
         ["max-push-bytes", None, None, "Largest push accepted, in bytes.", int],
+        [
+            "mirror-every",
+            None,
+            None,
+            "Seconds between two pulls of each --mirror (default 300).",
+            float,
+        ],
+        ["mirror-dir", None, None, "Where --mirror repositories live (default STATE-DIR/mirrors)."],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -87,6 +95,7 @@ class Options(usage.Options):
         for name in TRANSPORTS:
             self[name] = []
         self["ssh-host-keys"] = []
+        self["mirrors"] = {}
 
     def opt_repo(self, value: str) -> None:
         """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
@@ -113,6 +122,17 @@ class Options(usage.Options):
         key (repeatable)."""
         self["ssh-host-keys"].append(value)
 
+    def opt_mirror(self, value: str) -> None:
+        """Serve a read-only mirror of URL as NAME (NAME=URL; repeatable), kept in sync by
+        pulling every --mirror-every seconds into MIRROR-DIR/NAME."""
+        name, sep, url = value.partition("=")
+        if not sep or not url:
+            raise usage.UsageError(f"--mirror: expected NAME=URL, got {value!r}")
+        name = name.strip("/")
+        if name in self["mirrors"]:
+            raise usage.UsageError(f"--mirror: name {name!r} given twice")
+        self["mirrors"][name] = url
+
     def opt_tcp(self, value: str) -> None:
         """Twisted endpoint to serve raw v2 frames on (repeatable; 'none' disables)."""
         self["tcp"].append(value)
@@ -135,6 +155,9 @@ class Options(usage.Options):
             "allow_push_over_http",
             "no_v2",
             "ssh_host_keys",
+            "mirrors",
+            "mirror_every",
+            "mirror_dir",
             *TRANSPORTS,
         }
         unknown = set(config) - known
@@ -150,6 +173,11 @@ class Options(usage.Options):
             elif key in TRANSPORTS:
                 if not self[key]:
                     self[key] = [value] if isinstance(value, str) else list(value)
+            elif key == "mirrors":
+                if not isinstance(value, dict):
+                    raise usage.UsageError("--config: mirrors must be a table of NAME = URL")
+                for name, url in value.items():
+                    self["mirrors"].setdefault(name.strip("/"), str(url))
             elif key == "ssh_host_keys":
                 if not self["ssh-host-keys"]:
                     self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
@@ -162,19 +190,34 @@ class Options(usage.Options):
             if not self[name]:
                 self[name] = [defaults[name]]
             self[name] = [e for e in self[name] if e.strip().lower() != "none"]
-        if not self["repos"] and not self["repos-dir"]:
+        if not self["repos"] and not self["repos-dir"] and not self["mirrors"]:
             self["repos"] = {"": "."}
         for name, path in self["repos"].items():
             if not (Path(path) / ".hg").is_dir():
                 raise usage.UsageError(f"--repo {name}={path}: not a Mercurial repository")
         if self["repos-dir"] and not Path(self["repos-dir"]).is_dir():
             raise usage.UsageError(f"--repos-dir {self['repos-dir']}: not a directory")
+        self._check_mirrors()
         if self["compression"]:
             engines = tuple(e.strip() for e in str(self["compression"]).split(",") if e.strip())
             bad = [e for e in engines if e not in ("zstd", "zlib", "none")]
             if bad or not engines:
                 raise usage.UsageError(f"--compression: unknown engine(s) {bad}")
             self["compression"] = engines
+
+    def _check_mirrors(self) -> None:
+        from hgwire_tw.client.peer import parse_url
+
+        for name, url in self["mirrors"].items():
+            if name in self["repos"]:
+                raise usage.UsageError(f"--mirror {name}: also given as --repo")
+            try:
+                parse_url(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--mirror {name}: {e}") from e
+        every = self["mirror-every"]
+        if every is not None and float(every) <= 0:
+            raise usage.UsageError("--mirror-every must be positive")
 
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
@@ -310,8 +353,10 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         )
     except AccessFileError as e:
         raise usage.UsageError(str(e)) from e
+    mirrors = _prepare_mirrors(options, state_dir)
     registry = RepositoryRegistry(
-        repos={name: Path(path).resolve() for name, path in options["repos"].items()},
+        repos={name: Path(path).resolve() for name, path in options["repos"].items()}
+        | {name: path for name, (_, path) in mirrors.items()},
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
     )
     pool = RepositoryPool(reactor, size=settings.workers)
@@ -328,4 +373,41 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
             listener = ListeningService(transport, description, endpoint, factory)
             listener.setServiceParent(top)
             top.listeners.append(listener)
+    _add_mirror_syncs(top, options, mirrors, reactor)
     return top
+
+
+# -- mirrors (--mirror NAME=URL): served read-only, synced by a child service ------------
+
+
+def _prepare_mirrors(options: Options, state_dir: Path) -> dict[str, tuple[str, Path]]:
+    """``{name: (url, path)}`` of the mirrors, each repository created and marked
+    read-only if needed (before the reactor runs)."""
+    from hgwire_tw.client.mirror import prepare_mirror
+    from hgwire_tw.repo.registry import check_name
+
+    if not options["mirrors"]:
+        return {}
+    base = Path(options["mirror-dir"] or state_dir / "mirrors").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mirrors: dict[str, tuple[str, Path]] = {}
+    for name, url in options["mirrors"].items():
+        try:
+            check_name(name)
+        except Exception as e:
+            raise usage.UsageError(f"--mirror {name}: {e}") from e
+        path = base / name if name else base / "_root"
+        prepare_mirror(path, url)
+        mirrors[name] = (url, path)
+    return mirrors
+
+
+def _add_mirror_syncs(
+    top: service.MultiService, options: Options, mirrors: dict[str, tuple[str, Path]], reactor: Any
+) -> None:
+    from hgwire_tw.client.mirror import DEFAULT_EVERY, MirrorSync, pull_mirror
+
+    every = float(options["mirror-every"] or DEFAULT_EVERY)
+    for name, (url, path) in mirrors.items():
+        pull = pull_mirror(reactor, url, path, threadpool=reactor.getThreadPool())
+        MirrorSync(name or "(root)", pull, reactor=reactor, every=every).setServiceParent(top)

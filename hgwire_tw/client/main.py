@@ -1,4 +1,4 @@
-"""``hgwire clone URL DEST`` and ``hgwire pull [-R DEST] [URL]``.
+"""``hgwire clone URL DEST``, ``hgwire pull [-R DEST] [URL]`` and ``hgwire mirror URL DEST``.
 
 The Twisted reactor runs on the main thread and carries the network; the pull itself
 (:func:`hgwire_tw.client.pull.pull`) runs on one worker thread that owns the Mercurial
@@ -15,13 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hgwire_tw.client.bridge import ThreadedRemote
-from hgwire_tw.client.peer import ClientOptions, make_peer, parse_url
+from hgwire_tw.client.job import start_pull
+from hgwire_tw.client.peer import ClientOptions, parse_url
 from hgwire_tw.client.progress import TerminalProgress
-from hgwire_tw.client.pull import PullStats, pull
+from hgwire_tw.client.pull import PullStats
 from hgwire_tw.client.repo import default_path, open_or_create, set_default_path
 
-__all__ = ["add_connection_options", "clone_main", "connection_options", "pull_main", "run_pull"]
+__all__ = [
+    "add_connection_options",
+    "clone_main",
+    "connection_options",
+    "mirror_main",
+    "pull_main",
+    "run_pull",
+]
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -74,42 +81,46 @@ def run_pull(
     can run once per process.
     """
     from twisted.internet import reactor as global_reactor
-    from twisted.internet.threads import deferToThread
 
     reactor: Any = global_reactor
     progress = TerminalProgress(sys.stdout)
-    peer = make_peer(reactor, url, options)
-    remote = ThreadedRemote(reactor, peer)
     outcome: dict[str, Any] = {}
 
-    def work() -> PullStats:
+    def open_repo() -> Any:
         repo = open_or_create(dest, create=create)
         if create:
             set_default_path(dest, url)
-        return pull(repo, remote, progress if not quiet else lambda _: None)
+        return repo
 
     def done(result: object) -> None:
         outcome["result"] = result
-        peer.close()
         if reactor.running:
             reactor.stop()
 
     def start() -> None:
-        deferToThread(work).addBoth(done)
+        d = start_pull(
+            reactor,
+            url,
+            open_repo,
+            options=options,
+            progress=progress if not quiet else lambda _: None,
+        )
+        # Ctrl-C stops the reactor: cancelling closes the peer, so the worker's
+        # transaction aborts (and the thread pool can be joined).
+        reactor.addSystemEventTrigger("before", "shutdown", d.cancel)
+        d.addBoth(done)
 
-    # Ctrl-C stops the reactor: fail the outstanding commands so the worker's
-    # transaction aborts (and the thread pool can be joined).
-    reactor.addSystemEventTrigger("before", "shutdown", remote.abort)
     reactor.callWhenRunning(start)
     reactor.run()
     progress.clear()
     result = outcome.get("result")
     if isinstance(result, PullStats):
         return result
-    if result is None:
-        raise KeyboardInterrupt("interrupted")
+    from twisted.internet.defer import CancelledError
     from twisted.python.failure import Failure
 
+    if result is None or (isinstance(result, Failure) and result.check(CancelledError)):
+        raise KeyboardInterrupt("interrupted")
     assert isinstance(result, Failure)
     result.raiseException()
     raise AssertionError("unreachable")  # pragma: no cover
@@ -199,4 +210,63 @@ def pull_main(argv: Sequence[str]) -> int:
     except BaseException as exc:
         return _fail("pull", exc)
     _report(stats, args.quiet)
+    return 0
+
+
+def mirror_main(argv: Sequence[str]) -> int:
+    """``hgwire mirror [-q] [--every SECONDS] URL DEST``: keep DEST in sync until stopped."""
+    from hgwire_tw.client.mirror import DEFAULT_EVERY, MirrorSync, prepare_mirror, pull_mirror
+
+    parser = argparse.ArgumentParser(
+        prog="hgwire mirror",
+        description="keep a local read-only mirror in sync (pull now, then on a schedule; "
+        "a failing upstream is retried with exponential back-off)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=DEFAULT_EVERY,
+        metavar="SECONDS",
+        help=f"seconds between pulls (default {DEFAULT_EVERY:g})",
+    )
+    parser.add_argument("url", help="http(s)://, hgwire:// or ssh:// URL of the upstream")
+    parser.add_argument("dest", type=Path, help="the mirror (created if missing)")
+    add_connection_options(parser)
+    args = parser.parse_args(list(argv))
+    if args.every <= 0:
+        return _fail("mirror", ValueError("--every must be positive"))
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        return _fail("mirror", exc)
+    dest: Path = args.dest
+    if dest.exists() and not (dest / ".hg").is_dir() and any(dest.iterdir()):
+        return _fail("mirror", FileExistsError(f"{dest} is not empty and not a repository"))
+    prepare_mirror(dest, args.url)
+
+    from twisted.internet import reactor as global_reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    reactor: Any = global_reactor
+    level = LogLevel.warn if args.quiet else LogLevel.info
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    sync = MirrorSync(
+        str(dest),
+        pull_mirror(reactor, args.url, dest, options=connection_options(args)),
+        reactor=reactor,
+        every=args.every,
+    )
+    reactor.callWhenRunning(sync.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", sync.stopService)
+    reactor.run()
     return 0
