@@ -18,6 +18,7 @@ import pytest
 
 from tests.repobuilders import hg, hg_env, log_nodes, repo_summary, verify
 from tests.servers import RunningServer, running_server
+from tests.test_client_http import hgwire
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,6 +79,8 @@ def test_served_mirror_follows_upstream_refuses_pushes_and_survives_its_death(
             "--access",
             str(access),
             "--allow-push-over-http",
+            "--tcp",
+            TCP,
         ) as mirror_server:
             mirror = mirror_server.state_dir / "mirrors" / "team" / "rich"
             wait_for("the first sync", _same_nodes(mirror, rich_repo))
@@ -85,6 +88,11 @@ def test_served_mirror_follows_upstream_refuses_pushes_and_survives_its_death(
             hg("clone", "-q", f"{mirror_server.http_url}/team/rich", clone)
             assert repo_summary(clone) == expected(rich_repo, tmp_path, "ref1")
             verify(clone)
+            # ... and over the other transports too (here: raw TCP with our client).
+            tcp_url = f"hgwire://127.0.0.1:{mirror_server.ports['tcp'][0]}/team/rich"
+            by_tcp = hgwire("clone", "-q", tcp_url, tmp_path / "by-tcp")
+            assert by_tcp.returncode == 0, by_tcp.stderr
+            assert repo_summary(tmp_path / "by-tcp") == repo_summary(clone)
 
             _new_commit_and_bookmark(rich_repo, 1)
             hg("merge", "-q", "-r", "stable", cwd=rich_repo)
