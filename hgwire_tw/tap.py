@@ -123,8 +123,7 @@ class Options(usage.Options):
         self["ssh-host-keys"].append(value)
 
     def opt_mirror(self, value: str) -> None:
-        """Serve a read-only mirror of URL as NAME (NAME=URL; repeatable), kept in sync by
-        pulling every --mirror-every seconds into MIRROR-DIR/NAME."""
+        """Serve a read-only mirror of URL as NAME, kept in sync (NAME=URL; repeatable)."""
         name, sep, url = value.partition("=")
         if not sep or not url:
             raise usage.UsageError(f"--mirror: expected NAME=URL, got {value!r}")
