@@ -13,9 +13,11 @@ usage: hgwire COMMAND [options]
 commands:
   serve [options]   serve repositories (same options as `twistd -n hgwire`; see --help)
   passwd [--stdin]  print a password hash for the access file
-  clone URL DEST    clone a repository over wire protocol v2 (http://, hgwire://)
+  clone URL DEST    clone a repository over wire protocol v2 (http://, hgwire://, ssh://)
   pull [-R DEST] [URL]
                     pull new changesets over wire protocol v2
+  mirror URL DEST [--every SECONDS]
+                    keep a read-only mirror in sync (pull now, then on a schedule)
 """
 
 
@@ -72,10 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(rest)
     if command == "passwd":
         return _passwd(rest)
-    if command in ("clone", "pull"):
-        from hgwire_tw.client.main import clone_main, pull_main
+    if command in ("clone", "pull", "mirror"):
+        from hgwire_tw.client.main import clone_main, mirror_main, pull_main
 
-        return clone_main(rest) if command == "clone" else pull_main(rest)
+        run = {"clone": clone_main, "pull": pull_main, "mirror": mirror_main}[command]
+        return run(rest)
     print(f"hgwire: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 

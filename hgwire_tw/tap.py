@@ -114,6 +114,14 @@ class Options(usage.Options):
             "(STATE_DIR/blobs); default: this server's first HTTP listener.",
         ],
         *([name, None, None, text, kind] for name, (_, kind, text) in TCP_LIMIT_OPTIONS.items()),
+        [
+            "mirror-every",
+            None,
+            None,
+            "Seconds between two pulls of each --mirror (default 300).",
+            float,
+        ],
+        ["mirror-dir", None, None, "Where --mirror repositories live (default STATE-DIR/mirrors)."],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -126,6 +134,7 @@ class Options(usage.Options):
         for name in TRANSPORTS:
             self[name] = []
         self["ssh-host-keys"] = []
+        self["mirrors"] = {}
 
     def opt_repo(self, value: str) -> None:
         """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
@@ -152,6 +161,16 @@ class Options(usage.Options):
         key (repeatable)."""
         self["ssh-host-keys"].append(value)
 
+    def opt_mirror(self, value: str) -> None:
+        """Serve a read-only mirror of URL as NAME, kept in sync (NAME=URL; repeatable)."""
+        name, sep, url = value.partition("=")
+        if not sep or not url:
+            raise usage.UsageError(f"--mirror: expected NAME=URL, got {value!r}")
+        name = name.strip("/")
+        if name in self["mirrors"]:
+            raise usage.UsageError(f"--mirror: name {name!r} given twice")
+        self["mirrors"][name] = url
+
     def opt_tcp(self, value: str) -> None:
         """Twisted endpoint to serve raw v2 frames on (repeatable; 'none' disables)."""
         self["tcp"].append(value)
@@ -175,6 +194,9 @@ class Options(usage.Options):
             "no_v2",
             "ssh_host_keys",
             "blob_base_url",
+            "mirrors",
+            "mirror_every",
+            "mirror_dir",
             *TRANSPORTS,
             *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
         }
@@ -191,6 +213,11 @@ class Options(usage.Options):
             elif key in TRANSPORTS:
                 if not self[key]:
                     self[key] = [value] if isinstance(value, str) else list(value)
+            elif key == "mirrors":
+                if not isinstance(value, dict):
+                    raise usage.UsageError("--config: mirrors must be a table of NAME = URL")
+                for name, url in value.items():
+                    self["mirrors"].setdefault(name.strip("/"), str(url))
             elif key == "ssh_host_keys":
                 if not self["ssh-host-keys"]:
                     self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
@@ -203,13 +230,14 @@ class Options(usage.Options):
             if not self[name]:
                 self[name] = [defaults[name]]
             self[name] = [e for e in self[name] if e.strip().lower() != "none"]
-        if not self["repos"] and not self["repos-dir"]:
+        if not self["repos"] and not self["repos-dir"] and not self["mirrors"]:
             self["repos"] = {"": "."}
         for name, path in self["repos"].items():
             if not (Path(path) / ".hg").is_dir():
                 raise usage.UsageError(f"--repo {name}={path}: not a Mercurial repository")
         if self["repos-dir"] and not Path(self["repos-dir"]).is_dir():
             raise usage.UsageError(f"--repos-dir {self['repos-dir']}: not a directory")
+        self._check_mirrors()
         if self["compression"]:
             engines = tuple(e.strip() for e in str(self["compression"]).split(",") if e.strip())
             bad = [e for e in engines if e not in ("zstd", "zlib", "none")]
@@ -226,6 +254,20 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--{name} must be positive")
         if (self["tcp-streams"] or 1) > 64:
             raise usage.UsageError("--tcp-streams: at most 64 (even stream ids run out)")
+
+    def _check_mirrors(self) -> None:
+        from hgwire_tw.client.peer import parse_url
+
+        for name, url in self["mirrors"].items():
+            if name in self["repos"]:
+                raise usage.UsageError(f"--mirror {name}: also given as --repo")
+            try:
+                parse_url(url)
+            except ValueError as e:
+                raise usage.UsageError(f"--mirror {name}: {e}") from e
+        every = self["mirror-every"]
+        if every is not None and float(every) <= 0:
+            raise usage.UsageError("--mirror-every must be positive")
 
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
@@ -389,8 +431,10 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         )
     except AccessFileError as e:
         raise usage.UsageError(str(e)) from e
+    mirrors = _prepare_mirrors(options, state_dir)
     registry = RepositoryRegistry(
-        repos={name: Path(path).resolve() for name, path in options["repos"].items()},
+        repos={name: Path(path).resolve() for name, path in options["repos"].items()}
+        | {name: path for name, (_, path) in mirrors.items()},
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
     )
     pool = RepositoryPool(reactor, size=settings.workers)
@@ -408,4 +452,41 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
             listener = ListeningService(transport, description, endpoint, factory)
             listener.setServiceParent(top)
             top.listeners.append(listener)
+    _add_mirror_syncs(top, options, mirrors, reactor)
     return top
+
+
+# -- mirrors (--mirror NAME=URL): served read-only, synced by a child service ------------
+
+
+def _prepare_mirrors(options: Options, state_dir: Path) -> dict[str, tuple[str, Path]]:
+    """``{name: (url, path)}`` of the mirrors, each repository created and marked
+    read-only if needed (before the reactor runs)."""
+    from hgwire_tw.client.mirror import prepare_mirror
+    from hgwire_tw.repo.registry import check_name
+
+    if not options["mirrors"]:
+        return {}
+    base = Path(options["mirror-dir"] or state_dir / "mirrors").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mirrors: dict[str, tuple[str, Path]] = {}
+    for name, url in options["mirrors"].items():
+        try:
+            check_name(name)
+        except Exception as e:
+            raise usage.UsageError(f"--mirror {name}: {e}") from e
+        path = base / name if name else base / "_root"
+        prepare_mirror(path, url)
+        mirrors[name] = (url, path)
+    return mirrors
+
+
+def _add_mirror_syncs(
+    top: service.MultiService, options: Options, mirrors: dict[str, tuple[str, Path]], reactor: Any
+) -> None:
+    from hgwire_tw.client.mirror import DEFAULT_EVERY, MirrorSync, pull_mirror
+
+    every = float(options["mirror-every"] or DEFAULT_EVERY)
+    for name, (url, path) in mirrors.items():
+        pull = pull_mirror(reactor, url, path, threadpool=reactor.getThreadPool())
+        MirrorSync(name or "(root)", pull, reactor=reactor, every=every).setServiceParent(top)

@@ -1,4 +1,4 @@
-"""``hgwire clone URL DEST`` and ``hgwire pull [-R DEST] [URL]``.
+"""``hgwire clone URL DEST``, ``hgwire pull [-R DEST] [URL]`` and ``hgwire mirror URL DEST``.
 
 The Twisted reactor runs on the main thread and carries the network; the pull itself
 (:func:`hgwire_tw.client.pull.pull`) runs on one worker thread that owns the Mercurial
@@ -9,63 +9,118 @@ as it was and the same command (or ``hgwire pull -R DEST``) completes it later.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hgwire_tw.client.bridge import ThreadedRemote
-from hgwire_tw.client.peer import make_peer, parse_url
+from hgwire_tw.client.job import start_pull
+from hgwire_tw.client.peer import ClientOptions, parse_url
 from hgwire_tw.client.progress import TerminalProgress
-from hgwire_tw.client.pull import PullStats, pull
+from hgwire_tw.client.pull import PullStats
 from hgwire_tw.client.repo import default_path, open_or_create, set_default_path
 
-__all__ = ["clone_main", "pull_main", "run_pull"]
+__all__ = [
+    "add_connection_options",
+    "clone_main",
+    "connection_options",
+    "mirror_main",
+    "pull_main",
+    "run_pull",
+]
 
 
-def run_pull(url: str, dest: Path, *, create: bool, quiet: bool = False) -> PullStats:
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """The options saying how to reach a server (SSH keys, known hosts)."""
+    group = parser.add_argument_group("ssh:// URLs")
+    group.add_argument(
+        "--ssh-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="private key to log in with (repeatable; default: ssh-agent, then "
+        "~/.ssh/id_ed25519, id_ecdsa, id_rsa)",
+    )
+    group.add_argument(
+        "--known-hosts",
+        metavar="PATH",
+        help="OpenSSH known-hosts file checked for the server's host key "
+        "(default ~/.ssh/known_hosts)",
+    )
+    group.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="record the host key of a server not yet in the known-hosts file "
+        "(a changed key is still refused)",
+    )
+    group.add_argument("--no-ssh-agent", action="store_true", help="do not ask ssh-agent")
+
+
+def connection_options(args: argparse.Namespace) -> ClientOptions:
+    """The ``ClientOptions`` of parsed ``add_connection_options`` arguments."""
+    return ClientOptions(
+        ssh_keys=tuple(args.ssh_key),
+        known_hosts=args.known_hosts,
+        accept_new_host_key=bool(args.accept_new_host_key),
+        ssh_agent=not args.no_ssh_agent,
+    )
+
+
+def run_pull(
+    url: str,
+    dest: Path,
+    *,
+    create: bool,
+    quiet: bool = False,
+    options: ClientOptions | None = None,
+) -> PullStats:
     """Pull ``url`` into ``dest`` (created empty first when ``create``); runs the reactor.
 
     Raises whatever stopped the pull. Uses (and stops) the global Twisted reactor, so it
     can run once per process.
     """
     from twisted.internet import reactor as global_reactor
-    from twisted.internet.threads import deferToThread
 
     reactor: Any = global_reactor
     progress = TerminalProgress(sys.stdout)
-    peer = make_peer(reactor, url)
-    remote = ThreadedRemote(reactor, peer)
     outcome: dict[str, Any] = {}
 
-    def work() -> PullStats:
+    def open_repo() -> Any:
         repo = open_or_create(dest, create=create)
         if create:
             set_default_path(dest, url)
-        return pull(repo, remote, progress if not quiet else lambda _: None)
+        return repo
 
     def done(result: object) -> None:
         outcome["result"] = result
-        peer.close()
         if reactor.running:
             reactor.stop()
 
     def start() -> None:
-        deferToThread(work).addBoth(done)
+        d = start_pull(
+            reactor,
+            url,
+            open_repo,
+            options=options,
+            progress=progress if not quiet else lambda _: None,
+        )
+        # Ctrl-C stops the reactor: cancelling closes the peer, so the worker's
+        # transaction aborts (and the thread pool can be joined).
+        reactor.addSystemEventTrigger("before", "shutdown", d.cancel)
+        d.addBoth(done)
 
-    # Ctrl-C stops the reactor: fail the outstanding commands so the worker's
-    # transaction aborts (and the thread pool can be joined).
-    reactor.addSystemEventTrigger("before", "shutdown", remote.abort)
     reactor.callWhenRunning(start)
     reactor.run()
     progress.clear()
     result = outcome.get("result")
     if isinstance(result, PullStats):
         return result
-    if result is None:
-        raise KeyboardInterrupt("interrupted")
+    from twisted.internet.defer import CancelledError
     from twisted.python.failure import Failure
 
+    if result is None or (isinstance(result, Failure) and result.check(CancelledError)):
+        raise KeyboardInterrupt("interrupted")
     assert isinstance(result, Failure)
     result.raiseException()
     raise AssertionError("unreachable")  # pragma: no cover
@@ -78,6 +133,16 @@ def _report(stats: PullStats, quiet: bool) -> None:
             print(f"updated {stats.bookmarks} bookmarks")
 
 
+def _holds_nothing(dest: Path) -> bool:
+    """Whether ``dest`` is a repository without a single changeset."""
+    if not (dest / ".hg").is_dir():
+        return False
+    try:
+        return len(open_or_create(dest).unfiltered().changelog) == 0
+    except Exception:
+        return False
+
+
 def _fail(command: str, exc: BaseException) -> int:
     message = str(exc) or type(exc).__name__
     print(f"hgwire {command}: abort: {message}", file=sys.stderr)
@@ -88,8 +153,11 @@ def clone_main(argv: Sequence[str]) -> int:
     """``hgwire clone [-q] URL DEST``."""
     parser = argparse.ArgumentParser(prog="hgwire clone", description="clone over wire v2")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
-    parser.add_argument("url", help="http(s)://host/repo or hgwire://host:port/repo")
+    parser.add_argument(
+        "url", help="http(s)://host/repo, hgwire://host:port/repo or ssh://user@host:port/repo"
+    )
     parser.add_argument("dest", type=Path, help="directory to create")
+    add_connection_options(parser)
     args = parser.parse_args(list(argv))
     try:
         parse_url(args.url)
@@ -104,10 +172,16 @@ def clone_main(argv: Sequence[str]) -> int:
         create = False
     elif dest.exists() and any(dest.iterdir()):
         return _fail("clone", FileExistsError(f"destination {dest} is not empty"))
+    existed = dest.exists()
     try:
-        stats = run_pull(args.url, dest, create=create, quiet=args.quiet)
+        stats = run_pull(
+            args.url, dest, create=create, quiet=args.quiet, options=connection_options(args)
+        )
     except BaseException as exc:
-        if (dest / ".hg").exists():
+        if create and _holds_nothing(dest):
+            # Nothing arrived (e.g. the server was unreachable): leave no empty clone.
+            shutil.rmtree(dest / ".hg" if existed else dest, ignore_errors=True)
+        elif (dest / ".hg").exists():
             print(f"(resume with: hgwire pull -R {dest})", file=sys.stderr)
         return _fail("clone", exc)
     _report(stats, args.quiet)
@@ -120,6 +194,7 @@ def pull_main(argv: Sequence[str]) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     parser.add_argument("-R", "--repository", type=Path, default=Path("."), help="local repo")
     parser.add_argument("url", nargs="?", help="defaults to paths.default of the repository")
+    add_connection_options(parser)
     args = parser.parse_args(list(argv))
     dest: Path = args.repository
     if not (dest / ".hg").is_dir():
@@ -129,8 +204,69 @@ def pull_main(argv: Sequence[str]) -> int:
         return _fail("pull", ValueError("no URL given and no paths.default"))
     try:
         parse_url(url)
-        stats = run_pull(url, dest, create=False, quiet=args.quiet)
+        stats = run_pull(
+            url, dest, create=False, quiet=args.quiet, options=connection_options(args)
+        )
     except BaseException as exc:
         return _fail("pull", exc)
     _report(stats, args.quiet)
+    return 0
+
+
+def mirror_main(argv: Sequence[str]) -> int:
+    """``hgwire mirror [-q] [--every SECONDS] URL DEST``: keep DEST in sync until stopped."""
+    from hgwire_tw.client.mirror import DEFAULT_EVERY, MirrorSync, prepare_mirror, pull_mirror
+
+    parser = argparse.ArgumentParser(
+        prog="hgwire mirror",
+        description="keep a local read-only mirror in sync (pull now, then on a schedule; "
+        "a failing upstream is retried with exponential back-off)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=DEFAULT_EVERY,
+        metavar="SECONDS",
+        help=f"seconds between pulls (default {DEFAULT_EVERY:g})",
+    )
+    parser.add_argument("url", help="http(s)://, hgwire:// or ssh:// URL of the upstream")
+    parser.add_argument("dest", type=Path, help="the mirror (created if missing)")
+    add_connection_options(parser)
+    args = parser.parse_args(list(argv))
+    if args.every <= 0:
+        return _fail("mirror", ValueError("--every must be positive"))
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        return _fail("mirror", exc)
+    dest: Path = args.dest
+    if dest.exists() and not (dest / ".hg").is_dir() and any(dest.iterdir()):
+        return _fail("mirror", FileExistsError(f"{dest} is not empty and not a repository"))
+    prepare_mirror(dest, args.url)
+
+    from twisted.internet import reactor as global_reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    reactor: Any = global_reactor
+    level = LogLevel.warn if args.quiet else LogLevel.info
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    sync = MirrorSync(
+        str(dest),
+        pull_mirror(reactor, args.url, dest, options=connection_options(args)),
+        reactor=reactor,
+        every=args.every,
+    )
+    reactor.callWhenRunning(sync.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", sync.stopService)
+    reactor.run()
     return 0

@@ -7,10 +7,12 @@ A *peer* runs v2 commands and hands each command's output objects to a
   upgrade, then one POST per batch of commands);
 - ``hgwire://host:port/repo``: :class:`hgwire_tw.client.tcp.TCPPeer` (preamble, then
   full-duplex frames on one connection, several commands in flight);
-- ``ssh://user@host:port/repo``: not implemented yet. The hook is
-  :data:`PEER_FACTORIES`: an SSH-subsystem peer registers a factory for the ``ssh``
-  scheme that opens a channel, sends the preamble and then behaves as ``TCPPeer`` does
-  on the channel's bytes (``TCPPeer``'s protocol class only needs a transport).
+- ``ssh://user@host:port/repo``: :class:`hgwire_tw.client.ssh.SSHPeer` (a Conch
+  connection, the ``hgwire`` subsystem on one channel, then exactly what ``TCPPeer``
+  does on the channel's bytes).
+
+Transports are looked up in :data:`PEER_FACTORIES` by URL scheme; each factory gets the
+reactor, the parsed URL and the :class:`ClientOptions` (keys, known hosts, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hgwire_tw.core.errors import HgWireError
 
 __all__ = [
     "PEER_FACTORIES",
+    "ClientOptions",
     "Command",
     "CommandFailed",
     "ConnectionFailed",
@@ -133,30 +136,52 @@ def parse_url(url: str) -> PeerURL:
     )
 
 
-def _http_peer(reactor: Any, url: PeerURL) -> Peer:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOptions:
+    """How to reach servers, beyond the URL (only SSH uses any of it so far)."""
+
+    #: Private key files to offer (``--ssh-key``); empty: ssh-agent, then the usual
+    #: ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa``.
+    ssh_keys: tuple[str, ...] = ()
+    #: OpenSSH known-hosts file (``--known-hosts``); None: ``~/.ssh/known_hosts``.
+    known_hosts: str | None = None
+    #: Record an unknown host key instead of refusing it (never a changed one).
+    accept_new_host_key: bool = False
+    #: Ask the agent at ``$SSH_AUTH_SOCK`` for keys, if there is one.
+    ssh_agent: bool = True
+
+
+def _http_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
     from hgwire_tw.client.http import HTTPPeer
 
     return HTTPPeer(reactor, url.raw)
 
 
-def _tcp_peer(reactor: Any, url: PeerURL) -> Peer:
+def _tcp_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
     from hgwire_tw.client.tcp import TCPPeer
 
     return TCPPeer(reactor, url.host, url.port or DEFAULT_TCP_PORT, url.path)
 
 
+def _ssh_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
+    from hgwire_tw.client.ssh import SSHPeer
+
+    return SSHPeer(reactor, url, options)
+
+
 #: Default port of the raw TCP transport (``hgwire://``).
 DEFAULT_TCP_PORT = 7357
 
-#: scheme -> factory(reactor, PeerURL) -> Peer. An SSH peer adds ``"ssh"`` here.
-PEER_FACTORIES: dict[str, Callable[[Any, PeerURL], Peer]] = {
+#: scheme -> factory(reactor, PeerURL, ClientOptions) -> Peer.
+PEER_FACTORIES: dict[str, Callable[[Any, PeerURL, ClientOptions], Peer]] = {
     "http": _http_peer,
     "https": _http_peer,
     "hgwire": _tcp_peer,
+    "ssh": _ssh_peer,
 }
 
 
-def make_peer(reactor: Any, url: str) -> Peer:
+def make_peer(reactor: Any, url: str, options: ClientOptions | None = None) -> Peer:
     """A peer for ``url`` (scheme chooses the transport)."""
     parsed = parse_url(url)
-    return PEER_FACTORIES[parsed.scheme](reactor, parsed)
+    return PEER_FACTORIES[parsed.scheme](reactor, parsed, options or ClientOptions())

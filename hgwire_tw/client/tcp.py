@@ -28,7 +28,7 @@ from hgwire_tw.core.preamble import (
 )
 from hgwire_tw.core.reactor import ClientFrameReactor
 
-__all__ = ["FrameStreamProtocol", "TCPPeer"]
+__all__ = ["FrameStreamProtocol", "StreamPeer", "TCPPeer"]
 
 
 class FrameStreamProtocol(Protocol):
@@ -108,21 +108,30 @@ class _Factory(ClientFactory):
             self.connected.errback(ConnectionFailed(reason.getErrorMessage()))
 
 
-class TCPPeer:
-    """A v2 server over raw TCP (see the module docs). Reactor thread only."""
+class StreamPeer:
+    """A v2 server on one byte stream carrying a :class:`FrameStreamProtocol`.
 
-    def __init__(self, reactor: Any, host: str, port: int, repo_name: str) -> None:
-        self.url = f"hgwire://{host}:{port}/{repo_name}"
+    Subclasses say how the stream is opened (:meth:`_open`); commands, capabilities,
+    pausing and closing are the same for raw TCP and an SSH channel. The stream's
+    transport must offer ``write``, ``loseConnection``, ``pauseProducing`` and
+    ``resumeProducing``. Reactor thread only.
+    """
+
+    url: str
+
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._host, self._port, self._name = host, port, repo_name
         self._protocol: FrameStreamProtocol | None = None
         self._connecting: Deferred[FrameStreamProtocol] | None = None
         self._paused = False
 
+    def _open(self) -> Deferred[FrameStreamProtocol]:
+        """Open the stream; fires with the protocol once the preamble was accepted."""
+        raise NotImplementedError
+
     def _connect(self) -> Deferred[FrameStreamProtocol]:
         if self._connecting is None:
-            connected: Deferred[FrameStreamProtocol] = Deferred()
-            self._reactor.connectTCP(self._host, self._port, _Factory(self._name, connected), 30)
+            connected = self._open()
 
             def up(protocol: FrameStreamProtocol) -> FrameStreamProtocol:
                 self._protocol = protocol
@@ -187,3 +196,17 @@ class TCPPeer:
         if self._protocol is not None and not self._protocol.lost:
             self._protocol.transport.loseConnection()  # type: ignore[union-attr]
             self._protocol.channel.fail_all(ConnectionFailed("connection closed by the client"))
+
+
+class TCPPeer(StreamPeer):
+    """A v2 server over raw TCP (see the module docs). Reactor thread only."""
+
+    def __init__(self, reactor: Any, host: str, port: int, repo_name: str) -> None:
+        super().__init__(reactor)
+        self.url = f"hgwire://{host}:{port}/{repo_name}"
+        self._host, self._port, self._name = host, port, repo_name
+
+    def _open(self) -> Deferred[FrameStreamProtocol]:
+        connected: Deferred[FrameStreamProtocol] = Deferred()
+        self._reactor.connectTCP(self._host, self._port, _Factory(self._name, connected), 30)
+        return connected
