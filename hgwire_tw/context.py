@@ -56,6 +56,14 @@ class Settings:
     #: Where an external static server or CDN serves the blob directory (None: the
     #: embedded HTTP listener serves it at ``BLOBS_PATH``).
     blob_base_url: str | None = None
+    # -- clone bundles (hgwire_tw.clonebundles) --
+    #: ``off``, ``on-demand`` (made when a client asks and the heads moved on) or
+    #: ``scheduled`` (every ``clonebundles_every`` seconds).
+    clonebundles: str = "off"
+    #: Schedule period; with ``on-demand`` the least age of a bundle before it is replaced.
+    clonebundles_every: float = 3600.0
+    #: How long a superseded bundle stays downloadable.
+    clonebundles_grace: float = 3600.0
 
 
 @dataclass
@@ -73,3 +81,5 @@ class ServerContext:
     blobs: BlobStore | None = None
     #: ``http://host:port`` + ``BLOBS_PATH`` of the first HTTP listener, once it is bound.
     embedded_blob_base: str | None = None
+    #: ``hgwire_tw.clonebundles.CloneBundles`` when clone bundles are on.
+    clonebundles: Any = None

@@ -83,6 +83,28 @@ class Options(usage.Options):
             "URL under which a static server or CDN serves the blob directory "
             "(STATE_DIR/blobs); default: this server's first HTTP listener.",
         ],
+        # -- clone bundles (hgwire_tw.clonebundles) --
+        [
+            "clonebundles",
+            None,
+            None,
+            "Pre-built clone bundles for hg clients: off (default), on-demand or scheduled.",
+        ],
+        [
+            "clonebundles-every",
+            None,
+            None,
+            "Seconds between scheduled bundles; on-demand: least age before re-bundling "
+            "(default 3600).",
+            float,
+        ],
+        [
+            "clonebundles-grace",
+            None,
+            None,
+            "Seconds a superseded bundle stays downloadable (default 3600).",
+            float,
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -144,6 +166,9 @@ class Options(usage.Options):
             "no_v2",
             "ssh_host_keys",
             "blob_base_url",
+            "clonebundles",
+            "clonebundles_every",
+            "clonebundles_grace",
             *TRANSPORTS,
         }
         unknown = set(config) - known
@@ -184,6 +209,13 @@ class Options(usage.Options):
             if bad or not engines:
                 raise usage.UsageError(f"--compression: unknown engine(s) {bad}")
             self["compression"] = engines
+        if self["clonebundles"] not in (None, "off", "on-demand", "scheduled"):
+            raise usage.UsageError(
+                f"--clonebundles: {self['clonebundles']!r} is not off, on-demand or scheduled"
+            )
+        for opt in ("clonebundles-every", "clonebundles-grace"):
+            if self[opt] is not None and float(self[opt]) < 0:
+                raise usage.UsageError(f"--{opt}: must not be negative")
 
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
@@ -198,6 +230,11 @@ class Options(usage.Options):
         s.v2_enabled = not self["no-v2"]
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         s.blob_base_url = self["blob-base-url"] or None
+        s.clonebundles = self["clonebundles"] or "off"
+        if self["clonebundles-every"] is not None:
+            s.clonebundles_every = float(self["clonebundles-every"])
+        if self["clonebundles-grace"] is not None:
+            s.clonebundles_grace = float(self["clonebundles-grace"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -268,6 +305,21 @@ def embedded_blob_base(listener: ListeningService) -> str:
         host = f"[{host}]"
     scheme = "https" if listener.description.strip().lower().startswith("ssl:") else "http"
     return f"{scheme}://{host}:{address.port}{BLOBS_PATH}"
+
+
+class CloneBundleService(service.Service):
+    """Runs the clone bundle generator and schedule with the service."""
+
+    def __init__(self, bundles: Any) -> None:
+        self.bundles = bundles
+
+    def startService(self) -> None:
+        super().startService()
+        self.bundles.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.bundles.stop()
 
 
 class HgwireService(service.MultiService):
@@ -347,6 +399,19 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
     ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
     top = HgwireService(ctx, state_dir)
     PoolService(pool).setServiceParent(top)
+    if settings.clonebundles != "off":
+        from hgwire_tw.clonebundles import CloneBundleMode, CloneBundles
+
+        ctx.clonebundles = CloneBundles(
+            reactor=reactor,
+            blobs=ctx.blobs,
+            registry=registry,
+            index_path=state_dir / "clonebundles.json",
+            mode=CloneBundleMode(settings.clonebundles),
+            every=settings.clonebundles_every,
+            grace=settings.clonebundles_grace,
+        )
+        CloneBundleService(ctx.clonebundles).setServiceParent(top)
     for transport in TRANSPORTS:
         for description in options[transport]:
             factory = _factory(transport, ctx, state_dir)

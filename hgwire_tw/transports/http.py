@@ -46,6 +46,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from hgwire_tw.clonebundles import source_for
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import CommandError, RemoteProtocolError, UnknownRepository
 from hgwire_tw.core.v1 import (
@@ -354,6 +355,9 @@ class _V1Request:
                 min_send=settings.v1_min_send,
             ),
             server_config=config,
+            clonebundles=source_for(
+                self.ctx, self.served, host=request.getHeader(b"host"), secure=secure
+            ),
         )
         if self.name == b"capabilities" and http_v2.is_upgrade_request(self.ctx, request):
             return self._upgrade()

@@ -111,6 +111,7 @@ class V1SSHSession:
         user: str,
         peer_host: str = "",
     ) -> None:
+        from hgwire_tw.clonebundles import source_for
         from hgwire_tw.v1.protocol import V1Protocol
 
         self.ctx = ctx
@@ -131,6 +132,7 @@ class V1SSHSession:
             remote_user=user,
             capabilities=ssh_capabilities(),
             server_config=server_config,
+            clonebundles=source_for(ctx, served),
         )
         self._queue: collections.deque[_Queued] = collections.deque()
         self._busy = False
