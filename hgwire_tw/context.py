@@ -56,6 +56,15 @@ class Settings:
     #: Where an external static server or CDN serves the blob directory (None: the
     #: embedded HTTP listener serves it at ``BLOBS_PATH``).
     blob_base_url: str | None = None
+    # -- response cache and content redirects (``hgwire_tw.cache``, ``hgwire_tw.redirects``)
+    #: ``memory`` (LRU), ``disk`` (STATE_DIR/cache) or ``none``.
+    cache: str = "memory"
+    #: Bound of the cache in bytes (None: 256 MiB in memory, 4 GiB on disk).
+    cache_size: int | None = None
+    #: Whether v2 cache hits may be redirected to the embedded ``hgwire`` target.
+    redirects: bool = False
+    #: Extra redirect targets (``redirects.RedirectTarget``), in preference order.
+    redirect_targets: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -73,3 +82,5 @@ class ServerContext:
     blobs: BlobStore | None = None
     #: ``http://host:port`` + ``BLOBS_PATH`` of the first HTTP listener, once it is bound.
     embedded_blob_base: str | None = None
+    #: The response cache (``hgwire_tw.cache.ContentStore``), None when disabled.
+    cache: Any = None
