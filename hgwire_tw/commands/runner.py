@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hgwire_tw.commands.cachekeys import cache_key_digest
+from hgwire_tw.commands.cachekeys import cache_key_digest, server_salt
 from hgwire_tw.commands.common import served_view
 from hgwire_tw.commands.registry import (
     COMMANDS,
@@ -81,14 +81,6 @@ def _invoke(repo: Any, handler: Handler, args: Mapping[bytes, object]) -> Iterat
 #: Objects encoded together on a miss (one CBOR encoder per group, not per object).
 _GROUP_ITEMS = 256
 _GROUP_BYTES = 128 * 1024
-
-
-def server_salt() -> bytes:
-    """What the cached bytes depend on beyond the request: Mercurial and the format."""
-    from mercurial import util
-
-    version: bytes = util.version()
-    return b"hgwire-cache-1 mercurial-" + version
 
 
 class _Raw(bytes):
