@@ -1,6 +1,7 @@
 """The HTTP transport: a ``twisted.web`` resource tree serving wire protocol v1 (and v2).
 
-``HgResource(ctx)`` is the root. A request's path is mapped to a served repository with
+``HgResource(ctx)`` is the root. Paths under ``BLOBS_PATH`` are the embedded blob store
+(``httpblobs.render_blob``); any other request's path is mapped to a served repository with
 ``ctx.registry.match``; ``<repo>/api/...`` goes to the v2 API (``http_v2.render_api``)
 and ``<repo>?cmd=NAME`` is a v1 command:
 
@@ -63,7 +64,7 @@ from hgwire_tw.core.v1 import (
     select_command_args,
 )
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports import http_v2
+from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
 from hgwire_tw.transports.pausegate import PauseGate
@@ -199,6 +200,8 @@ class HgResource(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         """Route one request (any method) to a repository's v1 command or v2 API."""
+        if httpblobs.is_blob_request(request):
+            return httpblobs.render_blob(self.ctx, request)
         segments = _path_segments(request)
         try:
             served, rest = self.ctx.registry.match(segments)
