@@ -64,6 +64,15 @@ class Settings:
     clonebundles_every: float = 3600.0
     #: How long a superseded bundle stays downloadable.
     clonebundles_grace: float = 3600.0
+    # -- response cache and content redirects (``hgwire_tw.cache``, ``hgwire_tw.redirects``)
+    #: ``memory`` (LRU), ``disk`` (STATE_DIR/cache) or ``none``.
+    cache: str = "memory"
+    #: Bound of the cache in bytes (None: 256 MiB in memory, 4 GiB on disk).
+    cache_size: int | None = None
+    #: Whether v2 cache hits may be redirected to the embedded ``hgwire`` target.
+    redirects: bool = False
+    #: Extra redirect targets (``redirects.RedirectTarget``), in preference order.
+    redirect_targets: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -83,3 +92,5 @@ class ServerContext:
     embedded_blob_base: str | None = None
     #: ``hgwire_tw.clonebundles.CloneBundles`` when clone bundles are on.
     clonebundles: Any = None
+    #: The response cache (``hgwire_tw.cache.ContentStore``), None when disabled.
+    cache: Any = None

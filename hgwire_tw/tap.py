@@ -105,10 +105,24 @@ class Options(usage.Options):
             "Seconds a superseded bundle stays downloadable (default 3600).",
             float,
         ],
+        # -- response cache and content redirects
+        ["cache", None, None, "Response cache: memory (default), disk (STATE_DIR/cache) or none."],
+        [
+            "cache-size",
+            None,
+            None,
+            "Cache bound in bytes (default 256 MiB in memory, 4 GiB on disk).",
+            int,
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
         ["no-v2", None, "Do not serve the frame-based v2 API over HTTP."],
+        [
+            "redirects",
+            None,
+            "Answer cached v2 responses with redirects to the blob store (target 'hgwire').",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -117,6 +131,7 @@ class Options(usage.Options):
         for name in TRANSPORTS:
             self[name] = []
         self["ssh-host-keys"] = []
+        self["redirect-targets"] = ()
 
     def opt_repo(self, value: str) -> None:
         """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
@@ -169,6 +184,10 @@ class Options(usage.Options):
             "clonebundles",
             "clonebundles_every",
             "clonebundles_grace",
+            "cache",
+            "cache_size",
+            "redirects",
+            "redirect",
             *TRANSPORTS,
         }
         unknown = set(config) - known
@@ -187,7 +206,9 @@ class Options(usage.Options):
             elif key == "ssh_host_keys":
                 if not self["ssh-host-keys"]:
                     self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
-            elif opt in ("allow-push-over-http", "no-v2"):
+            elif key == "redirect":
+                self._redirect_config(value)
+            elif opt in ("allow-push-over-http", "no-v2", "redirects"):
                 self[opt] = self[opt] or bool(value)
             elif self.get(opt) is None:
                 self[opt] = value
@@ -203,6 +224,14 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--repo {name}={path}: not a Mercurial repository")
         if self["repos-dir"] and not Path(self["repos-dir"]).is_dir():
             raise usage.UsageError(f"--repos-dir {self['repos-dir']}: not a directory")
+        if self["cache"] is None:
+            self["cache"] = "memory"
+        if self["cache"] not in ("memory", "disk", "none"):
+            raise usage.UsageError(f"--cache: must be memory, disk or none, not {self['cache']!r}")
+        if self["cache-size"] is not None and int(self["cache-size"]) <= 0:
+            raise usage.UsageError("--cache-size: must be a positive number of bytes")
+        if (self["redirects"] or self["redirect-targets"]) and self["cache"] == "none":
+            raise usage.UsageError("--redirects: redirects serve cached responses; --cache none")
         if self["compression"]:
             engines = tuple(e.strip() for e in str(self["compression"]).split(",") if e.strip())
             bad = [e for e in engines if e not in ("zstd", "zlib", "none")]
@@ -216,6 +245,17 @@ class Options(usage.Options):
         for opt in ("clonebundles-every", "clonebundles-grace"):
             if self[opt] is not None and float(self[opt]) < 0:
                 raise usage.UsageError(f"--{opt}: must not be negative")
+
+    def _redirect_config(self, value: object) -> None:
+        """``[redirect]`` in the config file: ``[[redirect.targets]]`` tables."""
+        from hgwire_tw.redirects import RedirectConfigError, parse_targets
+
+        if not isinstance(value, dict) or set(value) - {"targets"}:
+            raise usage.UsageError("--config: [redirect] holds only [[redirect.targets]]")
+        try:
+            self["redirect-targets"] = parse_targets(value.get("targets", []))
+        except RedirectConfigError as e:
+            raise usage.UsageError(f"--config: {e}") from e
 
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
@@ -235,6 +275,10 @@ class Options(usage.Options):
             s.clonebundles_every = float(self["clonebundles-every"])
         if self["clonebundles-grace"] is not None:
             s.clonebundles_grace = float(self["clonebundles-grace"])
+        s.cache = self["cache"]
+        s.cache_size = int(self["cache-size"]) if self["cache-size"] else None
+        s.redirects = bool(self["redirects"])
+        s.redirect_targets = tuple(self["redirect-targets"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -367,6 +411,35 @@ def _factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
     return make_tcp_factory(ctx)
 
 
+def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
+    """The v2 runner with the configured response cache and redirect targets."""
+    from hgwire_tw.cache import make_store
+    from hgwire_tw.commands.registry import COMMANDS, CommandOptions, build_commands
+    from hgwire_tw.commands.runner import CommandRunner
+    from hgwire_tw.redirects import REDIRECT_HASHES, AdvertisedTargets, Redirector
+
+    s = ctx.settings
+    default_size = (4096 if s.cache == "disk" else 256) * 1024 * 1024
+    ctx.cache = make_store(
+        s.cache, size=s.cache_size or default_size, directory=str(state_dir / "cache")
+    )
+    redirector = None
+    commands = COMMANDS
+    if ctx.cache is not None and ctx.blobs is not None and (s.redirects or s.redirect_targets):
+        redirector = Redirector(
+            ctx.blobs,
+            s.redirect_targets,
+            embedded=s.redirects,
+            embedded_base=lambda: ctx.embedded_blob_base,
+        )
+        commands = build_commands(
+            CommandOptions(
+                redirect_targets=AdvertisedTargets(redirector), redirect_hashes=REDIRECT_HASHES
+            )
+        )
+    return CommandRunner(pool, commands, cache=ctx.cache, redirector=redirector)
+
+
 def makeService(options: Options, reactor: Any = None) -> HgwireService:
     """Build the service ``options`` describe."""
     if reactor is None:
@@ -375,7 +448,6 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         reactor = global_reactor
     from hgwire_tw.access import AccessFileError, AccessPolicy
     from hgwire_tw.blobstore import BlobStore
-    from hgwire_tw.commands.runner import CommandRunner
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
 
@@ -395,8 +467,8 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
     ctx = ServerContext(
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
-    ctx.runner = CommandRunner(pool)
     ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
+    ctx.runner = _make_runner(ctx, pool, state_dir)
     top = HgwireService(ctx, state_dir)
     PoolService(pool).setServiceParent(top)
     if settings.clonebundles != "off":

@@ -47,6 +47,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from hgwire_tw.clonebundles import source_for
+from hgwire_tw.commands.cachekeys import server_salt
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import CommandError, RemoteProtocolError, UnknownRepository
 from hgwire_tw.core.v1 import (
@@ -68,6 +69,7 @@ from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
 from hgwire_tw.transports.pausegate import PauseGate
+from hgwire_tw.v1.cache import cached_v1_response
 from hgwire_tw.v1.dispatch import (
     V1Bytes,
     V1OutOfBandError,
@@ -78,7 +80,6 @@ from hgwire_tw.v1.dispatch import (
     command_spec,
     is_command,
     run_v1_command,
-    v1_response,
 )
 from hgwire_tw.v1.protocol import V1Protocol, file_payload
 
@@ -461,8 +462,16 @@ class _V1Request:
         response = _V1Response(self)
         iteration: Deferred[None] = self.ctx.pool.iterate(
             self.served,
-            v1_response,
-            (self.name, self.args, self.proto, self._choose),
+            cached_v1_response,
+            (
+                self.ctx.cache,
+                b"http",
+                server_salt(),
+                self.name,
+                self.args,
+                self.proto,
+                self._choose,
+            ),
             response.deliver,
         )
         response.attach(iteration)

@@ -148,7 +148,12 @@ class FrameSubsystemSession:
         assert self.served is not None
         sink = FrameSink(self, action.request_id)
         d = self.ctx.runner.run(
-            self.served, action.name, action.args, may_push=self.may_push, sink=sink
+            self.served,
+            action.name,
+            action.args,
+            may_push=self.may_push,
+            sink=sink,
+            redirect=action.redirect,
         )
         self.running[action.request_id] = d
         d.addBoth(self._command_over, action.request_id)

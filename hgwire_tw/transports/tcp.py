@@ -243,7 +243,14 @@ class HgwireTCPProtocol(Protocol):
         stream_id = self.stream_ids[self.next_stream % len(self.stream_ids)]
         self.next_stream += 1
         sink = FrameSink(self, action.request_id, stream_id)
-        d = self.ctx.runner.run(self.served, action.name, action.args, may_push=False, sink=sink)
+        d = self.ctx.runner.run(
+            self.served,
+            action.name,
+            action.args,
+            may_push=False,
+            sink=sink,
+            redirect=action.redirect,
+        )
         self.running[action.request_id] = d
         d.addBoth(self._command_over, action.request_id)
 

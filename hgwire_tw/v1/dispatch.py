@@ -305,15 +305,18 @@ def v1_response(
     proto: V1Protocol,
     choose: Callable[[bool], ResponseFormat] | None,
     piece: int = STREAM_PIECE,
+    result: V1Result | None = None,
 ) -> Iterator[object]:
     """Generator for ``RepositoryPool.iterate``: the result, then any stream body.
 
     Non-stream results are yielded alone. A stream yields ``V1StreamStart`` and then
     ``bytes`` pieces. ``choose(prefer_uncompressed)`` picks the media type and engine
     (HTTP); with ``choose=None`` (SSH) streams go out raw. The command's own generator is
-    closed when this one is, on the same worker thread.
+    closed when this one is, on the same worker thread. ``result`` is the command's
+    result when the caller already ran it (``v1.cache``).
     """
-    result = run_v1_command(repo, name, args, proto)
+    if result is None:
+        result = run_v1_command(repo, name, args, proto)
     if isinstance(result, V1Stream):
         chunks = result.chunks
         try:
