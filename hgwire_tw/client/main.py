@@ -61,6 +61,9 @@ def run_pull(url: str, dest: Path, *, create: bool, quiet: bool = False) -> Pull
     progress.clear()
     result = outcome.get("result")
     if isinstance(result, PullStats):
+        if remote.redirects_followed or remote.redirects_failed:
+            result.extra["redirects followed"] = remote.redirects_followed
+            result.extra["redirects fallen back"] = remote.redirects_failed
         return result
     if result is None:
         raise KeyboardInterrupt("interrupted")
@@ -76,6 +79,9 @@ def _report(stats: PullStats, quiet: bool) -> None:
         print(stats.summary())
         if stats.bookmarks:
             print(f"updated {stats.bookmarks} bookmarks")
+        for what in ("redirects followed", "redirects fallen back"):
+            if what in stats.extra:
+                print(f"{stats.extra[what]} {what}")
 
 
 def _fail(command: str, exc: BaseException) -> int:
