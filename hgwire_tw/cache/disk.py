@@ -162,6 +162,7 @@ class DiskStore:
     def writer(self, key: str) -> _Writer:
         """A writer for ``key`` (see ``CacheWriter``)."""
         self.path(key)  # validates the key
+        self._measure()
         return _Writer(self, key)
 
     def _open(self, key: str) -> _Entry | None:
