@@ -59,6 +59,23 @@ class Settings:
     blob_base_url: str | None = None
     #: Raw TCP limits (``hgwire_tw.transports.tcp.TCPLimits``); None: its defaults.
     tcp_limits: TCPLimits | None = None
+    # -- clone bundles (hgwire_tw.clonebundles) --
+    #: ``off``, ``on-demand`` (made when a client asks and the heads moved on) or
+    #: ``scheduled`` (every ``clonebundles_every`` seconds).
+    clonebundles: str = "off"
+    #: Schedule period; with ``on-demand`` the least age of a bundle before it is replaced.
+    clonebundles_every: float = 3600.0
+    #: How long a superseded bundle stays downloadable.
+    clonebundles_grace: float = 3600.0
+    # -- response cache and content redirects (``hgwire_tw.cache``, ``hgwire_tw.redirects``)
+    #: ``memory`` (LRU), ``disk`` (STATE_DIR/cache) or ``none``.
+    cache: str = "memory"
+    #: Bound of the cache in bytes (None: 256 MiB in memory, 4 GiB on disk).
+    cache_size: int | None = None
+    #: Whether v2 cache hits may be redirected to the embedded ``hgwire`` target.
+    redirects: bool = False
+    #: Extra redirect targets (``redirects.RedirectTarget``), in preference order.
+    redirect_targets: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -76,3 +93,7 @@ class ServerContext:
     blobs: BlobStore | None = None
     #: ``http://host:port`` + ``BLOBS_PATH`` of the first HTTP listener, once it is bound.
     embedded_blob_base: str | None = None
+    #: ``hgwire_tw.clonebundles.CloneBundles`` when clone bundles are on.
+    clonebundles: Any = None
+    #: The response cache (``hgwire_tw.cache.ContentStore``), None when disabled.
+    cache: Any = None

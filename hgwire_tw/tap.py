@@ -122,10 +122,46 @@ class Options(usage.Options):
             float,
         ],
         ["mirror-dir", None, None, "Where --mirror repositories live (default STATE-DIR/mirrors)."],
+        # -- clone bundles (hgwire_tw.clonebundles) --
+        [
+            "clonebundles",
+            None,
+            None,
+            "Pre-built clone bundles for hg clients: off (default), on-demand or scheduled.",
+        ],
+        [
+            "clonebundles-every",
+            None,
+            None,
+            "Seconds between scheduled bundles; on-demand: least age before re-bundling "
+            "(default 3600).",
+            float,
+        ],
+        [
+            "clonebundles-grace",
+            None,
+            None,
+            "Seconds a superseded bundle stays downloadable (default 3600).",
+            float,
+        ],
+        # -- response cache and content redirects
+        ["cache", None, None, "Response cache: memory (default), disk (STATE_DIR/cache) or none."],
+        [
+            "cache-size",
+            None,
+            None,
+            "Cache bound in bytes (default 256 MiB in memory, 4 GiB on disk).",
+            int,
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
         ["no-v2", None, "Do not serve the frame-based v2 API over HTTP."],
+        [
+            "redirects",
+            None,
+            "Answer cached v2 responses with redirects to the blob store (target 'hgwire').",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -135,6 +171,7 @@ class Options(usage.Options):
             self[name] = []
         self["ssh-host-keys"] = []
         self["mirrors"] = {}
+        self["redirect-targets"] = ()
 
     def opt_repo(self, value: str) -> None:
         """Serve the repository at PATH as NAME (NAME=PATH); repeatable. A bare PATH is
@@ -197,6 +234,13 @@ class Options(usage.Options):
             "mirrors",
             "mirror_every",
             "mirror_dir",
+            "clonebundles",
+            "clonebundles_every",
+            "clonebundles_grace",
+            "cache",
+            "cache_size",
+            "redirects",
+            "redirect",
             *TRANSPORTS,
             *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
         }
@@ -221,7 +265,9 @@ class Options(usage.Options):
             elif key == "ssh_host_keys":
                 if not self["ssh-host-keys"]:
                     self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
-            elif opt in ("allow-push-over-http", "no-v2"):
+            elif key == "redirect":
+                self._redirect_config(value)
+            elif opt in ("allow-push-over-http", "no-v2", "redirects"):
                 self[opt] = self[opt] or bool(value)
             elif self.get(opt) is None:
                 self[opt] = value
@@ -238,6 +284,14 @@ class Options(usage.Options):
         if self["repos-dir"] and not Path(self["repos-dir"]).is_dir():
             raise usage.UsageError(f"--repos-dir {self['repos-dir']}: not a directory")
         self._check_mirrors()
+        if self["cache"] is None:
+            self["cache"] = "memory"
+        if self["cache"] not in ("memory", "disk", "none"):
+            raise usage.UsageError(f"--cache: must be memory, disk or none, not {self['cache']!r}")
+        if self["cache-size"] is not None and int(self["cache-size"]) <= 0:
+            raise usage.UsageError("--cache-size: must be a positive number of bytes")
+        if (self["redirects"] or self["redirect-targets"]) and self["cache"] == "none":
+            raise usage.UsageError("--redirects: redirects serve cached responses; --cache none")
         if self["compression"]:
             engines = tuple(e.strip() for e in str(self["compression"]).split(",") if e.strip())
             bad = [e for e in engines if e not in ("zstd", "zlib", "none")]
@@ -254,6 +308,13 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--{name} must be positive")
         if (self["tcp-streams"] or 1) > 64:
             raise usage.UsageError("--tcp-streams: at most 64 (even stream ids run out)")
+        if self["clonebundles"] not in (None, "off", "on-demand", "scheduled"):
+            raise usage.UsageError(
+                f"--clonebundles: {self['clonebundles']!r} is not off, on-demand or scheduled"
+            )
+        for opt in ("clonebundles-every", "clonebundles-grace"):
+            if self[opt] is not None and float(self[opt]) < 0:
+                raise usage.UsageError(f"--{opt}: must not be negative")
 
     def _check_mirrors(self) -> None:
         from hgwire_tw.client.peer import parse_url
@@ -269,6 +330,17 @@ class Options(usage.Options):
         if every is not None and float(every) <= 0:
             raise usage.UsageError("--mirror-every must be positive")
 
+    def _redirect_config(self, value: object) -> None:
+        """``[redirect]`` in the config file: ``[[redirect.targets]]`` tables."""
+        from hgwire_tw.redirects import RedirectConfigError, parse_targets
+
+        if not isinstance(value, dict) or set(value) - {"targets"}:
+            raise usage.UsageError("--config: [redirect] holds only [[redirect.targets]]")
+        try:
+            self["redirect-targets"] = parse_targets(value.get("targets", []))
+        except RedirectConfigError as e:
+            raise usage.UsageError(f"--config: {e}") from e
+
     def settings(self) -> Settings:
         """The ``Settings`` these options describe."""
         s = Settings()
@@ -283,6 +355,15 @@ class Options(usage.Options):
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         s.blob_base_url = self["blob-base-url"] or None
         s.tcp_limits = self.tcp_limits()
+        s.clonebundles = self["clonebundles"] or "off"
+        if self["clonebundles-every"] is not None:
+            s.clonebundles_every = float(self["clonebundles-every"])
+        if self["clonebundles-grace"] is not None:
+            s.clonebundles_grace = float(self["clonebundles-grace"])
+        s.cache = self["cache"]
+        s.cache_size = int(self["cache-size"]) if self["cache-size"] else None
+        s.redirects = bool(self["redirects"])
+        s.redirect_targets = tuple(self["redirect-targets"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -366,6 +447,21 @@ def embedded_blob_base(listener: ListeningService) -> str:
     return f"{scheme}://{host}:{address.port}{BLOBS_PATH}"
 
 
+class CloneBundleService(service.Service):
+    """Runs the clone bundle generator and schedule with the service."""
+
+    def __init__(self, bundles: Any) -> None:
+        self.bundles = bundles
+
+    def startService(self) -> None:
+        super().startService()
+        self.bundles.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.bundles.stop()
+
+
 class HgwireService(service.MultiService):
     """The whole server; writes ``listening.json`` once every endpoint is bound."""
 
@@ -411,6 +507,35 @@ def _factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
     return make_tcp_factory(ctx)
 
 
+def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
+    """The v2 runner with the configured response cache and redirect targets."""
+    from hgwire_tw.cache import make_store
+    from hgwire_tw.commands.registry import COMMANDS, CommandOptions, build_commands
+    from hgwire_tw.commands.runner import CommandRunner
+    from hgwire_tw.redirects import REDIRECT_HASHES, AdvertisedTargets, Redirector
+
+    s = ctx.settings
+    default_size = (4096 if s.cache == "disk" else 256) * 1024 * 1024
+    ctx.cache = make_store(
+        s.cache, size=s.cache_size or default_size, directory=str(state_dir / "cache")
+    )
+    redirector = None
+    commands = COMMANDS
+    if ctx.cache is not None and ctx.blobs is not None and (s.redirects or s.redirect_targets):
+        redirector = Redirector(
+            ctx.blobs,
+            s.redirect_targets,
+            embedded=s.redirects,
+            embedded_base=lambda: ctx.embedded_blob_base,
+        )
+        commands = build_commands(
+            CommandOptions(
+                redirect_targets=AdvertisedTargets(redirector), redirect_hashes=REDIRECT_HASHES
+            )
+        )
+    return CommandRunner(pool, commands, cache=ctx.cache, redirector=redirector)
+
+
 def makeService(options: Options, reactor: Any = None) -> HgwireService:
     """Build the service ``options`` describe."""
     if reactor is None:
@@ -419,7 +544,6 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         reactor = global_reactor
     from hgwire_tw.access import AccessFileError, AccessPolicy
     from hgwire_tw.blobstore import BlobStore
-    from hgwire_tw.commands.runner import CommandRunner
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
 
@@ -441,10 +565,23 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
     ctx = ServerContext(
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
-    ctx.runner = CommandRunner(pool)
     ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
+    ctx.runner = _make_runner(ctx, pool, state_dir)
     top = HgwireService(ctx, state_dir)
     PoolService(pool).setServiceParent(top)
+    if settings.clonebundles != "off":
+        from hgwire_tw.clonebundles import CloneBundleMode, CloneBundles
+
+        ctx.clonebundles = CloneBundles(
+            reactor=reactor,
+            blobs=ctx.blobs,
+            registry=registry,
+            index_path=state_dir / "clonebundles.json",
+            mode=CloneBundleMode(settings.clonebundles),
+            every=settings.clonebundles_every,
+            grace=settings.clonebundles_grace,
+        )
+        CloneBundleService(ctx.clonebundles).setServiceParent(top)
     for transport in TRANSPORTS:
         for description in options[transport]:
             factory = _factory(transport, ctx, state_dir)

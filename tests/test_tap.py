@@ -163,3 +163,44 @@ def test_tcp_factory_uses_the_configured_limits(tmp_path: Path) -> None:
     top = makeService(opts, reactor=Clock())
     (factory,) = [s.factory for s in top.listeners]
     assert isinstance(factory, HgwireTCPFactory) and factory.limits.max_in_flight == 3
+
+
+def test_cache_and_redirect_options(tmp_path: Path) -> None:
+    """--cache/--cache-size/--redirects and [[redirect.targets]] build the runner's cache
+    and redirector; redirects without a cache are refused."""
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.cache import DiskStore, MemoryStore
+    from hgwire_tw.tap import makeService
+
+    init_repo(tmp_path / "r")
+    repo = f"r={tmp_path / 'r'}"
+    state = ["--state-dir", str(tmp_path / "state")]
+    default = makeService(parse("--repo", repo, *state), reactor=MemoryReactor())
+    assert isinstance(default.context.cache, MemoryStore)
+    assert default.context.runner.redirector is None
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'cache = "disk"\ncache_size = 1000000\nredirects = true\n'
+        '[[redirect.targets]]\nname = "cdn"\nprotocol = "https"\n'
+        'uris = ["https://cdn.example/hg/"]\n',
+        encoding="utf-8",
+    )
+    svc = makeService(parse("--repo", repo, *state, "--config", str(config)), MemoryReactor())
+    cache = svc.context.cache
+    assert isinstance(cache, DiskStore) and cache.max_bytes == 1000000
+    assert cache.directory == (tmp_path / "state" / "cache").resolve()
+    names = [t.name for t in svc.context.runner.redirector.targets()]
+    assert names == ["cdn"]  # hgwire joins once the HTTP listener is bound
+    svc.context.embedded_blob_base = "http://127.0.0.1:1/.hgwire/blobs/"
+    assert [t.name for t in svc.context.runner.redirector.targets()] == ["hgwire", "cdn"]
+    none = makeService(parse("--repo", repo, *state, "--cache", "none"), MemoryReactor())
+    assert none.context.cache is None
+    with pytest.raises(usage.UsageError):
+        parse("--repo", repo, "--cache", "none", "--redirects")
+    with pytest.raises(usage.UsageError):
+        parse("--repo", repo, "--cache", "redis")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[redirect.targets]]\nname = "x"\nprotocol = "ftp"\nuris = ["ftp://x/"]\n')
+    with pytest.raises(usage.UsageError):
+        parse("--repo", repo, "--config", str(bad))

@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from twisted.internet.threads import blockingCallFromThread
 
 from hgwire_tw.client.peer import Command, ConnectionFailed, Peer
-from hgwire_tw.core.cbor import IndefiniteChunk
+from hgwire_tw.client.redirects import RedirectingSink, redirect_request
+from hgwire_tw.core.cbor import CBORSequenceDecoder, IndefiniteChunk
 
 __all__ = ["ObjectQueue", "Remote", "ThreadedRemote"]
 
@@ -84,6 +85,22 @@ class _FlowControl:
 
 
 _END = object()
+#: Bytes read per step when decoding a verified redirect blob (worker thread).
+SPOOL_CHUNK = 256 * 1024
+
+
+class _Spooled:
+    """A queue item: a verified redirect blob, decoded by the consumer thread."""
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        self.spool = spool
+
+
+def _decode_spool(spool: IO[bytes]) -> Iterator[object]:
+    decoder = CBORSequenceDecoder()
+    with spool:
+        for chunk in iter(lambda: spool.read(SPOOL_CHUNK), b""):
+            yield from decoder.feed(chunk)
 
 
 class ObjectQueue:
@@ -96,6 +113,7 @@ class ObjectQueue:
         self._items: deque[tuple[object, int]] = deque()
         self._error: Exception | None = None
         self._done = False
+        self._file_items: Iterator[object] | None = None
 
     # ResponseSink (reactor thread)
     def objects(self, objs: Sequence[object]) -> None:
@@ -108,6 +126,13 @@ class ObjectQueue:
             self._cond.notify_all()
         if self._flow is not None and total:
             self._flow.added(total)
+
+    def objects_from_file(self, spool: IO[bytes]) -> None:
+        """The command's objects are the CBOR sequence in ``spool`` (already verified);
+        the consumer reads and decodes it, so the reactor thread never does."""
+        with self._cond:
+            self._items.append((_Spooled(spool), 0))
+            self._cond.notify_all()
 
     def finished(self) -> None:
         with self._cond:
@@ -133,6 +158,11 @@ class ObjectQueue:
         return self
 
     def __next__(self) -> object:
+        while self._file_items is not None:
+            try:
+                return next(self._file_items)
+            except StopIteration:
+                self._file_items = None
         with self._cond:
             while not self._items and not self._done:
                 # A timeout keeps the wait interruptible; the loop re-checks.
@@ -143,6 +173,9 @@ class ObjectQueue:
                 raise self._error
             else:
                 raise StopIteration
+        if isinstance(obj, _Spooled):
+            self._file_items = _decode_spool(obj.spool)
+            return next(self)
         if self._flow is not None:
             self._flow.taken(n)
         return obj
@@ -158,6 +191,11 @@ class ThreadedRemote:
         self.url = peer.url
         self._caps: dict[bytes, Any] | None = None
         self._aborted = False
+        #: The ``redirect`` map sent with every command (from the capabilities).
+        self.redirect: dict[bytes, object] | None = None
+        #: Content redirects followed, and those that fell back to an inline answer.
+        self.redirects_followed = 0
+        self.redirects_failed = 0
 
     def abort(self) -> None:
         """Reactor thread: close the peer; every waiting and later call fails."""
@@ -167,6 +205,7 @@ class ThreadedRemote:
     def capabilities(self) -> dict[bytes, Any]:
         if self._caps is None:
             self._caps = blockingCallFromThread(self._reactor, self._peer.capabilities)
+            self.redirect = redirect_request(self._caps)
         return self._caps
 
     def call(self, name: bytes, args: Mapping[bytes, object]) -> Iterator[object]:
@@ -178,9 +217,33 @@ class ThreadedRemote:
         if self._aborted:
             raise ConnectionFailed("the connection was aborted")
         queues = [ObjectQueue(name, self._flow) for name, _ in commands]
-        batch = [Command(name, args, q) for (name, args), q in zip(commands, queues, strict=True)]
-        self._reactor.callFromThread(self._start, batch)
+        pairs = zip(commands, queues, strict=True)
+        self._reactor.callFromThread(self._start_commands, [(n, a, q) for (n, a), q in pairs])
         return [iter(q) for q in queues]
+
+    def _start_commands(self, items: list[tuple[bytes, Mapping[bytes, object], Any]]) -> None:
+        # Reactor thread: wrap each sink so a redirect is followed (or the command is
+        # asked again inline) here, in the layer every transport shares.
+        batch = []
+        for name, args, queue in items:
+            if self.redirect is None:
+                batch.append(Command(name, args, queue))
+                continue
+            sink = RedirectingSink(
+                name,
+                queue,
+                lambda target, n=name, a=args: self._start([Command(n, a, target)]),
+                reactor=self._reactor,
+                on_redirect=self._count_redirect,
+            )
+            batch.append(Command(name, args, sink, redirect=self.redirect))
+        self._start(batch)
+
+    def _count_redirect(self, ok: bool) -> None:
+        if ok:
+            self.redirects_followed += 1
+        else:
+            self.redirects_failed += 1
 
     def _start(self, batch: list[Command]) -> None:
         if self._aborted:

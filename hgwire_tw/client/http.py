@@ -89,9 +89,13 @@ class FrameChannel:
                 command.sink.failed(CommandFailed(command.name, event.message, event.args))
             elif isinstance(event, ResponseRedirect):
                 del self.commands[event.request_id]
-                command.sink.failed(
-                    ConnectionFailed("content redirects are not supported by this client")
-                )
+                follow = getattr(command.sink, "redirected", None)
+                if follow is None:
+                    command.sink.failed(
+                        ConnectionFailed(f"unexpected content redirect for {command.name!r}")
+                    )
+                else:
+                    follow(event.location)
 
 
 class _BodyReader(Protocol):
@@ -179,7 +183,9 @@ class HTTPPeer:
         channel = FrameChannel(frame_reactor)
         body = []
         for command in commands:
-            request_id, actions = frame_reactor.call_command(command.name, command.args)
+            request_id, actions = frame_reactor.call_command(
+                command.name, command.args, redirect=command.redirect
+            )
             channel.add(request_id, command)
             body += [a.data for a in actions]
         path = commands[0].name.decode() if len(commands) == 1 else "multirequest"

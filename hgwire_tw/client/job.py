@@ -61,6 +61,9 @@ def start_pull(
         if isinstance(outcome, Failure):
             result.errback(outcome)
         else:
+            if remote.redirects_followed or remote.redirects_failed:
+                outcome.extra["redirects followed"] = remote.redirects_followed
+                outcome.extra["redirects fallen back"] = remote.redirects_failed
             result.callback(outcome)
 
     pool = threadpool if threadpool is not None else reactor.getThreadPool()

@@ -131,6 +131,9 @@ def _report(stats: PullStats, quiet: bool) -> None:
         print(stats.summary())
         if stats.bookmarks:
             print(f"updated {stats.bookmarks} bookmarks")
+        for what in ("redirects followed", "redirects fallen back"):
+            if what in stats.extra:
+                print(f"{stats.extra[what]} {what}")
 
 
 def _holds_nothing(dest: Path) -> bool:

@@ -77,11 +77,17 @@ class ResponseSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One v2 command to run: name, arguments, where its output goes."""
+    """One v2 command to run: name, arguments, where its output goes.
+
+    ``redirect`` is the ``{targets, hashes}`` map sent with the request (None: none).
+    A sink with a ``redirected(location)`` method receives content redirects
+    (``hgwire_tw.client.redirects.RedirectingSink``); any other sink fails on one.
+    """
 
     name: bytes
     args: Mapping[bytes, object]
     sink: ResponseSink
+    redirect: Mapping[bytes, object] | None = None
 
 
 class Peer(Protocol):

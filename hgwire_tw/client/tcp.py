@@ -51,7 +51,7 @@ class FrameStreamProtocol(Protocol):
         out = []
         for command in commands:
             request_id, actions = self.channel.frame_reactor.call_command(
-                command.name, command.args
+                command.name, command.args, redirect=command.redirect
             )
             self.channel.add(request_id, command)
             out += [a.data for a in actions]

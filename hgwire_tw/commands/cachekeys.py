@@ -34,6 +34,7 @@ __all__ = [
     "filedata_key",
     "filesdata_key",
     "manifestdata_key",
+    "server_salt",
 ]
 
 GLOBAL_CACHE_VERSION = 1
@@ -61,6 +62,14 @@ def command_state(
 def cache_key_digest(state: Mapping[bytes, object]) -> bytes:
     """The cache key: SHA-1 hex of the deterministic CBOR of ``state``."""
     return hashlib.sha1(dumps(dict(state))).hexdigest().encode("ascii")
+
+
+def server_salt() -> bytes:
+    """What the cached bytes depend on beyond the request: Mercurial and the format."""
+    from mercurial import util
+
+    version: bytes = util.version()
+    return b"hgwire-cache-1 mercurial-" + version
 
 
 def _repo_state(repo: Any) -> dict[bytes, object]:

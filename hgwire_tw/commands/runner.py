@@ -12,16 +12,29 @@ nothing further.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hgwire_tw.commands.cachekeys import cache_key_digest, server_salt
 from hgwire_tw.commands.common import served_view
-from hgwire_tw.commands.registry import COMMANDS, CommandSpec, Handler, Permission, normalize_args
+from hgwire_tw.commands.registry import (
+    COMMANDS,
+    CommandSpec,
+    Handler,
+    Permission,
+    cache_state,
+    normalize_args,
+)
+from hgwire_tw.core.cbor import EncodedCBOR, dumps_sequence
 from hgwire_tw.core.errors import CommandError, PermissionDenied
 from hgwire_tw.repo.registry import ServedRepository
+
+if TYPE_CHECKING:
+    from hgwire_tw.cache import CacheEntry, ContentStore
+    from hgwire_tw.redirects import Redirector
 
 __all__ = ["CommandRunner", "CommandSink", "RepositoryRunner"]
 
@@ -39,6 +52,12 @@ class CommandSink(Protocol):
 
     def finished(self) -> None:
         """The command completed; no more output."""
+
+    def encoded(self, data: bytes) -> Deferred[Any] | None:
+        """Pre-encoded CBOR output (a cache hit), sent as it is; may push back."""
+
+    def redirect(self, location: Mapping[bytes, Any]) -> None:
+        """Answer with a content redirect instead of output (the request is over)."""
 
 
 class RepositoryRunner(Protocol):
@@ -59,6 +78,127 @@ def _invoke(repo: Any, handler: Handler, args: Mapping[bytes, object]) -> Iterat
     yield from handler(served_view(repo), args)
 
 
+#: Objects encoded together on a miss (one CBOR encoder per group, not per object).
+_GROUP_ITEMS = 256
+_GROUP_BYTES = 128 * 1024
+
+
+class _Raw(bytes):
+    """Stored CBOR from a cache hit (worker → reactor); a bytes subclass so the pool's
+    batching counts its size."""
+
+    __slots__ = ()
+
+
+class _Redirect:
+    """The answer is a redirect to ``location`` (worker → reactor)."""
+
+    __slots__ = ("location",)
+
+    def __init__(self, location: dict[bytes, object]) -> None:
+        self.location = location
+
+
+def _estimate(obj: object) -> int:
+    return len(obj) if isinstance(obj, (bytes, bytearray)) else 64
+
+
+def _serve_entry(entry: CacheEntry) -> Iterator[object]:
+    for chunk in entry.chunks():
+        yield _Raw(chunk)
+
+
+def _cached_invoke(
+    repo: Any,
+    spec: CommandSpec,
+    args: Mapping[bytes, object],
+    cache: ContentStore,
+    redirector: Redirector | None,
+    redirect: Mapping[bytes, object] | None,
+    salt: bytes,
+) -> Iterator[object]:
+    """Worker side of a cacheable command: key, lookup, then hit, redirect or tee."""
+    view = served_view(repo)
+    state = cache_state(spec, view, args)
+    if state is None:
+        yield from spec.handler(view, args)
+        return
+    state[b"server"] = salt
+    key = cache_key_digest(state).decode("ascii")
+    entry = cache.lookup(key)
+    if entry is not None:
+        target = redirector.choose(redirect) if redirector is not None else None
+        if target is not None and redirector is not None:
+            try:
+                where = redirector.publish(target, entry)
+            except Exception:
+                log.failure("publishing cache entry {key} for a redirect failed", key=key)
+                entry = cache.lookup(key)  # publish consumed it; answer inline
+            else:
+                log.info("v2 cache redirect {command} {key}", command=spec.name.decode(), key=key)
+                yield _Redirect(where)
+                return
+        if entry is not None:
+            log.info(
+                "v2 cache hit {command} {key} {size} bytes",
+                command=spec.name.decode(),
+                key=key,
+                size=entry.size,
+            )
+            yield from _serve_entry(entry)
+            return
+    writer = cache.writer(key)
+    complete = False
+    try:
+        group: list[object] = []
+        size = 0
+        for obj in spec.handler(view, args):
+            group.append(obj)
+            size += _estimate(obj)
+            if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
+                data = dumps_sequence(group)
+                group, size = [], 0
+                writer.write(data)
+                yield EncodedCBOR(data)
+        if group:
+            data = dumps_sequence(group)
+            writer.write(data)
+            yield EncodedCBOR(data)
+        complete = True
+    finally:
+        # Only a response the handler finished is stored; errors and cut-short
+        # responses are dropped.
+        try:
+            if complete:
+                writer.commit()
+            else:
+                writer.abort()
+        except Exception:
+            log.failure("cache writer for {key} failed", key=key)
+
+
+class _Delivery:
+    """Reactor side of a cacheable run: routes hits, redirects and objects to the sink."""
+
+    def __init__(self, sink: CommandSink) -> None:
+        self.sink = sink
+        self.redirected = False
+
+    def __call__(self, batch: list[object]) -> Deferred[Any] | None:
+        raw = [item for item in batch if isinstance(item, _Raw)]
+        if raw:
+            return self.sink.encoded(b"".join(raw))
+        if len(batch) == 1 and isinstance(batch[0], _Redirect):
+            self.redirected = True
+            self.sink.redirect(batch[0].location)
+            return None
+        return self.sink.objects(batch)
+
+    def finished(self) -> None:
+        if not self.redirected:
+            self.sink.finished()
+
+
 def _text(value: object) -> bytes:
     text = str(value) or type(value).__name__
     return text.encode("utf-8", "replace")
@@ -68,11 +208,20 @@ class CommandRunner:
     """Dispatches v2 commands to their handlers on a ``RepositoryPool``."""
 
     def __init__(
-        self, pool: RepositoryRunner, commands: Mapping[bytes, CommandSpec] = COMMANDS
+        self,
+        pool: RepositoryRunner,
+        commands: Mapping[bytes, CommandSpec] = COMMANDS,
+        *,
+        cache: ContentStore | None = None,
+        redirector: Redirector | None = None,
     ) -> None:
-        """``pool`` runs handlers; ``commands`` is the command table (``build_commands``)."""
+        """``pool`` runs handlers; ``commands`` is the command table (``build_commands``);
+        ``cache`` stores cacheable responses; ``redirector`` answers hits with redirects."""
         self._pool = pool
         self._commands = commands
+        self.cache = cache
+        self.redirector = redirector
+        self._salt: bytes | None = None
 
     def spec(self, name: bytes) -> CommandSpec | None:
         """The specification of command ``name``, if there is one."""
@@ -86,8 +235,11 @@ class CommandRunner:
         *,
         may_push: bool,
         sink: CommandSink,
+        redirect: Mapping[bytes, object] | None = None,
     ) -> Deferred[None]:
         """Run command ``name`` on ``served``, reporting to ``sink``; never fails.
+
+        ``redirect`` is the request's ``{targets, hashes}`` map (``RunCommand.redirect``).
 
         Cancelling the returned Deferred stops the handler (its generator is closed on
         the worker) and nothing more is reported to the sink.
@@ -109,8 +261,16 @@ class CommandRunner:
         except CommandError as exc:
             return self._report_now(sink, exc)
 
-        d = self._pool.iterate(served, _invoke, (spec.handler, normalized), sink.objects)
-        d.addCallbacks(lambda _: sink.finished(), self._failed, errbackArgs=(sink, name))
+        if self.cache is not None and spec.cache_key is not None:
+            if self._salt is None:
+                self._salt = server_salt()
+            delivery = _Delivery(sink)
+            cargs = (spec, normalized, self.cache, self.redirector, redirect, self._salt)
+            d = self._pool.iterate(served, _cached_invoke, cargs, delivery)
+            d.addCallbacks(lambda _: delivery.finished(), self._failed, errbackArgs=(sink, name))
+        else:
+            d = self._pool.iterate(served, _invoke, (spec.handler, normalized), sink.objects)
+            d.addCallbacks(lambda _: sink.finished(), self._failed, errbackArgs=(sink, name))
         d.addErrback(self._sink_broke, name)
         return d
 

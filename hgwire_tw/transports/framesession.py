@@ -335,7 +335,12 @@ class FrameSession:
         sink = _JobSink(self, action.request_id, stream_id)
         # The one place a frame session starts a command.
         d = self.ctx.runner.run(
-            self.served, action.name, action.args, may_push=self.may_push, sink=sink
+            self.served,
+            action.name,
+            action.args,
+            may_push=self.may_push,
+            sink=sink,
+            redirect=action.redirect,
         )
         self.running[action.request_id] = d
         d.addBoth(self._command_over, action.request_id)

@@ -1,6 +1,7 @@
 """The HTTP transport: a ``twisted.web`` resource tree serving wire protocol v1 (and v2).
 
-``HgResource(ctx)`` is the root. A request's path is mapped to a served repository with
+``HgResource(ctx)`` is the root. Paths under ``BLOBS_PATH`` are the embedded blob store
+(``httpblobs.render_blob``); any other request's path is mapped to a served repository with
 ``ctx.registry.match``; ``<repo>/api/...`` goes to the v2 API (``http_v2.render_api``)
 and ``<repo>?cmd=NAME`` is a v1 command:
 
@@ -45,6 +46,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from hgwire_tw.clonebundles import source_for
+from hgwire_tw.commands.cachekeys import server_salt
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import CommandError, RemoteProtocolError, UnknownRepository
 from hgwire_tw.core.v1 import (
@@ -62,10 +65,11 @@ from hgwire_tw.core.v1 import (
     select_command_args,
 )
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports import http_v2
+from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
 from hgwire_tw.transports.pausegate import PauseGate
+from hgwire_tw.v1.cache import cached_v1_response
 from hgwire_tw.v1.dispatch import (
     V1Bytes,
     V1OutOfBandError,
@@ -76,7 +80,6 @@ from hgwire_tw.v1.dispatch import (
     command_spec,
     is_command,
     run_v1_command,
-    v1_response,
 )
 from hgwire_tw.v1.protocol import V1Protocol, file_payload
 
@@ -198,6 +201,8 @@ class HgResource(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         """Route one request (any method) to a repository's v1 command or v2 API."""
+        if httpblobs.is_blob_request(request):
+            return httpblobs.render_blob(self.ctx, request)
         segments = _path_segments(request)
         try:
             served, rest = self.ctx.registry.match(segments)
@@ -351,6 +356,9 @@ class _V1Request:
                 min_send=settings.v1_min_send,
             ),
             server_config=config,
+            clonebundles=source_for(
+                self.ctx, self.served, host=request.getHeader(b"host"), secure=secure
+            ),
         )
         if self.name == b"capabilities" and http_v2.is_upgrade_request(self.ctx, request):
             return self._upgrade()
@@ -454,8 +462,16 @@ class _V1Request:
         response = _V1Response(self)
         iteration: Deferred[None] = self.ctx.pool.iterate(
             self.served,
-            v1_response,
-            (self.name, self.args, self.proto, self._choose),
+            cached_v1_response,
+            (
+                self.ctx.cache,
+                b"http",
+                server_salt(),
+                self.name,
+                self.args,
+                self.proto,
+                self._choose,
+            ),
             response.deliver,
         )
         response.attach(iteration)

@@ -67,6 +67,17 @@ def is_upgrade_request(ctx: ServerContext, request: IRequest) -> bool:
     return bool(upgrade) and bool(proto) and b"cbor" in proto.split()
 
 
+def _redirect_caps(ctx: ServerContext) -> dict[str, Any]:
+    # The upgrade answer carries the same redirect section as the capabilities command.
+    redirector = getattr(ctx.runner, "redirector", None)
+    if redirector is None:
+        return {}
+    from hgwire_tw.redirects import REDIRECT_HASHES
+
+    targets = [t.advertised() for t in redirector.targets()]
+    return {"redirect_targets": targets, "redirect_hashes": REDIRECT_HASHES}
+
+
 def upgrade_response(
     ctx: ServerContext, request: IRequest, served: ServedRepository, v1_capabilities: bytes
 ) -> Deferred[bytes] | None:
@@ -84,7 +95,7 @@ def upgrade_response(
         apis: dict[bytes, object] = {}
         if HTTP_V2_API in wanted:
             apis[HTTP_V2_API] = capabilities_descriptor(
-                repo, stream_clone_allowed=ctx.settings.stream_clone
+                repo, stream_clone_allowed=ctx.settings.stream_clone, **_redirect_caps(ctx)
             )
         return cbor.dumps({b"apibase": API_BASE, b"apis": apis, b"v1capabilities": v1_capabilities})
 
@@ -261,7 +272,12 @@ class _V2Response:
             return succeed(None)
         sink = FrameSink(self, run.request_id)
         result: Deferred[None] = self.ctx.runner.run(
-            self.served, run.name, run.args, may_push=self.may_push, sink=sink
+            self.served,
+            run.name,
+            run.args,
+            may_push=self.may_push,
+            sink=sink,
+            redirect=run.redirect,
         )
         return result
 

@@ -111,6 +111,7 @@ class V1SSHSession:
         user: str,
         peer_host: str = "",
     ) -> None:
+        from hgwire_tw.clonebundles import source_for
         from hgwire_tw.v1.protocol import V1Protocol
 
         self.ctx = ctx
@@ -131,6 +132,7 @@ class V1SSHSession:
             remote_user=user,
             capabilities=ssh_capabilities(),
             server_config=server_config,
+            clonebundles=source_for(ctx, served),
         )
         self._queue: collections.deque[_Queued] = collections.deque()
         self._busy = False
@@ -266,13 +268,13 @@ class V1SSHSession:
         )
 
     def _run(self, name: bytes, args: dict[bytes, Any]) -> None:
-        from hgwire_tw.v1.dispatch import v1_response
+        from hgwire_tw.commands.cachekeys import server_salt
+        from hgwire_tw.v1.cache import cached_v1_response
 
         self._busy = True
         self._started_output = False
-        d = self.ctx.pool.iterate(
-            self.served, v1_response, (name, args, self.proto, None), self._deliver
-        )
+        cargs = (self.ctx.cache, b"ssh", server_salt(), name, args, self.proto, None)
+        d = self.ctx.pool.iterate(self.served, cached_v1_response, cargs, self._deliver)
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
         d.addErrback(self._internal_error)

@@ -5,7 +5,9 @@ binds our ``V1Protocol`` to the worker's repository, takes the ``served`` view (
 and hidden changesets are never served), checks the command's permission through
 ``proto.checkperm``, runs ``batch`` itself (every inner command's permission checked
 the same way) and calls ``mercurial.wireprotov1server.commands[name].func`` for the
-rest. Results come back as small frozen dataclasses that the transports format.
+rest, except ``clonebundles``/``clonebundles_manifest`` when the protocol handler carries
+a clone bundle source (``hgwire_tw.clonebundles``): those are answered from it.
+Results come back as small frozen dataclasses that the transports format.
 
 ``v1_response(repo, name, args, proto, choose)`` is the generator a transport hands to
 ``RepositoryPool.iterate``: it runs the command, then yields the result and, for stream
@@ -195,6 +197,17 @@ def _positional(spec: tuple[bytes, ...], args: Mapping[bytes, ArgValue]) -> list
         raise CommandError(b"missing argument: %s", (e.args[0],)) from None
 
 
+#: Commands answered by ``proto.clonebundles`` when clone bundles are on.
+CLONEBUNDLE_COMMANDS = frozenset({b"clonebundles", b"clonebundles_manifest"})
+
+
+def _call(entry: Any, repo: Any, proto: V1Protocol, name: bytes, args: list[ArgValue]) -> V1Result:
+    """Run one command: Mercurial's function, or our clone bundle manifest."""
+    if name in CLONEBUNDLE_COMMANDS and proto.clonebundles is not None:
+        return V1Bytes(data=proto.clonebundles.manifest(repo))
+    return _convert(entry.func(repo, proto, *args))
+
+
 def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
     """``batch``: our parsing and permission checks, Mercurial's inner commands."""
     try:
@@ -209,7 +222,7 @@ def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
         proto.checkperm(entry.permission)
         spec = parse_arg_spec(entry.args)
         inner = select_command_args(spec, {k: [v] for k, v in values.items()})
-        result = _convert(entry.func(repo, proto, *_positional(spec, inner)))
+        result = _call(entry, repo, proto, name, _positional(spec, inner))
         if isinstance(result, V1OutOfBandError):
             return result
         if not isinstance(result, V1Bytes):
@@ -241,7 +254,7 @@ def run_v1_command(
                 raise CommandError(b"missing argument: %s", (b"cmds",))
             return _run_batch(view, proto, cmds)
         spec = parse_arg_spec(entry.args)
-        return _convert(entry.func(view, proto, *_positional(spec, args)))
+        return _call(entry, view, proto, name, _positional(spec, args))
     except hgerror.Abort as e:
         return V1OutOfBandError(message=_abort_message(e))
     except (hgerror.LookupError, hgerror.RepoLookupError) as e:
@@ -292,15 +305,18 @@ def v1_response(
     proto: V1Protocol,
     choose: Callable[[bool], ResponseFormat] | None,
     piece: int = STREAM_PIECE,
+    result: V1Result | None = None,
 ) -> Iterator[object]:
     """Generator for ``RepositoryPool.iterate``: the result, then any stream body.
 
     Non-stream results are yielded alone. A stream yields ``V1StreamStart`` and then
     ``bytes`` pieces. ``choose(prefer_uncompressed)`` picks the media type and engine
     (HTTP); with ``choose=None`` (SSH) streams go out raw. The command's own generator is
-    closed when this one is, on the same worker thread.
+    closed when this one is, on the same worker thread. ``result`` is the command's
+    result when the caller already ran it (``v1.cache``).
     """
-    result = run_v1_command(repo, name, args, proto)
+    if result is None:
+        result = run_v1_command(repo, name, args, proto)
     if isinstance(result, V1Stream):
         chunks = result.chunks
         try:

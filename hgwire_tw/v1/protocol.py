@@ -53,7 +53,8 @@ class V1Protocol:
     is a dict). ``checkperm`` raises the transport's own refusal (``b"pull"`` or
     ``b"push"``), so ``batch``'s per-command checks are ours too. ``payload`` returns
     an iterator over the pushed bytes. ``capabilities`` are appended by
-    ``addcapabilities``; ``server_config`` is applied to the repository's ``ui`` before
+    ``addcapabilities`` (with the clone bundle ones when ``clonebundles`` has a bundle);
+    ``server_config`` is applied to the repository's ``ui`` before
     a command runs (e.g. ``server.uncompressed=false`` when stream clones are off).
     """
 
@@ -69,6 +70,7 @@ class V1Protocol:
         remote_user: str | None = None,
         capabilities: Sequence[bytes] = (),
         server_config: Sequence[tuple[bytes, bytes, bytes]] = (),
+        clonebundles: Any = None,
     ) -> None:
         self.transport = transport
         self._checkperm = checkperm
@@ -80,6 +82,10 @@ class V1Protocol:
         self._remote_user = remote_user
         self._capabilities = list(capabilities)
         self._server_config = tuple(server_config)
+        #: ``hgwire_tw.clonebundles.CloneBundleSource`` when clone bundles are on: it
+        #: answers ``clonebundles``/``clonebundles_manifest`` and decides whether their
+        #: capabilities are advertised.
+        self.clonebundles = clonebundles
         self.ui: Any = None
         #: Output captured by ``mayberedirectstdio`` that did not go into a response
         #: (over SSH Mercurial returns no output; the transport may send it to stderr).
@@ -150,6 +156,10 @@ class V1Protocol:
     def addcapabilities(self, repo: Any, caps: list[bytes]) -> list[bytes]:
         """Add the transport's own capabilities to the command-level ones."""
         caps.extend(self._capabilities)
+        if self.clonebundles is not None and self.clonebundles.advertise(repo):
+            from hgwire_tw.clonebundles import CAPABILITIES
+
+            caps.extend(CAPABILITIES)
         return caps
 
     def checkperm(self, perm: bytes) -> None:
