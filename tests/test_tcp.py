@@ -49,7 +49,14 @@ class FakeRunner:
         self.sinks: list[Any] = []
 
     def run(
-        self, served: Any, name: bytes, args: Mapping[bytes, object], *, may_push: bool, sink: Any
+        self,
+        served: Any,
+        name: bytes,
+        args: Mapping[bytes, object],
+        *,
+        may_push: bool,
+        sink: Any,
+        redirect: Any = None,
     ) -> Deferred[None]:
         self.calls.append((name, may_push))
         if name == b"slow":

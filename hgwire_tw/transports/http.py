@@ -464,13 +464,13 @@ class _V1Request:
             self.served,
             cached_v1_response,
             (
-                self.ctx.cache,
-                b"http",
-                server_salt(),
                 self.name,
                 self.args,
                 self.proto,
                 self._choose,
+                self.ctx.cache,
+                b"http",
+                server_salt(),
             ),
             response.deliver,
         )

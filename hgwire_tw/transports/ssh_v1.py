@@ -273,7 +273,7 @@ class V1SSHSession:
 
         self._busy = True
         self._started_output = False
-        cargs = (self.ctx.cache, b"ssh", server_salt(), name, args, self.proto, None)
+        cargs = (name, args, self.proto, None, self.ctx.cache, b"ssh", server_salt())
         d = self.ctx.pool.iterate(self.served, cached_v1_response, cargs, self._deliver)
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))

@@ -85,13 +85,13 @@ def _format_key(fmt: ResponseFormat | None) -> list[object] | None:
 
 def cached_v1_response(
     repo: Any,
-    cache: ContentStore | None,
-    transport: bytes,
-    salt: bytes,
     name: bytes,
     args: Mapping[bytes, ArgValue],
     proto: V1Protocol,
     choose: Callable[[bool], ResponseFormat] | None,
+    cache: ContentStore | None = None,
+    transport: bytes = b"http",
+    salt: bytes = b"",
     piece: int = STREAM_PIECE,
 ) -> Iterator[object]:
     """``v1_response`` with ``getbundle`` served from / stored into ``cache``.
