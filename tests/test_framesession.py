@@ -68,7 +68,14 @@ class Runner:
         self.results: dict[bytes, Deferred[None]] = {}
 
     def run(
-        self, served: Any, name: bytes, args: Mapping[bytes, object], *, may_push: bool, sink: Any
+        self,
+        served: Any,
+        name: bytes,
+        args: Mapping[bytes, object],
+        *,
+        may_push: bool,
+        sink: Any,
+        redirect: Mapping[bytes, object] | None = None,
     ) -> Deferred[None]:
         self.sinks[name] = sink
         self.results[name] = Deferred()

@@ -132,7 +132,12 @@ class _JobSink(FrameSink):
         self.session = session
 
     def objects(self, objs: list[object]) -> Deferred[None] | None:
-        waiting = super().objects(objs)
+        return self._after_job(super().objects(objs))
+
+    def encoded(self, data: bytes) -> Deferred[None] | None:
+        return self._after_job(super().encoded(data))
+
+    def _after_job(self, waiting: Deferred[None] | None) -> Deferred[None] | None:
         frames = self.session.frames
         if frames is not None and frames.output_pending(self.request_id):
             return self.session.output_written(self.request_id)
