@@ -13,14 +13,16 @@ Builds (once, cached in bench/out/) a benchmark repository and times full `hg cl
 
 It reports the median wall time and the server's CPU time per clone (user+sys of the
 server process and of the children it waited for, from /proc) and the ratios
-hgwire_tw / Mercurial. Every clone is checked to hold the source's changesets.
+hgwire_tw / Mercurial. Every clone is checked to hold the source's changesets. Our server
+runs with `--cache none` here, as Mercurial's servers have no response cache;
+`bench/cache.py` measures the cache.
 
 Two more sections:
 
 * client: hgwire_tw's own v2 client (`hgwire clone`) over raw TCP (`hgwire://`) and over
   HTTP v2, against `hg clone` (7.x, v1, zstd) from `hg serve`: wall time and client+server
-  CPU (the client's from getrusage of the reaped child). The SSH-subsystem client case
-  runs once `hgwire_tw.client.ssh` exists (see `hgwire_ssh_client_case`).
+  CPU (the client's from getrusage of the reaped child), and over our SSH subsystem
+  (`ssh://`).
 * streams: one TCP connection carrying several big `filesdata` requests at once, with
   `--tcp-streams 1` versus `--tcp-streams N`: the server compresses each stream on its
   own worker thread, so with N > 1 its CPU% (CPU time / wall time) can exceed 100.
@@ -48,6 +50,9 @@ from tests.repobuilders import HG, hg, hg_env, log_nodes, make_bench_repo  # noq
 from tests.servers import running_server, stop  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
+#: hg serve and OpenSSH + hg serve --stdio have no response cache: compare like with like
+#: (bench/cache.py measures the cache).
+NO_CACHE = ("--cache", "none")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -212,6 +217,7 @@ def hgwire_ssh(repo: Path, work: Path) -> Iterator[tuple[str, int, list[str]]]:
         "tcp:0:interface=127.0.0.1",
         "--access",
         str(access),
+        *NO_CACHE,
         http=None,
     ) as server:
         port = server.ports["ssh"][0]
@@ -306,25 +312,31 @@ def measure_client(
 HGWIRE = [sys.executable, "-m", "hgwire_tw"]
 
 
-def hgwire_ssh_client_case(
-    repo: Path, work: Path, rounds: int, expected: int
-) -> dict[str, float] | None:
-    """--- SSH-subsystem client case (hgwire clone ssh://...) ---
-
-    Another helper writes the `ssh://` client peer (`hgwire_tw.client.ssh`). Until it
-    exists this returns None and the row is left out. When it does, fill in how
-    `hgwire clone` is given its key and known-hosts file, start `hgwire_ssh(repo, work)`
-    and measure like the TCP case.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("hgwire_tw.client.ssh") is None:
-        print(
-            "  (hgwire clone over SSH: hgwire_tw.client.ssh not present, skipped)", file=sys.stderr
+def hgwire_ssh_client_case(repo: Path, work: Path, rounds: int, expected: int) -> dict[str, float]:
+    """hgwire clone over the SSH ``hgwire`` subsystem of our Conch server."""
+    key = client_key(work)
+    known = work / "known_hosts"
+    known.unlink(missing_ok=True)
+    with hgwire_ssh(repo, work) as (url, pid, _):
+        return measure_client(
+            "hgwire clone (SSH subsystem)",
+            [
+                *HGWIRE,
+                "clone",
+                "--ssh-key",
+                str(key),
+                "--no-ssh-agent",
+                "--known-hosts",
+                str(known),
+                "--accept-new-host-key",
+                url,
+                str(work / "hws"),
+            ],
+            pid,
+            rounds,
+            work,
+            expected,
         )
-        return None
-    print("  (hgwire clone over SSH: client present; case not wired yet)", file=sys.stderr)
-    return None
 
 
 def client_section(
@@ -342,7 +354,7 @@ def client_section(
         )
     rows = []
     with running_server(
-        work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1"
+        work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
     ) as server:
         tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
         ours = measure_client(
@@ -363,9 +375,7 @@ def client_section(
             expected,
         )
         rows.append(("hgwire v2", ours, theirs))
-    ssh = hgwire_ssh_client_case(repo, work, rounds, expected)
-    if ssh is not None:
-        rows.append(("hgwire ssh", ssh, theirs))
+    rows.append(("hgwire ssh", hgwire_ssh_client_case(repo, work, rounds, expected), theirs))
     return rows
 
 
@@ -463,6 +473,7 @@ def streams_section(
             work,
             "--repo", f"streams={repo}",
             "--tcp", "tcp:0:interface=127.0.0.1",
+            *NO_CACHE,
             "--tcp-streams", str(n),
             "--workers", str(max(4, streams)),
             http=None,
@@ -508,7 +519,9 @@ def main() -> int:
         work = Path(tmp)
         for engine in args.engines.split(",") if "http" in sections else []:
             # The 7.x HTTP client offers every engine; each server picks by its own order.
-            with running_server(work, "--repo", f"bench={repo}", "--compression", engine) as server:
+            with running_server(
+                work, "--repo", f"bench={repo}", "--compression", engine, *NO_CACHE
+            ) as server:
                 ours = measure(
                     "hgwire_tw (HTTP v1)",
                     server.url("bench"),
