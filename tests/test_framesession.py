@@ -3,18 +3,17 @@ disconnects while jobs are in flight (trial's SynchronousTestCase, no threads)."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from hgwire_tw.context import ServerContext
-from hgwire_tw.core.reactor import ClientFrameReactor, EncodeJob, ResponseFinished, SendFrames
+from hgwire_tw.core.reactor import ClientFrameReactor, ResponseFinished
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.framesession import FrameSession, SessionLimits, SessionRefused
+from tests.framefakes import ManualJobs, Runner
 
 SERVED = ServedRepository(name="repo", path=Path("/nonexistent"))
 
@@ -36,54 +35,6 @@ class Channel:
 
     def finish(self, status: int) -> None:
         self.status = status
-
-
-class ManualJobs:
-    """A job runner that holds jobs until the test runs them, in any order."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[EncodeJob, Deferred[SendFrames | None]]] = []
-
-    def __call__(self, job: EncodeJob) -> Deferred[SendFrames | None]:
-        d: Deferred[SendFrames | None] = Deferred()
-        self.jobs.append((job, d))
-        return d
-
-    def finish(self, index: int = 0) -> EncodeJob:
-        job, d = self.jobs.pop(index)
-        try:
-            result = job.run()
-        except Exception as e:  # what a thread pool reports as a failure
-            d.errback(e)
-        else:
-            d.callback(result)
-        return job
-
-
-class Runner:
-    """Keeps every command pending; the test drives its sink."""
-
-    def __init__(self) -> None:
-        self.sinks: dict[bytes, Any] = {}
-        self.results: dict[bytes, Deferred[None]] = {}
-
-    def run(
-        self,
-        served: Any,
-        name: bytes,
-        args: Mapping[bytes, object],
-        *,
-        may_push: bool,
-        sink: Any,
-        redirect: Mapping[bytes, object] | None = None,
-    ) -> Deferred[None]:
-        self.sinks[name] = sink
-        self.results[name] = Deferred()
-        return self.results[name]
-
-    def complete(self, name: bytes) -> None:
-        self.sinks[name].finished()
-        self.results[name].callback(None)
 
 
 def _open(name: str) -> tuple[ServedRepository, bool]:

@@ -68,12 +68,13 @@ actions; the command runner feeds command output back in through ``response_*`` 
 # stream's writer (EncodeObjects, EncodeRaw, EndResponse, or PlainFrame for errors and
 # redirects, which bypass the encoder). The op is wrapped in an EncodeJob.
 #
-# - encoding_jobs=False (the default; HTTP v2): the job runs at once and the call
-#   returns its SendFrames, exactly as if there were no jobs.
-# - encoding_jobs=True (SSH subsystem, TCP): the call returns the EncodeJob if its stream
-#   is idle, else queues it behind the stream's running job. The transport runs
-#   job.run() wherever it likes (a worker thread), writes the SendFrames it returns and
-#   calls job_done(job) back on its own thread, which hands out the stream's next job.
+# - encoding_jobs=False (the default; tests and simple callers): the job runs at once
+#   and the call returns its SendFrames, exactly as if there were no jobs.
+# - encoding_jobs=True (every transport: HTTP v2, SSH subsystem, TCP): the call returns
+#   the EncodeJob if its stream is idle, else queues it behind the stream's running
+#   job. The transport runs job.run() wherever it likes (a worker thread), writes the
+#   SendFrames it returns and calls job_done(job) back on its own thread, which hands
+#   out the stream's next job (transports/jobpump.py is that glue).
 #   So each stream has at most one job running, in submission order, and its frames hit
 #   the wire in order; jobs of different streams run in parallel and their frames may
 #   interleave on the wire, which the client handles since it decodes per stream.

@@ -12,11 +12,11 @@ the named repository for the logged-in user (or refuses).
 Output. Responses are spread round-robin over ``limits.streams`` output streams, each
 with its own compression context. The CBOR encoding and compression of a stream's
 output run as ``EncodeJob`` s through ``run_job`` (by default on the reactor's thread
-pool, see :func:`threaded_job_runner`): the reactor hands out at most one job per
-stream at a time, in order, so two streams compress on two cores while each stream's
-bytes stay in order. A command's next batch waits until its previous batch is encoded
-and written and the channel is not full (back-pressure: at most one batch per running
-command is ever queued).
+pool), driven by the :class:`~hgwire_tw.transports.jobpump.JobPump` HTTP v2 shares:
+the reactor hands out at most one job per stream at a time, in order, so two streams
+compress on two cores while each stream's bytes stay in order. A command's next batch
+waits until its previous batch is encoded and written and the channel is not full
+(back-pressure: at most one batch per running command is ever queued).
 
 Input. With ``limits.max_in_flight`` set, at most that many commands run at once;
 complete requests beyond that wait in a queue and reading is paused (``ReadControl``)
@@ -30,10 +30,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,10 +47,17 @@ from hgwire_tw.core.reactor import (
     ProtocolFailure,
     RunCommand,
     SendFrames,
+    ServerAction,
     ServerFrameReactor,
 )
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports.framesink import FrameSink
+from hgwire_tw.transports.jobpump import (
+    JobPump,
+    JobRunner,
+    JobSink,
+    inline_job_runner,
+    threaded_job_runner,
+)
 
 __all__ = [
     "FrameChannel",
@@ -65,24 +71,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: Runs an encoding job somewhere; fires with what ``job.run()`` returned.
-JobRunner = Callable[[EncodeJob], "Deferred[SendFrames | None]"]
-
-
-def threaded_job_runner(reactor: Any) -> JobRunner:
-    """Run jobs on ``reactor``'s thread pool (not the repository pool: its workers wait
-    for our output, so sharing it could deadlock)."""
-
-    def run(job: EncodeJob) -> Deferred[SendFrames | None]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), job.run)
-
-    return run
-
-
-def inline_job_runner(job: EncodeJob) -> Deferred[SendFrames | None]:
-    """Run a job right away on the calling thread (tests, single-core setups)."""
-    return maybeDeferred(job.run)
 
 
 class SessionRefused(Exception):
@@ -124,26 +112,6 @@ class SessionLimits:
     max_requests: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT
 
 
-class _JobSink(FrameSink):
-    """``FrameSink`` whose batches wait until their encoding job is written."""
-
-    def __init__(self, session: FrameSession, request_id: int, stream_id: int) -> None:
-        super().__init__(session, request_id, stream_id)
-        self.session = session
-
-    def objects(self, objs: list[object]) -> Deferred[None] | None:
-        return self._after_job(super().objects(objs))
-
-    def encoded(self, data: bytes) -> Deferred[None] | None:
-        return self._after_job(super().encoded(data))
-
-    def _after_job(self, waiting: Deferred[None] | None) -> Deferred[None] | None:
-        frames = self.session.frames
-        if frames is not None and frames.output_pending(self.request_id):
-            return self.session.output_written(self.request_id)
-        return waiting
-
-
 class FrameSession:
     """One preamble-then-frames session (see the module docs).
 
@@ -182,7 +150,7 @@ class FrameSession:
         self.next_stream = 0
         self.running: dict[int, Deferred[None]] = {}
         self.waiting: deque[RunCommand] = deque()
-        self.written: dict[int, list[Deferred[None]]] = {}
+        self.pump: JobPump | None = None
         self.reading_paused = False
         self.input_closed = False
         self.status = 0
@@ -237,7 +205,8 @@ class FrameSession:
         """The peer is gone: cancel every running command."""
         self.done = True
         self.waiting.clear()
-        self.written.clear()
+        if self.pump is not None:
+            self.pump.stop()
         running, self.running = self.running, {}
         for request_id, d in running.items():
             if self.frames is not None:
@@ -259,6 +228,7 @@ class FrameSession:
             encoding_jobs=True,
         )
         self.stream_ids = [self.frames.open_stream() for _ in range(max(1, self.limits.streams))]
+        self.pump = JobPump(self.frames, self.run_job, self.channel, self._job_over, self.label)
         log.info("{label}: serving {repo!r}", label=self.label, repo=self.served.name)
         self.channel.write(encode_ok())
         return True
@@ -279,7 +249,8 @@ class FrameSession:
             if isinstance(action, SendFrames):
                 self.channel.write(action.data)
             elif isinstance(action, EncodeJob):
-                self._encode(action)
+                assert self.pump is not None
+                self.pump.start(action)
             elif isinstance(action, RunCommand):
                 self.waiting.append(action)
             elif isinstance(action, ProtocolFailure):
@@ -290,34 +261,9 @@ class FrameSession:
         self._start_waiting()
         return None if self.done else self.channel.drained()
 
-    def _encode(self, job: EncodeJob) -> None:
-        self.run_job(job).addBoth(self._encoded, job)
-
-    def _encoded(self, result: SendFrames | Failure | None, job: EncodeJob) -> None:
-        if self.done or self.frames is None:
-            return
-        if isinstance(result, Failure):
-            # A bug (e.g. an object CBOR refuses): the stream is untouched, the command
-            # hears of it through its batch and reports a server error.
-            log.failure("{label}: encoding failed", result, label=self.label)
-        elif result is not None:
-            self.channel.write(result.data)
-        more = self.frames.job_done(job)
-        if not self.frames.output_pending(job.request_id):
-            for d in self.written.pop(job.request_id, []):
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(None)
+    def _job_over(self, more: Sequence[ServerAction]) -> None:
         self.execute(more)
         self._maybe_finish()
-
-    def output_written(self, request_id: int) -> Deferred[None]:
-        """Fires once ``request_id``'s queued output is written and the channel has room."""
-        d: Deferred[None] = Deferred()
-        self.written.setdefault(request_id, []).append(d)
-        d.addCallback(lambda _: None if self.done else self.channel.drained())
-        return d
 
     def _start_waiting(self) -> None:
         limit = self.limits.max_in_flight
@@ -337,7 +283,8 @@ class FrameSession:
         assert self.served is not None
         stream_id = self.stream_ids[self.next_stream % len(self.stream_ids)]
         self.next_stream += 1
-        sink = _JobSink(self, action.request_id, stream_id)
+        assert self.pump is not None
+        sink = JobSink(self, self.pump, action.request_id, stream_id)
         # The one place a frame session starts a command.
         d = self.ctx.runner.run(
             self.served,

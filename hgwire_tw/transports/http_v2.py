@@ -4,6 +4,9 @@ A v2 request is one POST whose body holds every frame the client sends. The body
 whole to a half-duplex ``ServerFrameReactor``; the commands it announces run one after
 another through the ``CommandRunner``, and their frames are written to a chunked
 ``200 OK`` response as they are produced, paused while the client does not read.
+The CBOR encoding and compression of the output run as the reactor's encoding jobs on
+a worker thread, through the same :class:`~hgwire_tw.transports.jobpump.JobPump` as
+the SSH subsystem and raw TCP; the response ends once the last job's frames are written.
 
 Unlike Mercurial 6.0.3, every command's own permission is checked against the URL's
 ``ro``/``rw``, on the plain command URL as well as on ``multirequest``.
@@ -11,10 +14,11 @@ Unlike Mercurial 6.0.3, every command's own permission is checked against the UR
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,18 +32,19 @@ from hgwire_tw.core import cbor
 from hgwire_tw.core.errors import RemoteProtocolError
 from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE, HTTP_V2_API
 from hgwire_tw.core.reactor import (
-    CloseConnection,
     DuplexMode,
+    EncodeJob,
     ProtocolFailure,
     RunCommand,
     SendFrames,
+    ServerAction,
     ServerFrameReactor,
 )
 from hgwire_tw.core.v1 import join_header_values
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports.framesink import FrameSink
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import TEXT, finish, is_gone, plain
+from hgwire_tw.transports.jobpump import JobPump, JobRunner, JobSink, threaded_job_runner
 from hgwire_tw.transports.pausegate import PauseGate
 
 log = Logger()
@@ -109,9 +114,17 @@ def _text(request: IRequest, status: int, message: str) -> bytes:
 
 
 def render_api(
-    ctx: ServerContext, request: IRequest, served: ServedRepository, rest: Sequence[str]
+    ctx: ServerContext,
+    request: IRequest,
+    served: ServedRepository,
+    rest: Sequence[str],
+    *,
+    run_job: JobRunner | None = None,
 ) -> bytes | int:
-    """Render ``<repo>/api/...``; ``rest`` is the path below the repository, from ``api``."""
+    """Render ``<repo>/api/...``; ``rest`` is the path below the repository, from ``api``.
+
+    ``run_job`` runs the output's encoding jobs (default: the reactor's thread pool).
+    """
     parts = [p for p in rest[1:]]
     if parts and parts[-1] == "" and len(parts) <= 2:
         parts = parts[:-1]
@@ -140,7 +153,7 @@ def render_api(
 
     def authorised(user: str | None) -> bytes | int:
         check_access(ctx, request, served.name, user, write=(perm == "rw"))
-        return _checked_command(ctx, request, served, perm, command)
+        return _checked_command(ctx, request, served, perm, command, run_job)
 
     def refused(f: Failure) -> None:
         f.trap(HTTPDenied)
@@ -165,7 +178,12 @@ def _internal_error(f: Failure, request: IRequest) -> None:
 
 
 def _checked_command(
-    ctx: ServerContext, request: IRequest, served: ServedRepository, perm: str, command: str
+    ctx: ServerContext,
+    request: IRequest,
+    served: ServedRepository,
+    perm: str,
+    command: str,
+    run_job: JobRunner | None,
 ) -> bytes | int:
     name = command.encode("utf-8")
     if name != MULTIREQUEST and name not in COMMANDS:
@@ -188,7 +206,9 @@ def _checked_command(
     if len(body) > MAX_V2_BODY:
         return _text(request, 413, "request body too large\n")
 
-    frame_reactor = ServerFrameReactor(mode=DuplexMode.HALF, encodings=ctx.settings.v2_encodings)
+    frame_reactor = ServerFrameReactor(
+        mode=DuplexMode.HALF, encodings=ctx.settings.v2_encodings, encoding_jobs=True
+    )
     actions = [*frame_reactor.receive_data(body), *frame_reactor.end_of_input()]
     runs: list[RunCommand] = []
     for action in actions:
@@ -196,8 +216,8 @@ def _checked_command(
             return _text(request, 200, action.message)
         if isinstance(action, RunCommand):
             runs.append(action)
-        # A half-duplex reactor sends nothing before the commands run; CloseConnection
-        # only follows a ProtocolFailure.
+        # A half-duplex reactor sends nothing (no frames, no jobs) before the commands
+        # run; CloseConnection only follows a ProtocolFailure.
     if name != MULTIREQUEST:
         if len(runs) != 1:
             return _text(request, 200, "multiple commands cannot be issued to this URL")
@@ -221,14 +241,24 @@ def _checked_command(
 
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", FRAMING_MEDIA_TYPE)
-    response = _V2Response(ctx, request, served, frame_reactor, may_push=(perm == "rw"))
+    if run_job is None:
+        run_job = threaded_job_runner(ctx.reactor)
+    response = _V2Response(
+        ctx, request, served, frame_reactor, may_push=(perm == "rw"), run_job=run_job
+    )
     response.start(runs)
     return NOT_DONE_YET
 
 
 @implementer(IPushProducer)
 class _V2Response:
-    """Runs a request's commands in order and streams their frames, pausing with the client."""
+    """Runs a request's commands in order and streams their frames, pausing with the client.
+
+    Output goes through encoding jobs on the reactor's single output stream, so one
+    command's frames are all out before the next one's, and the response is finished
+    only when no job is left. If the client goes away, the running command is cancelled
+    and jobs still running on a worker write nothing.
+    """
 
     def __init__(
         self,
@@ -238,6 +268,7 @@ class _V2Response:
         frame_reactor: ServerFrameReactor,
         *,
         may_push: bool,
+        run_job: JobRunner,
     ) -> None:
         self.ctx = ctx
         self.request = request
@@ -245,6 +276,11 @@ class _V2Response:
         self.frames: ServerFrameReactor | None = frame_reactor
         self.may_push = may_push
         self.gate = PauseGate()
+        self.pump = JobPump(frame_reactor, run_job, self, self._job_over, "v2 HTTP")
+        self.waiting: deque[RunCommand] = deque()
+        self.running: tuple[int, Deferred[None]] | None = None
+        self.commands_over = False
+        #: The client is gone or the response finished: nothing more is written.
         self.done = False
 
     # IPushProducer: twisted.web pauses us when the client stops reading.
@@ -255,23 +291,40 @@ class _V2Response:
         self.gate.resume()
 
     def stopProducing(self) -> None:
+        """The client went away: cancel the running command, drop the rest."""
+        if self.done:
+            return
+        self._stop()
+        running, self.running = self.running, None
+        if running is not None:
+            request_id, d = running
+            frames = self.frames
+            if frames is not None:
+                frames.request_cancelled(request_id)
+            d.cancel()
+        self.gate.resume()
+
+    def _stop(self) -> None:
         self.done = True
-        self.resumeProducing()
+        self.waiting.clear()
+        self.pump.stop()
 
     def start(self, runs: Sequence[RunCommand]) -> None:
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
-        d: Deferred[None] = succeed(None)
-        for run in runs:
-            d.addCallback(lambda _, run=run: self._run(run))
-        d.addErrback(self._failed)
-        d.addBoth(lambda _: self._done())
+        self.waiting.extend(runs)
+        self._next()
 
-    def _run(self, run: RunCommand) -> Deferred[None]:
+    def _next(self) -> None:
         if self.done:
-            return succeed(None)
-        sink = FrameSink(self, run.request_id)
-        result: Deferred[None] = self.ctx.runner.run(
+            return
+        if not self.waiting:
+            self.commands_over = True
+            self._maybe_finish()
+            return
+        run = self.waiting.popleft()
+        sink = JobSink(self, self.pump, run.request_id)
+        d: Deferred[None] = self.ctx.runner.run(
             self.served,
             run.name,
             run.args,
@@ -279,25 +332,48 @@ class _V2Response:
             sink=sink,
             redirect=run.redirect,
         )
-        return result
+        self.running = (run.request_id, d)
+        d.addBoth(self._command_over)
 
-    def _failed(self, f: Failure) -> None:
-        if not self.done:
-            log.failure("v2 command failed", f)
+    def _command_over(self, result: object) -> None:
+        self.running = None
+        if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
+            if not self.done:
+                log.failure("v2 command failed", result)
+        self._next()
 
-    def _done(self) -> None:
-        if self.done:
+    def _job_over(self, more: Sequence[ServerAction]) -> None:
+        self.execute(more)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        frames = self.frames
+        if self.done or not self.commands_over or (frames is not None and frames.jobs_pending):
             return
+        self._stop()
         self.request.unregisterProducer()
         self.request.finish()
 
     def execute(self, actions: Sequence[object]) -> Deferred[None] | None:
-        """Write the frames among ``actions``; a Deferred while the client is not reading."""
+        """Write the frames and start the jobs among ``actions``; a Deferred while the
+        client is not reading."""
         if self.done:
             raise ConnectionAbortedError("client went away")
         for action in actions:
+            if self.done:
+                break  # a job run inline may have finished the response
             if isinstance(action, SendFrames):
-                self.request.write(action.data)
-            elif isinstance(action, (ProtocolFailure, CloseConnection)):
-                pass  # output-side calls never fail the protocol
+                self.write(action.data)
+            elif isinstance(action, EncodeJob):
+                self.pump.start(action)
+            # ProtocolFailure/CloseConnection: output-side calls never fail the protocol.
+        return None if self.done else self.drained()
+
+    # JobOutput, for the pump.
+    def write(self, data: bytes) -> None:
+        """Send ``data`` in the chunked response."""
+        self.request.write(data)
+
+    def drained(self) -> Deferred[None] | None:
+        """None while the client reads; else a Deferred firing once it does again."""
         return self.gate.wait()
