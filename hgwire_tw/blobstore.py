@@ -7,6 +7,14 @@ hash, syncs it and renames it into place, so a reader (our HTTP listener, or any
 server or CDN mirroring the directory) sees either nothing or the whole blob. That is also
 why a redirect may name a blob only after ``publish`` has returned.
 
+Retention: a blob's modification time is when it was last *used* — published, or
+refreshed by ``touch`` (the redirector touches a blob each time a redirect names it, and
+``publish`` touches a blob that is already there). ``expire`` deletes ``.cbor`` blobs
+unused since a cut-off and leftover temporary files (``.tmp-*``, ``.bundle-*``) older
+than another; ``.hg`` clone bundles are never touched by it (``hgwire_tw.clonebundles``
+expires those). One lock orders ``touch``/``publish`` against ``expire``'s check-and-
+delete, so a blob touched for a redirect is never deleted by a sweep already running.
+
 Everything here blocks on disk I/O: call it from a worker thread.
 """
 
@@ -15,19 +23,34 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-__all__ = ["MEDIA_TYPES", "Blob", "BlobError", "BlobStore", "blob_name"]
+__all__ = [
+    "EXPIRING_SUFFIXES",
+    "MEDIA_TYPES",
+    "TEMP_PREFIXES",
+    "Blob",
+    "BlobError",
+    "BlobStore",
+    "blob_name",
+]
 
 #: Suffix → media type served for it.
 MEDIA_TYPES: Final = {
     ".cbor": "application/mercurial-cbor",
     ".hg": "application/mercurial-bundle",
 }
+
+#: Blob suffixes ``expire`` deletes when unused (clone bundles expire on their own).
+EXPIRING_SUFFIXES: Final = (".cbor",)
+#: Name prefixes of temporary files written into the directory while publishing
+#: (``.bundle-``: clone bundles being generated).
+TEMP_PREFIXES: Final = (".tmp-", ".bundle-")
 
 _NAME: Final = re.compile(r"^([0-9a-f]{64})(\.cbor|\.hg)$")
 _CHUNK: Final = 256 * 1024
@@ -71,6 +94,8 @@ class BlobStore:
         if base_url is not None and not base_url.endswith("/"):
             base_url += "/"
         self.base_url = base_url
+        # Orders touch/publish against expire's check-and-delete (see the module docs).
+        self._lock = threading.Lock()
 
     @staticmethod
     def valid_name(name: str) -> bool:
@@ -121,9 +146,10 @@ class BlobStore:
                 raise BlobError(f"blob content hashes to {actual}, expected {sha256}")
             name = blob_name(actual, suffix)
             final = self.directory / name
-            if final.exists() and final.stat().st_size == size:
-                return Blob(name=name, sha256=actual, size=size)
-            os.replace(tmp, final)
+            with self._lock:
+                if _refresh(final, size):
+                    return Blob(name=name, sha256=actual, size=size)
+                os.replace(tmp, final)
             _sync_directory(self.directory)
             return Blob(name=name, sha256=actual, size=size)
         finally:
@@ -145,6 +171,52 @@ class BlobStore:
                 digest.update(chunk)
         return digest.hexdigest() == name[:64]
 
+    def touch(self, name: str) -> bool:
+        """Mark blob ``name`` used now (its mtime); False if it is not published."""
+        try:
+            path = self.path(name)
+        except ValueError:
+            return False
+        with self._lock:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def expire(self, *, unused_before: float, temp_before: float) -> list[str]:
+        """Delete ``EXPIRING_SUFFIXES`` blobs whose mtime (last use) is before
+        ``unused_before`` and temporary files (``TEMP_PREFIXES``) modified before
+        ``temp_before`` (both POSIX times); returns the names deleted.
+
+        Anything else in the directory (clone bundles, unknown files) is left alone.
+        """
+        removed: list[str] = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            name = entry.name
+            if self.valid_name(name) and name.endswith(EXPIRING_SUFFIXES):
+                cutoff = unused_before
+            elif name.startswith(TEMP_PREFIXES):
+                cutoff = temp_before
+            else:
+                continue
+            with self._lock:
+                # Checked again under the lock: a touch may have just renewed it.
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if os.stat(entry.path, follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+            removed.append(name)
+        return removed
+
     def remove(self, name: str) -> None:
         """Delete blob ``name`` if it exists (only once no published URL names it)."""
         try:
@@ -161,6 +233,17 @@ class BlobStore:
         if not base.endswith("/"):
             base += "/"
         return base + self.path(name).name
+
+
+def _refresh(path: Path, size: int) -> bool:
+    """Whether ``path`` holds ``size`` bytes already; if so it is marked used now."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _sync_directory(directory: Path) -> None:

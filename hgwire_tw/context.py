@@ -76,6 +76,9 @@ class Settings:
     redirects: bool = False
     #: Extra redirect targets (``redirects.RedirectTarget``), in preference order.
     redirect_targets: tuple[Any, ...] = ()
+    # -- blob retention (``hgwire_tw.blobsweep``)
+    #: Seconds a ``.cbor`` redirect blob is kept after its last use (0: forever).
+    blob_retention: float = 7 * 24 * 3600.0
 
 
 @dataclass

@@ -270,13 +270,15 @@ class Redirector:
         return choose_target(self.targets(), request)
 
     def publish(self, target: RedirectTarget, entry: CacheEntry) -> dict[bytes, object]:
-        """Publish ``entry`` as a ``.cbor`` blob (idempotent) and return the redirect
-        location at ``target``. Worker thread only."""
+        """Publish ``entry`` as a ``.cbor`` blob (idempotent; an existing blob is marked
+        used now) and return the redirect location at ``target``. Worker thread only."""
         from hgwire_tw.blobstore import blob_name
 
         name = blob_name(entry.sha256, ".cbor")
         found = self.blobs.find(name)
-        if found is not None and found.size == entry.size:
+        # Touching marks the blob used now, so the retention sweep keeps it at least
+        # ``--blob-retention`` seconds past this redirect.
+        if found is not None and found.size == entry.size and self.blobs.touch(name):
             entry.close()
         else:
             self.blobs.publish(entry.chunks(), suffix=".cbor", sha256=entry.sha256)

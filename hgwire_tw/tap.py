@@ -153,6 +153,15 @@ class Options(usage.Options):
             "Cache bound in bytes (default 256 MiB in memory, 4 GiB on disk).",
             int,
         ],
+        # -- blob retention (hgwire_tw.blobsweep)
+        [
+            "blob-retention",
+            None,
+            None,
+            "Seconds a redirect blob (.cbor in STATE_DIR/blobs) is kept after it was last "
+            "used (default 604800, a week; 0 keeps blobs forever).",
+            float,
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -241,6 +250,7 @@ class Options(usage.Options):
             "cache_size",
             "redirects",
             "redirect",
+            "blob_retention",
             *TRANSPORTS,
             *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
         }
@@ -315,6 +325,15 @@ class Options(usage.Options):
         for opt in ("clonebundles-every", "clonebundles-grace"):
             if self[opt] is not None and float(self[opt]) < 0:
                 raise usage.UsageError(f"--{opt}: must not be negative")
+        if self["blob-retention"] is not None:
+            try:
+                self["blob-retention"] = float(self["blob-retention"])
+            except (TypeError, ValueError):
+                raise usage.UsageError(
+                    f"--blob-retention: not a number: {self['blob-retention']!r}"
+                ) from None
+            if not self["blob-retention"] >= 0:
+                raise usage.UsageError("--blob-retention: must not be negative")
 
     def _check_mirrors(self) -> None:
         from hgwire_tw.client.peer import parse_url
@@ -364,6 +383,8 @@ class Options(usage.Options):
         s.cache_size = int(self["cache-size"]) if self["cache-size"] else None
         s.redirects = bool(self["redirects"])
         s.redirect_targets = tuple(self["redirect-targets"])
+        if self["blob-retention"] is not None:
+            s.blob_retention = float(self["blob-retention"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -582,6 +603,11 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
             grace=settings.clonebundles_grace,
         )
         CloneBundleService(ctx.clonebundles).setServiceParent(top)
+    if settings.blob_retention > 0:
+        from hgwire_tw.blobsweep import BlobSweeper
+
+        sweeper = BlobSweeper(ctx.blobs, reactor=reactor, retention=settings.blob_retention)
+        sweeper.setServiceParent(top)
     for transport in TRANSPORTS:
         for description in options[transport]:
             factory = _factory(transport, ctx, state_dir)

@@ -5,7 +5,8 @@
 * ``hg clone`` (7.x, v1) twice: the second ``getbundle`` is a cache hit; after a push
   the key changes (the next clone has the pushed changeset); the disk cache is still
   warm after a restart.
-* Raw TCP (hgwire client) and SSH v1 (``hg clone`` through OpenSSH) hit the cache too.
+* The hgwire client over HTTP v2, raw TCP and the SSH subsystem, and SSH v1 (``hg clone``
+  through OpenSSH) hit the cache too.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests import repobuilders as rb
+from tests.clientsites import TRANSPORTS, client_site
 from tests.repobuilders import HG_603, hg, repo_summary, verify
 from tests.servers import RunningServer, running_server
-from tests.test_client_http import hgwire
 from tests.test_http_v1_integration import commit, write_access
 from tests.test_ssh_integration import SSH, Site, _clone, expected_clone, site, summary
 
@@ -100,17 +101,17 @@ def test_v1_getbundle_cache_push_and_restart(tmp_path: Path) -> None:
     verify(tmp_path / "c4")
 
 
-def test_tcp_v2_clones_hit_the_cache(rich_repo: Path, tmp_path: Path) -> None:
-    """Over raw TCP the second hgwire clone is served from the cache and equals the first."""
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_hgwire_v2_clones_hit_the_cache(rich_repo: Path, tmp_path: Path, transport: str) -> None:
+    """Over HTTP v2, raw TCP and the SSH subsystem the second hgwire clone is served from
+    the cache (every data command a hit) and equals the first and the source."""
     ref = reference_clone(rich_repo, tmp_path / "ref")
-    with running_server(
-        tmp_path, "--repo", f"rich={rich_repo}", "--tcp", "tcp:0:interface=127.0.0.1"
-    ) as server:
-        port = server.ports["tcp"][0]
-        for i in range(2):
-            result = hgwire("clone", f"hgwire://127.0.0.1:{port}/rich", tmp_path / f"c{i}")
-            assert result.returncode == 0, result.stderr
-        assert count(server, r"v2 cache hit (changesetdata|manifestdata|filesdata)") >= 3
+    hits = r"v2 cache hit (changesetdata|manifestdata|filesdata)"
+    with client_site(tmp_path, rich_repo, transport) as site:
+        site.clone(tmp_path / "c0")
+        assert count(site.server, hits) == 0
+        site.clone(tmp_path / "c1")
+        assert count(site.server, hits) >= 3
     for i in range(2):
         assert repo_summary(tmp_path / f"c{i}") == ref
     verify(tmp_path / "c1")

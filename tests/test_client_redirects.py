@@ -1,43 +1,23 @@
 """The hgwire client follows content redirects from a real ``hgwire serve --redirects``
-over HTTP v2 and raw TCP, verifies what it fetched, and falls back to inline answers."""
+over HTTP v2, raw TCP and the SSH subsystem, verifies what it fetched, and falls back to
+inline answers."""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
 from hgwire_tw.client.redirects import BlobFetch, RedirectFailed, redirect_request
 from hgwire_tw.core import cbor
-from tests.repobuilders import hg, hg_env, repo_summary, verify
-from tests.servers import RunningServer, running_server
+from tests.clientsites import TRANSPORTS, client_site
+from tests.repobuilders import hg, repo_summary, verify
 
-TCP = ("--tcp", "tcp:0:interface=127.0.0.1")
-
-
-def hgwire(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hgwire_tw", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=hg_env(),
-        timeout=180,
-    )
-
-
-def url_for(server: RunningServer, transport: str) -> str:
-    if transport == "tcp":
-        return f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/r"
-    return server.url("r")
-
-
-def clone_ok(url: str, dest: Path) -> str:
-    result = hgwire("clone", url, dest)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+REDIRECTS = ("--redirects",)
+#: A blob served whole by the embedded HTTP listener, as its access log shows it.
+BLOB_GET = r'"GET /\.hgwire/blobs/[0-9a-f]{64}\.cbor HTTP/1\.1" 200'
 
 
 def reference(source: Path, tmp_path: Path) -> dict[str, object]:
@@ -47,36 +27,35 @@ def reference(source: Path, tmp_path: Path) -> dict[str, object]:
     return repo_summary(ref)
 
 
-@pytest.mark.parametrize("transport", ["http", "tcp"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_clone_follows_redirects(rich_repo: Path, tmp_path: Path, transport: str) -> None:
     """The second clone gets its data from the blob store and equals the source."""
-    with running_server(tmp_path, "--repo", f"r={rich_repo}", "--redirects", *TCP) as server:
-        url = url_for(server, transport)
-        clone_ok(url, tmp_path / "warm")  # fills the cache
-        out = clone_ok(url, tmp_path / "dest")
+    with client_site(tmp_path, rich_repo, transport, *REDIRECTS) as site:
+        site.clone(tmp_path / "warm")  # fills the cache
+        out = site.clone(tmp_path / "dest")
         assert "0 redirects fallen back" in out
         followed = int(out.split(" redirects followed")[0].rsplit("\n", 1)[-1])
         assert followed >= 2
-        assert server.log().count("/.hgwire/blobs/") >= followed
+        blob_gets = re.findall(BLOB_GET, site.server.log())
+        assert len(blob_gets) >= followed
     assert repo_summary(tmp_path / "dest") == reference(rich_repo, tmp_path)
     verify(tmp_path / "dest")
 
 
-@pytest.mark.parametrize("transport", ["http", "tcp"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_corrupt_blobs_fall_back_inline(rich_repo: Path, tmp_path: Path, transport: str) -> None:
     """Blobs whose bytes no longer match their hash are refused; the commands are asked
     again inline and the clone still equals the source."""
-    with running_server(tmp_path, "--repo", f"r={rich_repo}", "--redirects", *TCP) as server:
-        url = url_for(server, transport)
-        clone_ok(url, tmp_path / "warm")
-        clone_ok(url, tmp_path / "warm2")  # publishes the blobs
-        blobs = sorted((server.state_dir / "blobs").glob("*.cbor"))
+    with client_site(tmp_path, rich_repo, transport, *REDIRECTS) as site:
+        site.clone(tmp_path / "warm")
+        site.clone(tmp_path / "warm2")  # publishes the blobs
+        blobs = sorted((site.server.state_dir / "blobs").glob("*.cbor"))
         assert blobs
         for blob in blobs:
             data = bytearray(blob.read_bytes())
             data[len(data) // 2] ^= 0x55
             blob.write_bytes(bytes(data))
-        out = clone_ok(url, tmp_path / "dest")
+        out = site.clone(tmp_path / "dest")
         assert "0 redirects followed" in out
         assert f"{len(blobs)} redirects fallen back" in out
     assert repo_summary(tmp_path / "dest") == reference(rich_repo, tmp_path)
@@ -85,10 +64,10 @@ def test_corrupt_blobs_fall_back_inline(rich_repo: Path, tmp_path: Path, transpo
 
 def test_dead_blob_server_falls_back(rich_repo: Path, tmp_path: Path) -> None:
     """Redirects to a base URL nobody listens on fall back inline; the clone completes."""
-    args = ("--repo", f"r={rich_repo}", "--redirects", "--blob-base-url", "http://127.0.0.1:9/b/")
-    with running_server(tmp_path, *args) as server:
-        clone_ok(server.url("r"), tmp_path / "warm")
-        out = clone_ok(server.url("r"), tmp_path / "dest")
+    args = ("--redirects", "--blob-base-url", "http://127.0.0.1:9/b/")
+    with client_site(tmp_path, rich_repo, "http", *args) as site:
+        site.clone(tmp_path / "warm")
+        out = site.clone(tmp_path / "dest")
         assert "0 redirects followed" in out and "redirects fallen back" in out
     assert repo_summary(tmp_path / "dest") == reference(rich_repo, tmp_path)
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +25,16 @@ from hgwire_tw.client.peer import ClientOptions, parse_url
 from hgwire_tw.client.ssh import WINDOW, _Attempt, _Connection, _SubsystemChannel
 from tests.repobuilders import hg, hg_env, make_rich_repo, repo_summary, verify
 from tests.servers import RunningServer, running_server
+from tests.sshclient import (
+    SSH_KEYGEN,
+    SSH_LISTEN,
+    host_key_line,
+    keygen,
+    run_hgwire,
+    write_key_access,
+    write_known_hosts,
+)
 
-SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 SSH_AGENT = shutil.which("ssh-agent") or "/usr/bin/ssh-agent"
 SSH_ADD = shutil.which("ssh-add") or "/usr/bin/ssh-add"
 
@@ -35,16 +42,6 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(SSH_KEYGEN), reason="ssh-keygen not installed"),
     pytest.mark.timeout(180),
 ]
-
-
-def _keygen(path: Path, kind: str = "ed25519") -> Path:
-    extra = ["-b", "2048"] if kind == "rsa" else []
-    subprocess.run(
-        [SSH_KEYGEN, "-q", "-t", kind, *extra, "-N", "", "-C", path.name, "-f", str(path)],
-        check=True,
-        timeout=60,
-    )
-    return path
 
 
 @dataclass
@@ -70,46 +67,21 @@ def hgwire_ssh(
     site: Site, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``hgwire`` command line with an empty HOME and no ssh-agent."""
-    home = site.tmp / "home"
-    home.mkdir(exist_ok=True)
-    run_env = {k: v for k, v in hg_env().items() if k != "SSH_AUTH_SOCK"}
-    run_env["HOME"] = str(home)
-    run_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "hgwire_tw", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=run_env,
-        timeout=timeout,
-    )
-
-
-def _host_key_line(site_server: RunningServer, port: int) -> str:
-    pub = (site_server.state_dir / "ssh_host_ed25519_key.pub").read_text().split()
-    return f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n"
+    return run_hgwire(site.tmp / "home", *args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("sshclient")
-    keys = {"alice": _keygen(tmp / "alice"), "carol": _keygen(tmp / "carol")}
-    keys["alice_rsa"] = _keygen(tmp / "alice_rsa", "rsa")
+    keys = {"alice": keygen(tmp / "alice"), "carol": keygen(tmp / "carol")}
+    keys["alice_rsa"] = keygen(tmp / "alice_rsa", "rsa")
     rich = make_rich_repo(tmp / "rich")
     big = tmp / "big"
     hg("init", big)
     (big / "random.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     hg("commit", "-A", "-q", "-m", "big", cwd=big)
-    pub = {who: keys[who].with_suffix(".pub").read_text().strip() for who in keys}
-    access = tmp / "access.toml"
-    access.write_text(
-        f"""
-[users.alice]
-keys = ["{pub["alice"]}", "{pub["alice_rsa"]}"]
-[[rules]]
-repos = "*"
-read = ["*"]
-""",
-        encoding="utf-8",
+    access = write_key_access(
+        tmp / "access.toml", {"alice": [keys["alice"], keys["alice_rsa"]]}, read='"*"'
     )
     with running_server(
         tmp,
@@ -117,15 +89,12 @@ read = ["*"]
         f"rich={rich}",
         "--repo",
         f"big={big}",
-        "--ssh",
-        "tcp:0:interface=127.0.0.1",
+        *SSH_LISTEN,
         "--access",
         str(access),
         http=None,
     ) as server:
-        known = tmp / "known_hosts"
-        port = server.ports["ssh"][0]
-        known.write_text(_host_key_line(server, port), encoding="utf-8")
+        known = write_known_hosts(server, tmp / "known_hosts")
         yield Site(server=server, tmp=tmp, rich=rich, big=big, keys=keys, known_hosts=known)
 
 
@@ -180,7 +149,7 @@ def test_unknown_host_key_is_refused_then_accepted_on_request(site: Site, tmp_pa
     refused = hgwire_ssh(site, "clone", site.url("rich"), tmp_path / "a", *args)
     assert refused.returncode == 1
     assert f"host key of [127.0.0.1]:{site.port} is not known" in refused.stderr
-    assert _host_key_line(site.server, site.port).strip() in refused.stderr
+    assert host_key_line(site.server, site.port).strip() in refused.stderr
     assert str(known) in refused.stderr and "--accept-new-host-key" in refused.stderr
     assert not (tmp_path / "a").exists()
     assert known.read_text() == ""
@@ -196,7 +165,7 @@ def test_unknown_host_key_is_refused_then_accepted_on_request(site: Site, tmp_pa
 
 def test_changed_host_key_is_refused_even_with_accept_new(site: Site, tmp_path: Path) -> None:
     """A known_hosts entry with another key for the server is refused, naming the line."""
-    other = _keygen(tmp_path / "other").with_suffix(".pub").read_text().split()
+    other = keygen(tmp_path / "other").with_suffix(".pub").read_text().split()
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{site.port} {other[0]} {other[1]}\n", encoding="utf-8")
     args = ["--ssh-key", str(site.keys["alice"]), "--known-hosts", str(known)]

@@ -30,9 +30,9 @@ from hgwire_tw.core.reactor import (
 )
 from tests.repobuilders import HG, hg, hg_env, log_nodes, make_rich_repo, repo_summary, verify
 from tests.servers import RunningServer, running_server
+from tests.sshclient import keygen
 
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
-SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(SSH), reason="OpenSSH client not installed"),
@@ -98,15 +98,6 @@ class Site:
         return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=hg_env())
 
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(
-        [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-        check=True,
-        timeout=30,
-    )
-    return path
-
-
 def _make_big_repo(path: Path) -> Path:
     """A repository whose bundle (~5 MiB, incompressible) exceeds a 2 MiB window."""
     hg("init", path)
@@ -119,7 +110,7 @@ def _make_big_repo(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("ssh")
-    keys = {who: _keygen(tmp / who) for who in ("alice", "bob", "carol")}
+    keys = {who: keygen(tmp / who) for who in ("alice", "bob", "carol")}
     rich = make_rich_repo(tmp / "rich")
     big = _make_big_repo(tmp / "big")
     access = tmp / "access.toml"

@@ -204,3 +204,38 @@ def test_cache_and_redirect_options(tmp_path: Path) -> None:
     bad.write_text('[[redirect.targets]]\nname = "x"\nprotocol = "ftp"\nuris = ["ftp://x/"]\n')
     with pytest.raises(usage.UsageError):
         parse("--repo", repo, "--config", str(bad))
+
+
+def test_blob_retention_option_toml_and_service(tmp_path: Path) -> None:
+    """--blob-retention (or TOML blob_retention) sets the sweeper's retention, a week by
+    default; 0 turns the sweep off; negative or non-numbers are refused."""
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.blobsweep import DEFAULT_RETENTION, BlobSweeper
+    from hgwire_tw.tap import makeService
+
+    init_repo(tmp_path / "r")
+    base = ["--repo", f"r={tmp_path / 'r'}", "--state-dir", str(tmp_path / "state")]
+
+    def sweepers(*argv: str) -> list[BlobSweeper]:
+        service = makeService(parse(*base, *argv), reactor=MemoryReactor())
+        return [s for s in service if isinstance(s, BlobSweeper)]
+
+    (default,) = sweepers()
+    assert default.retention == DEFAULT_RETENTION == 7 * 24 * 3600
+    assert default.blobs.directory == (tmp_path / "state" / "blobs").resolve()
+    (short,) = sweepers("--blob-retention", "120")
+    assert short.retention == 120 and short.every == 30
+    assert sweepers("--blob-retention", "0") == []
+    config = tmp_path / "hgwire.toml"
+    config.write_text("blob_retention = 600\n", encoding="utf-8")
+    (from_toml,) = sweepers("--config", str(config))
+    assert from_toml.retention == 600
+    (cli_wins,) = sweepers("--config", str(config), "--blob-retention", "60")
+    assert cli_wins.retention == 60
+    for bad in ("-1", "soon"):
+        with pytest.raises(usage.UsageError):
+            parse(*base, "--blob-retention", bad)
+    config.write_text('blob_retention = "a week"\n', encoding="utf-8")
+    with pytest.raises(usage.UsageError, match="blob-retention"):
+        parse(*base, "--config", str(config))
