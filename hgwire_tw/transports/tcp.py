@@ -1,7 +1,8 @@
 """Raw TCP transport (``hgwire://host:port/name``): preamble, then v2 frames, full duplex.
 
 A connection starts with the repository preamble of :mod:`hgwire_tw.core.preamble`;
-after ``ok`` it carries frames through a ``ServerFrameReactor(mode=FULL)``. The
+after ``ok`` it carries frames through a
+``ServerFrameReactor(mode=FULL, encoding_jobs=True)``. The
 transport is read-only by design: anonymous read permission
 (``ctx.access.can_read(None, name)``) is required, and push commands get a command
 error from the runner (``may_push`` is always false).
