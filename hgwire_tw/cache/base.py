@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-__all__ = ["CHUNK", "CacheEntry", "CacheStats", "CacheWriter", "ContentStore", "valid_key"]
+from twisted.logger import Logger
+
+__all__ = [
+    "CHUNK",
+    "CacheEntry",
+    "CacheStats",
+    "CacheWriter",
+    "ContentStore",
+    "stored_while_streaming",
+    "valid_key",
+]
+
+log = Logger()
 
 #: Largest piece ``CacheEntry.chunks`` hands out (bounded memory per reader).
 CHUNK: Final = 256 * 1024
@@ -67,6 +79,33 @@ class ContentStore(Protocol):
     def writer(self, key: str) -> CacheWriter:
         """A writer that stores an entry under ``key`` on ``commit``."""
         ...
+
+
+def stored_while_streaming(
+    store: ContentStore, key: str, pieces: Iterable[bytes]
+) -> Iterator[bytes]:
+    """Yield ``pieces`` while writing them to a new entry for ``key`` (worker thread).
+
+    The entry is committed only if ``pieces`` ran to its end and the consumer took every
+    piece; an error or a consumer that stops early (the client went away) aborts it, so
+    failed or cut-short responses are never stored. A failing writer is logged, never
+    raised: the response itself is unaffected.
+    """
+    writer = store.writer(key)
+    complete = False
+    try:
+        for data in pieces:
+            writer.write(data)
+            yield data
+        complete = True
+    finally:
+        try:
+            if complete:
+                writer.commit()
+            else:
+                writer.abort()
+        except Exception:
+            log.failure("cache writer for {key} failed", key=key)
 
 
 @dataclass

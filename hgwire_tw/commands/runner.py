@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hgwire_tw.cache.base import stored_while_streaming
 from hgwire_tw.commands.cachekeys import cache_key_digest, server_salt
 from hgwire_tw.commands.common import served_view
 from hgwire_tw.commands.registry import (
@@ -147,34 +148,23 @@ def _cached_invoke(
             )
             yield from _serve_entry(entry)
             return
-    writer = cache.writer(key)
-    complete = False
-    try:
-        group: list[object] = []
-        size = 0
-        for obj in spec.handler(view, args):
-            group.append(obj)
-            size += _estimate(obj)
-            if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
-                data = dumps_sequence(group)
-                group, size = [], 0
-                writer.write(data)
-                yield EncodedCBOR(data)
-        if group:
-            data = dumps_sequence(group)
-            writer.write(data)
-            yield EncodedCBOR(data)
-        complete = True
-    finally:
-        # Only a response the handler finished is stored; errors and cut-short
-        # responses are dropped.
-        try:
-            if complete:
-                writer.commit()
-            else:
-                writer.abort()
-        except Exception:
-            log.failure("cache writer for {key} failed", key=key)
+    for data in stored_while_streaming(cache, key, _groups(spec.handler(view, args))):
+        yield EncodedCBOR(data)
+
+
+def _groups(objs: Iterator[object]) -> Iterator[bytes]:
+    """The CBOR encoding of ``objs``, a group of objects at a time (bounded by count and
+    estimated size), so the worker encodes and the cache stores what the client gets."""
+    group: list[object] = []
+    size = 0
+    for obj in objs:
+        group.append(obj)
+        size += _estimate(obj)
+        if len(group) >= _GROUP_ITEMS or size >= _GROUP_BYTES:
+            yield dumps_sequence(group)
+            group, size = [], 0
+    if group:
+        yield dumps_sequence(group)
 
 
 class _Delivery:

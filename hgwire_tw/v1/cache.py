@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mercurial import pushkey, wireprotov1server
 from twisted.logger import Logger
 
+from hgwire_tw.cache.base import stored_while_streaming
 from hgwire_tw.commands.cachekeys import cache_key_digest
 from hgwire_tw.core.errors import CommandError
 from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ArgValue, ResponseFormat
@@ -36,9 +37,9 @@ from hgwire_tw.v1.dispatch import (
     STREAM_PIECE,
     V1Stream,
     V1StreamStart,
-    _compressed,
-    _pieces,
+    close_chunks,
     run_v1_command,
+    stream_body,
     v1_response,
 )
 from hgwire_tw.v1.protocol import V1Protocol
@@ -144,27 +145,8 @@ def cached_v1_response(
         yield from v1_response(repo, name, args, proto, choose, piece, result=result)
         return
     chunks = result.chunks
-    writer = cache.writer(key)
-    complete = False
     try:
         yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
-        body = (
-            _pieces(chunks, piece)
-            if fmt is None
-            else _compressed(_pieces(chunks, piece), fmt, piece)
-        )
-        for data in body:
-            writer.write(data)
-            yield data
-        complete = True
+        yield from stored_while_streaming(cache, key, stream_body(chunks, fmt, piece))
     finally:
-        try:
-            if complete:
-                writer.commit()
-            else:
-                writer.abort()
-        except Exception:
-            log.failure("v1 cache writer for {key} failed", key=key)
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_chunks(chunks)

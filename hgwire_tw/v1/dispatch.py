@@ -50,10 +50,12 @@ __all__ = [
     "V1Result",
     "V1Stream",
     "V1StreamStart",
+    "close_chunks",
     "command_permission",
     "command_spec",
     "is_command",
     "run_v1_command",
+    "stream_body",
     "v1_response",
 ]
 
@@ -298,6 +300,23 @@ def _compressed(chunks: Iterator[bytes], fmt: ResponseFormat, piece: int) -> Ite
         yield tail
 
 
+def stream_body(
+    chunks: Iterator[bytes], fmt: ResponseFormat | None, piece: int = STREAM_PIECE
+) -> Iterator[bytes]:
+    """A stream result's body in pieces of about ``piece`` bytes: compressed as ``fmt``
+    says (its prefix first), or raw when ``fmt`` is None (SSH, legacy streams)."""
+    if fmt is None:
+        return _pieces(chunks, piece)
+    return _compressed(_pieces(chunks, piece), fmt, piece)
+
+
+def close_chunks(chunks: Iterator[bytes]) -> None:
+    """Close a command's chunk generator (if it is one), on the worker that ran it."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
 def v1_response(
     repo: Any,
     name: bytes,
@@ -322,7 +341,7 @@ def v1_response(
         try:
             if choose is None:
                 yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=False)
-                yield from _pieces(chunks, piece)
+                yield from stream_body(chunks, None, piece)
                 return
             try:
                 fmt = choose(result.prefer_uncompressed)
@@ -330,19 +349,15 @@ def v1_response(
                 yield V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
                 return
             yield V1StreamStart(media_type=fmt.media_type, engine=fmt.engine, legacy=False)
-            yield from _compressed(_pieces(chunks, piece), fmt, piece)
+            yield from stream_body(chunks, fmt, piece)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_chunks(chunks)
     elif isinstance(result, V1LegacyStream):
         chunks = result.chunks
         try:
             yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=True)
-            yield from _pieces(chunks, piece)
+            yield from stream_body(chunks, None, piece)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            close_chunks(chunks)
     else:
         yield result
