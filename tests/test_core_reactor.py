@@ -225,6 +225,21 @@ def test_raw_unencoded_frames() -> None:
     assert events[-1] == ResponseFinished(request_id=1)
 
 
+def test_raw_output_on_a_chosen_stream() -> None:
+    """response_raw(stream_id=...) answers on that stream, like response_objects."""
+    client = ClientFrameReactor(encodings=[b"zstd-8mb"])
+    _, actions = client.call_command(b"manifestdata", {})
+    server = _server(DuplexMode.FULL)
+    server.receive_data(_data(actions))
+    stream = server.open_stream()
+    out = server.response_raw(1, cbor.dumps(b"x"), encode=False, stream_id=stream)
+    out += server.response_end(1)
+    assert {fr.stream_id for fr in frames_of(out)} == {stream}
+    events = client.receive_data(_data(out))
+    assert [o for e in events if isinstance(e, ResponseObjects) for o in e.objects] == [b"x"]
+    assert events[-1] == ResponseFinished(request_id=1)
+
+
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_large_response_frames_within_limit(encoding: bytes) -> None:
     """Big responses are cut into frames of at most the negotiated size."""

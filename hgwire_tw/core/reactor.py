@@ -843,8 +843,11 @@ class ServerFrameReactor:
         op = EncodeObjects(request_id=request.id, objects=tuple(objs), status=self._starts(request))
         return self._submit(request, stream, op, final=False)
 
-    def response_raw(self, request_id: int, data: bytes, *, encode: bool) -> list[ServerAction]:
-        """Send pre-encoded CBOR of a running request.
+    def response_raw(
+        self, request_id: int, data: bytes, *, encode: bool, stream_id: int | None = None
+    ) -> list[ServerAction]:
+        """Send pre-encoded CBOR of a running request (on ``stream_id`` as for
+        ``response_objects``).
 
         ``encode=False`` sends it in frames without the ENCODED flag (for cached,
         already-final bytes); the status map then goes unencoded too.
@@ -852,7 +855,7 @@ class ServerFrameReactor:
         request = self._running(request_id)
         if request is None:
             return []
-        stream = self._bind(request, None)
+        stream = self._bind(request, stream_id)
         op = EncodeRaw(
             request_id=request.id, data=bytes(data), status=self._starts(request), encode=encode
         )

@@ -40,7 +40,6 @@ class FrameSink:
         self.connection = connection
         self.request_id = request_id
         self.stream_id = stream_id
-        self.started = False
 
     def _frames(self) -> ServerFrameReactor:
         # Raising stops the command's generator: nobody is left to read its output.
@@ -48,29 +47,25 @@ class FrameSink:
             raise CancelledError()
         return self.connection.frames
 
-    def objects(self, objs: list[object]) -> Deferred[None] | None:
-        self.started = True
-        actions = self._frames().response_objects(self.request_id, objs, stream_id=self.stream_id)
+    def _output(self, actions: Sequence[object]) -> Deferred[None] | None:
         waiting = self.connection.execute(actions)
         if self.connection.done:
             raise CancelledError()
         return waiting
 
+    def objects(self, objs: list[object]) -> Deferred[None] | None:
+        return self._output(
+            self._frames().response_objects(self.request_id, objs, stream_id=self.stream_id)
+        )
+
     def encoded(self, data: bytes) -> Deferred[None] | None:
         """Pre-encoded CBOR objects (a cache hit): frames without the ENCODED flag, so
         stored bytes are not compressed again."""
-        frames = self._frames()
-        actions: list[object] = []
-        if self.stream_id is not None and not self.started:
-            # response_raw answers on the request's stream, or the default one if it
-            # has none yet: bind it to ours first (this sends the status map).
-            actions += frames.response_objects(self.request_id, [], stream_id=self.stream_id)
-        self.started = True
-        actions += frames.response_raw(self.request_id, data, encode=False)
-        waiting = self.connection.execute(actions)
-        if self.connection.done:
-            raise CancelledError()
-        return waiting
+        return self._output(
+            self._frames().response_raw(
+                self.request_id, data, encode=False, stream_id=self.stream_id
+            )
+        )
 
     def error(self, message: bytes, args: Sequence[bytes] = ()) -> None:
         if not self.connection.done:
