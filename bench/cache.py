@@ -33,11 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.repobuilders import HG, HG_603, hg, log_nodes, make_bench_repo  # noqa: E402
+from bench.clone import bench_repo, cpu_seconds  # noqa: E402
+from tests.repobuilders import HG, HG_603, hg, log_nodes  # noqa: E402
 from tests.servers import RunningServer, running_server  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 V2 = [
     "--config",
     "experimental.httppeer.advertise-v2=true",
@@ -45,22 +44,6 @@ V2 = [
     "experimental.httppeer.v2-encoder-order=zstd-8mb",
 ]
 ACCESS = re.compile(r'"(GET|POST) (\S+) HTTP/1\.1" (\d+) (\d+)')
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by process ``pid`` (all threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:13]) / CLK_TCK
-
-
-def bench_repo(commits: int) -> Path:
-    """The benchmark repository (same place and builder as bench/clone.py)."""
-    path = OUT / f"bench-{commits}"
-    if not (path / ".hg" / "store").is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-        OUT.mkdir(parents=True, exist_ok=True)
-        make_bench_repo(path, commits=commits)
-    return path
 
 
 def clone(server: RunningServer, dest: Path, expected: int, *, v2: bool) -> tuple[float, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,22 @@ def call_command(
 def call() -> object:
     """``call(repo_path, name, args)``: run a v2 handler synchronously (see call_command)."""
     return call_command
+
+
+@pytest.fixture
+def pool(pump_reactor: Any) -> Iterator[Any]:
+    """A started two-worker ``RepositoryPool`` on the pump reactor, stopped afterwards."""
+    from hgwire_tw.repo.pool import RepositoryPool
+
+    p = RepositoryPool(pump_reactor, size=2)
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def served(rich_repo: Path) -> Any:
+    """A private rich repository, served as ``rich``."""
+    from hgwire_tw.repo.registry import ServedRepository
+
+    return ServedRepository("rich", rich_repo)

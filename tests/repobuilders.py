@@ -246,6 +246,17 @@ def make_bench_repo(path: Path, commits: int = 2000, files: int = 200) -> Path:
     return path
 
 
+def advance_rich_repo(repo: Path) -> None:
+    """Grow a rich repository by two changesets: a commit on ``main``, its merge with
+    ``stable``, and a move of bookmark ``stable-bm`` to the merge."""
+    hg("update", "-q", "-r", "main", cwd=repo)
+    (repo / "new.txt").write_text("new\n")
+    hg("commit", "-A", "-q", "-m", "new", cwd=repo)
+    hg("merge", "-q", "-r", "stable", cwd=repo)
+    hg("commit", "-q", "-m", "merge stable", cwd=repo)
+    hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=repo)
+
+
 def log_nodes(repo: Path, rev: str = "all()", exe: str = HG) -> list[str]:
     """Hex nodes of ``rev`` in revision order."""
     out = hg_out("log", "-r", rev, "-T", "{node}\n", cwd=repo, exe=exe)

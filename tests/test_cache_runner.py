@@ -62,21 +62,6 @@ class CacheSink:
         return cbor.loads_sequence(cbor.dumps_sequence(self.objs))
 
 
-@pytest.fixture
-def pool(pump_reactor: Any) -> Iterator[RepositoryPool]:
-    """A started pool with two workers."""
-    p = RepositoryPool(pump_reactor, size=2)
-    p.start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def served(rich_repo: Path) -> ServedRepository:
-    """A private rich repository."""
-    return ServedRepository("rich", rich_repo)
-
-
 def run(
     pump: Any,
     runner: CommandRunner,

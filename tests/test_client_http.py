@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.repobuilders import hg, hg_env, repo_summary, verify
+from tests.repobuilders import advance_rich_repo, hg, hg_env, repo_summary, verify
 from tests.servers import running_server
 
 
@@ -42,12 +42,7 @@ def test_clone_and_incremental_pull_over_http(rich_repo: Path, tmp_path: Path) -
         assert repo_summary(dest) == repo_summary(ref)
         verify(dest)
 
-        hg("update", "-q", "-r", "main", cwd=rich_repo)
-        (rich_repo / "new.txt").write_text("new\n")
-        hg("commit", "-A", "-q", "-m", "new", cwd=rich_repo)
-        hg("merge", "-q", "-r", "stable", cwd=rich_repo)
-        hg("commit", "-q", "-m", "merge stable", cwd=rich_repo)
-        hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=rich_repo)
+        advance_rich_repo(rich_repo)
         result = hgwire("pull", "-R", dest)  # URL from paths.default
         assert result.returncode == 0, result.stderr
         assert added(result.stdout) == 2

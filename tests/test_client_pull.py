@@ -20,7 +20,7 @@ from hgwire_tw.commands.registry import COMMANDS, capabilities_descriptor, norma
 from hgwire_tw.core import cbor
 from hgwire_tw.core.cbor import EncodedCBOR
 from hgwire_tw.repo.ui import make_ui
-from tests.repobuilders import hg, repo_summary, verify
+from tests.repobuilders import advance_rich_repo, hg, repo_summary, verify
 
 
 class InjectedFailure(Exception):
@@ -92,12 +92,7 @@ def test_incremental_pull_fetches_only_new(rich_repo: Path, tmp_path: Path) -> N
     """A second pull after a commit, a merge and a bookmark move brings exactly those."""
     dest = tmp_path / "dest"
     local_pull(dest, rich_repo)
-    hg("update", "-q", "-r", "main", cwd=rich_repo)
-    (rich_repo / "new.txt").write_text("new\n")
-    hg("commit", "-A", "-q", "-m", "new", cwd=rich_repo)
-    hg("merge", "-q", "-r", "stable", cwd=rich_repo)
-    hg("commit", "-q", "-m", "merge stable", cwd=rich_repo)
-    hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=rich_repo)
+    advance_rich_repo(rich_repo)
     stats = local_pull(dest, rich_repo)
     assert stats.changesets == 2
     assert stats.bookmarks == 2  # "main" (active, moved by the commits) and "stable-bm"

@@ -23,7 +23,7 @@ from twisted.conch.ssh import common
 
 from hgwire_tw.client.peer import ClientOptions, parse_url
 from hgwire_tw.client.ssh import WINDOW, _Attempt, _Connection, _SubsystemChannel
-from tests.repobuilders import hg, hg_env, make_rich_repo, repo_summary, verify
+from tests.repobuilders import advance_rich_repo, hg, hg_env, make_rich_repo, repo_summary, verify
 from tests.servers import RunningServer, running_server
 from tests.sshclient import (
     SSH_KEYGEN,
@@ -112,12 +112,7 @@ def test_clone_and_incremental_pull_over_ssh(site: Site, tmp_path: Path) -> None
     assert repo_summary(dest) == repo_summary(tmp_path / "ref")
     verify(dest)
 
-    hg("update", "-q", "-r", "main", cwd=site.rich)
-    (site.rich / "new.txt").write_text("new\n")
-    hg("commit", "-A", "-q", "-m", "new", cwd=site.rich)
-    hg("merge", "-q", "-r", "stable", cwd=site.rich)
-    hg("commit", "-q", "-m", "merge stable", cwd=site.rich)
-    hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=site.rich)
+    advance_rich_repo(site.rich)
     result = hgwire_ssh(site, "pull", "-R", dest, *_auth(site))  # URL from paths.default
     assert result.returncode == 0, result.stderr
     assert "added 2 changesets" in result.stdout

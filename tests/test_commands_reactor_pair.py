@@ -135,15 +135,6 @@ class CallFailed(Exception):
 
 
 @pytest.fixture
-def pool(pump_reactor: Any) -> Iterator[RepositoryPool]:
-    """A started two-worker pool."""
-    p = RepositoryPool(pump_reactor, size=2)
-    p.start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
 def pair(pool: RepositoryPool, pump_reactor: Any, rich_repo_template: Path) -> Pair:
     """A FULL-duplex pair serving the rich repository, pull only."""
     return Pair(pump_reactor, CommandRunner(pool), ServedRepository("", rich_repo_template))

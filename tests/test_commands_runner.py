@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
@@ -48,21 +46,6 @@ class RecordingSink:
     @property
     def outcome(self) -> bool:
         return self.done or bool(self.errors)
-
-
-@pytest.fixture
-def pool(pump_reactor: Any) -> Iterator[RepositoryPool]:
-    """A started pool with two workers."""
-    p = RepositoryPool(pump_reactor, size=2)
-    p.start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def served(rich_repo: Path) -> ServedRepository:
-    """A private rich repository."""
-    return ServedRepository("rich", rich_repo)
 
 
 def run(

@@ -23,7 +23,7 @@ from hgwire_tw.core.reactor import (
     ResponseObjects,
     SendFrames,
 )
-from tests.repobuilders import HG_603, hg, repo_summary, verify
+from tests.repobuilders import HG_603, advance_rich_repo, hg, repo_summary, verify
 from tests.servers import RunningServer, running_server
 
 pytestmark = pytest.mark.skipif(
@@ -74,12 +74,7 @@ def test_hg603_pull_over_v2_after_new_commits(rich_repo: Path, tmp_path: Path) -
         hgrc.write("[phases]\npublish = false\n")
     with running_server(tmp_path, "--repo", f"rich={rich_repo}") as server:
         v2_clone(server, "rich", tmp_path / "clone", "zstd-8mb")
-        hg("update", "-q", "-r", "main", cwd=rich_repo)
-        (rich_repo / "new.txt").write_text("new\n")
-        hg("commit", "-A", "-q", "-m", "new", cwd=rich_repo)
-        hg("merge", "-q", "-r", "stable", cwd=rich_repo)
-        hg("commit", "-q", "-m", "merge stable", cwd=rich_repo)
-        hg("bookmark", "-f", "-r", ".", "stable-bm", cwd=rich_repo)
+        advance_rich_repo(rich_repo)
         hg(*V2, "pull", "-q", "-R", tmp_path / "clone", exe=HG_603)
     ref = reference_clone(rich_repo, tmp_path / "ref")
     assert repo_summary(tmp_path / "clone") == repo_summary(ref)

@@ -21,15 +21,6 @@ def served(tmp_path: Path) -> ServedRepository:
     return ServedRepository("lin", repobuilders.make_linear_repo(tmp_path / "lin", commits=2))
 
 
-@pytest.fixture
-def pool(pump_reactor: Any) -> Iterator[RepositoryPool]:
-    """A started two-thread pool, stopped afterwards."""
-    p = RepositoryPool(pump_reactor, size=2)
-    p.start()
-    yield p
-    p.stop()
-
-
 def test_run_returns_result_and_uses_worker_thread(
     pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
 ) -> None:
