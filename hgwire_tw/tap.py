@@ -64,6 +64,46 @@ TCP_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
 }
 
 
+# -- HTTP limits (hgwire_tw.transports.httpsite.HTTPLimits), the same way -------------
+HTTP_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "http-max-connections": ("max_connections", int, "HTTP: connections at once (512)."),
+    "http-max-per-address": (
+        "max_per_address",
+        int,
+        "HTTP: connections at once from one address (32).",
+    ),
+    "http-request-timeout": (
+        "request_timeout",
+        float,
+        "HTTP: seconds to send a request's line, headers and body; every "
+        "--http-body-rate bytes of body add one (30).",
+    ),
+    "http-body-rate": ("body_rate", int, "HTTP: body bytes per added second (16384)."),
+    "http-max-body": (
+        "max_body",
+        int,
+        "HTTP: largest request body except a push (16777216).",
+    ),
+    "http-max-spools": (
+        "max_spools",
+        int,
+        "HTTP: request bodies spooled to temporary files at once (16).",
+    ),
+    "http-login-failures": (
+        "login_failures",
+        int,
+        "HTTP: failed logins from one address before it must wait (10).",
+    ),
+    "http-login-window": (
+        "login_window",
+        float,
+        "HTTP: seconds a failed login counts against its address (60).",
+    ),
+}
+#: Every limit option, for parsing and validation.
+LIMIT_OPTIONS = {**TCP_LIMIT_OPTIONS, **HTTP_LIMIT_OPTIONS}
+
+
 def default_state_dir() -> Path:
     """Where keys, caches and ``listening.json`` live unless ``--state-dir`` says otherwise."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
@@ -113,7 +153,7 @@ class Options(usage.Options):
             "URL under which a static server or CDN serves the blob directory "
             "(STATE_DIR/blobs); default: this server's first HTTP listener.",
         ],
-        *([name, None, None, text, kind] for name, (_, kind, text) in TCP_LIMIT_OPTIONS.items()),
+        *([name, None, None, text, kind] for name, (_, kind, text) in LIMIT_OPTIONS.items()),
         [
             "mirror-every",
             None,
@@ -252,7 +292,7 @@ class Options(usage.Options):
             "redirect",
             "blob_retention",
             *TRANSPORTS,
-            *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
+            *(name.replace("-", "_") for name in LIMIT_OPTIONS),
         }
         unknown = set(config) - known
         if unknown:
@@ -308,7 +348,7 @@ class Options(usage.Options):
             if bad or not engines:
                 raise usage.UsageError(f"--compression: unknown engine(s) {bad}")
             self["compression"] = engines
-        for name, (_, kind, _text) in TCP_LIMIT_OPTIONS.items():
+        for name, (_, kind, _text) in LIMIT_OPTIONS.items():
             if self[name] is not None:
                 try:
                     self[name] = kind(self[name])
@@ -374,6 +414,7 @@ class Options(usage.Options):
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         s.blob_base_url = self["blob-base-url"] or None
         s.tcp_limits = self.tcp_limits()
+        s.http_limits = self.http_limits()
         s.clonebundles = self["clonebundles"] or "off"
         if self["clonebundles-every"] is not None:
             s.clonebundles_every = float(self["clonebundles-every"])
@@ -392,12 +433,19 @@ class Options(usage.Options):
         """The ``TCPLimits`` of the ``--tcp-*`` options (defaults for those not given)."""
         from hgwire_tw.transports.tcp import TCPLimits
 
+        return self._limits(TCPLimits(), TCP_LIMIT_OPTIONS)
+
+    def http_limits(self) -> Any:
+        """The ``HTTPLimits`` of the ``--http-*`` limit options (defaults otherwise)."""
+        from hgwire_tw.transports.httpsite import HTTPLimits
+
+        return self._limits(HTTPLimits(), HTTP_LIMIT_OPTIONS)
+
+    def _limits(self, defaults: Any, table: dict[str, tuple[str, type, str]]) -> Any:
         given = {
-            field: self[name]
-            for name, (field, _, _) in TCP_LIMIT_OPTIONS.items()
-            if self[name] is not None
+            field: self[name] for name, (field, _, _) in table.items() if self[name] is not None
         }
-        return replace(TCPLimits(), **given)
+        return replace(defaults, **given)
 
 
 class ListeningService(service.Service):
