@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -399,17 +400,27 @@ def _channel_protocol(site: HgSite) -> Any:
 
 
 class _Refusal(Protocol):
-    """Answers ``503`` to a connection over a cap, then closes."""
+    """Answers ``503`` to a connection over a cap, then closes (after a short linger,
+    dropping input, so that the client reads the answer rather than a reset)."""
 
-    def __init__(self, message: bytes) -> None:
+    def __init__(self, message: bytes, reactor: Any) -> None:
         self.message = message
+        self.reactor = reactor
+        self.linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(
             _response(503, b"Service Unavailable", self.message, {b"Retry-After": b"10"})
         )
-        self.transport.loseConnection()
+        self.linger = self.reactor.callLater(LINGER, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
+        if self.linger is not None and self.linger.active():
+            self.linger.cancel()
 
 
 class HgSite(Site):
@@ -444,10 +455,10 @@ class HgSite(Site):
         host = str(getattr(addr, "host", addr))
         if self.connections >= self.limits.max_connections:
             log.info("HTTP connection from {host} refused: too many connections", host=host)
-            return _Refusal(b"too many connections\n")
+            return _Refusal(b"too many connections\n", self.reactor)
         if self.per_address.get(host, 0) >= self.limits.max_per_address:
             log.info("HTTP connection from {host} refused: too many from it", host=host)
-            return _Refusal(b"too many connections from your address\n")
+            return _Refusal(b"too many connections from your address\n", self.reactor)
         self.connections += 1
         self.per_address[host] = self.per_address.get(host, 0) + 1
         protocol = super().buildProtocol(addr)
