@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import urllib.parse
 import zlib
 from collections.abc import Iterator
@@ -33,9 +34,12 @@ ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, rich_repo_template: Path
+) -> Iterator[tuple[RunningServer, Path]]:
     tmp = tmp_path_factory.mktemp("badinput")
-    repo = rb.make_rich_repo(tmp / "r")
+    repo = tmp / "r"
+    shutil.copytree(rich_repo_template, repo, symlinks=True)
     access = write_access(tmp / "access.toml", write="alice")
     args = ("--repo", f"r={repo}", "--access", str(access), "--allow-push-over-http")
     with running_server(tmp, *args, *ON_DEMAND) as server:

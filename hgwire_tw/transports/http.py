@@ -181,7 +181,8 @@ class HgResource(Resource):
         try:
             served, rest = visible_match(ctx, request, user=user)
         except UnknownRepository:
-            return Admission(small, NOT_FOUND_ANONYMOUS)
+            anonymous = user is None and ctx.access.users
+            return Admission(small, NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND)
         if rest and rest[0] == "api":
             try:
                 write = len(rest) > 2 and rest[2] == "rw"
@@ -201,8 +202,9 @@ class HgResource(Resource):
         return Admission(small, denied)
 
 
-#: The refusal of a path naming no repository the client may read (``_not_found``).
+#: The refusals of a path naming no repository the client may read (``_not_found``).
 NOT_FOUND_ANONYMOUS = HTTPDenied(401, "authorization required", ask_login=True)
+NOT_FOUND = HTTPDenied(404, "no such repository")
 
 
 def _known_user(request: IRequest) -> tuple[bool, str | None]:

@@ -84,18 +84,24 @@ class LoginGuard:
             del self._failures[next(iter(self._failures))]
         self._failures.setdefault(address, deque(maxlen=self.max_failures)).append(self.clock())
 
-    def check(self, address: str, run: Callable[[], Deferred[bool]]) -> Deferred[bool]:
-        """Run the slow check ``run`` when ``address`` has a free slot."""
+    def check(self, address: str, run: Callable[[], Deferred[bool]]) -> Deferred[bool | None]:
+        """Run the slow check ``run`` when ``address`` has a free slot; None (nothing
+        checked) if the address got locked out while this check waited its turn."""
         slots = self._slots.get(address)
         if slots is None:
             slots = self._slots[address] = DeferredSemaphore(CHECKS_PER_ADDRESS)
+
+        def turn() -> Deferred[bool | None]:
+            if self.locked(address):
+                return succeed(None)
+            return run()  # type: ignore[return-value]
 
         def release(result: object) -> object:
             if slots.tokens == slots.limit and not slots.waiting:
                 self._slots.pop(address, None)
             return result
 
-        d: Deferred[bool] = slots.run(run)
+        d: Deferred[bool | None] = slots.run(turn)
         return d.addBoth(release)
 
 
@@ -135,8 +141,7 @@ def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
     address = str(getattr(request.getClientAddress(), "host", ""))
     guard = login_guard(ctx)
     if guard.locked(address):
-        log.info("HTTP login from {address} refused: too many failures", address=address)
-        return fail(HTTPDenied(429, "too many failed logins, try again later"))
+        return _locked_out(address)
     if len(raw_user) > MAX_USER or len(raw_password) > MAX_PASSWORD:
         guard.failed(address)
         return _bad_login()
@@ -152,7 +157,9 @@ def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
             ctx.reactor, pool, ctx.access.authenticate_password, user, password
         )
 
-    def checked(ok: bool) -> Deferred[str | None]:
+    def checked(ok: bool | None) -> Deferred[str | None]:
+        if ok is None:
+            return _locked_out(address)
         ctx.access.remember_login(user, password, ok)
         if ok:
             return succeed(user)
@@ -161,6 +168,11 @@ def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
         return _bad_login()
 
     return guard.check(address, check).addCallback(checked)
+
+
+def _locked_out(address: str) -> Deferred[str | None]:
+    log.info("HTTP login from {address} refused: too many failures", address=address)
+    return fail(HTTPDenied(429, "too many failed logins, try again later"))
 
 
 def _bad_login() -> Deferred[str | None]:

@@ -294,6 +294,8 @@ class HgRequest(Request):
     def _admitted(self, site: HgSite, admission: Admission, refusal: HTTPDenied | None) -> None:
         was_deciding, self._deciding = self._deciding, False
         channel = self.channel
+        if self._disconnected:
+            return  # the client left while its password was checked
         if was_deciding and channel.transport is not None:
             channel.transport.resumeProducing()
         self._limit = admission.body_limit
