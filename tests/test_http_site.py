@@ -198,3 +198,15 @@ def test_failed_logins_lock_the_address_out_for_the_window(tmp_path: Path) -> No
     assert get("10.0.0.8", ALICE).startswith(b"HTTP/1.1 200")
     clock.advance(61)
     assert get("10.0.0.9", ALICE).startswith(b"HTTP/1.1 200")
+
+
+def test_an_idle_kept_alive_connection_is_closed_without_an_answer(tmp_path: Path) -> None:
+    """After a response, a connection that receives nothing is closed at the deadline
+    without a 408 (a client would read it as the answer to its next request)."""
+    site, clock = make_site(tmp_path, HTTPLimits(request_timeout=10))
+    channel, transport = connect(site)
+    channel.dataReceived(head(b"GET", b"/r?cmd=heads", {}))
+    answered = transport.value()
+    assert answered.startswith(b"HTTP/1.1 200") and not closed(transport)
+    clock.advance(11)
+    assert closed(transport) and transport.value() == answered

@@ -12,7 +12,9 @@ listener's (``HTTPLimits``, ``hgwire serve --http-*``):
   seconds of the moment the connection started waiting for it (accepted, or the
   previous response finished). Every ``body_rate`` bytes of body received extend the
   deadline by one second, so a large push arriving at a reasonable rate is never cut
-  while a client trickling bytes is (``408``); bytes alone never reset it.
+  while a client trickling bytes is (``408``); bytes alone never reset it. A connection
+  on which nothing of a next request arrived is just closed (an unasked ``408`` would
+  be taken for the answer to the next request a kept-alive client sends).
 * **Bodies**: the headers are checked *before* the body is read. ``HgRequest.gotLength``
   authenticates (``httpauth.authenticate``, its result kept for rendering) and asks
   the resource for an ``Admission`` (``HgResource.admit``): how large the body may be
@@ -131,6 +133,8 @@ class HgChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _waiting_since = 0.0
     _body_bytes = 0
+    #: Whether a byte of the awaited request arrived (else the deadline just closes).
+    _started = False
     _lingering = False
     _linger: IDelayedCall | None = None
 
@@ -148,6 +152,7 @@ class HgChannel(HTTPChannel):
         self._disarm()
         self._waiting_since = self._now()
         self._body_bytes = 0
+        self._started = False
         self._deadline = self.callLater(self.site.limits.request_timeout, self._check_deadline)
 
     def _disarm(self) -> None:
@@ -162,6 +167,12 @@ class HgChannel(HTTPChannel):
         now = self._now()
         if now < allowed:
             self._deadline = self.callLater(allowed - now, self._check_deadline)
+            return
+        if not self._started:
+            # An idle kept-alive connection: close it silently (an unasked 408 would be
+            # read as the answer to the next request a client sends on it).
+            if self.transport is not None:
+                self.transport.loseConnection()
             return
         log.info(
             "HTTP request from {host} not complete after {secs:.0f}s: closing",
@@ -214,6 +225,7 @@ class HgChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._lingering:
             return
+        self._started = True
         super().dataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
