@@ -20,7 +20,6 @@ from hgwire_tw.repo.registry import RepositoryRegistry
 from hgwire_tw.repo.ui import make_ui
 from hgwire_tw.transports.http import HgResource
 from hgwire_tw.transports.httpsite import HgSite, HTTPLimits
-from tests import repobuilders as rb
 from tests.test_http_v1_resource import SyncPool
 
 ACCESS = """
@@ -34,8 +33,11 @@ write = ["alice"]
 ALICE = b"Basic " + base64.b64encode(b"alice:pw")
 
 
-def make_site(tmp_path: Path, limits: HTTPLimits, **settings: Any) -> tuple[HgSite, Clock]:
-    repo_path = rb.make_linear_repo(tmp_path / "r", 2)
+def make_site(
+    tmp_path: Path, repo_path: Path, limits: HTTPLimits, **settings: Any
+) -> tuple[HgSite, Clock]:
+    """A site serving ``repo_path`` (not changed: pushes here are refused or garbage)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     access_file = tmp_path / "access.toml"
     access_file.write_text(ACCESS.format(pw=hash_password("pw")), encoding="utf-8")
     access = AccessPolicy.load(access_file)
@@ -68,9 +70,11 @@ def closed(transport: StringTransport) -> bool:
     return bool(transport.disconnecting)
 
 
-def test_trickled_headers_are_cut_at_the_deadline(tmp_path: Path) -> None:
+def test_trickled_headers_are_cut_at_the_deadline(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """A byte a second never resets the deadline: 408 and closed after request_timeout."""
-    site, clock = make_site(tmp_path, HTTPLimits(request_timeout=10))
+    site, clock = make_site(tmp_path, linear_repo_template, HTTPLimits(request_timeout=10))
     channel, transport = connect(site)
     for byte in b"GET /r?cmd=capabilities HTTP/1.1\r\nX-Slow: ":
         channel.dataReceived(bytes([byte]))
@@ -83,12 +87,14 @@ def test_trickled_headers_are_cut_at_the_deadline(tmp_path: Path) -> None:
     assert closed(transport)
 
 
-def test_a_body_at_the_rate_is_not_cut_but_a_trickle_is(tmp_path: Path) -> None:
+def test_a_body_at_the_rate_is_not_cut_but_a_trickle_is(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """Body bytes extend the deadline (one second per body_rate bytes): a push arriving at
     the rate completes past request_timeout; one at a tenth of it is cut with 408."""
     limits = HTTPLimits(request_timeout=5, body_rate=1000)
     for rate, expect in ((1000, b"HTTP/1.1 200"), (100, b"HTTP/1.1 408")):
-        site, clock = make_site(tmp_path / str(rate), limits)
+        site, clock = make_site(tmp_path / str(rate), linear_repo_template, limits)
         channel, transport = connect(site)
         length = 20_000  # 20 s at the rate, far past the 5 s deadline
         channel.dataReceived(
@@ -110,10 +116,14 @@ def test_a_body_at_the_rate_is_not_cut_but_a_trickle_is(tmp_path: Path) -> None:
         assert transport.value().startswith(expect), (rate, transport.value()[:80])
 
 
-def test_connection_caps_refuse_with_503_and_free_on_close(tmp_path: Path) -> None:
+def test_connection_caps_refuse_with_503_and_free_on_close(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """Over max_per_address (or max_connections) a connection gets 503 and is closed;
     clients from other addresses are still accepted; a closed one frees its slot."""
-    site, _ = make_site(tmp_path, HTTPLimits(max_connections=3, max_per_address=2))
+    site, _ = make_site(
+        tmp_path, linear_repo_template, HTTPLimits(max_connections=3, max_per_address=2)
+    )
     first, _ = connect(site, "10.0.0.1")
     connect(site, "10.0.0.1")
     _, refused = connect(site, "10.0.0.1")
@@ -127,10 +137,14 @@ def test_connection_caps_refuse_with_503_and_free_on_close(tmp_path: Path) -> No
     assert again.value() == b"" and not closed(again)
 
 
-def test_oversize_content_length_is_413_before_any_body(tmp_path: Path) -> None:
+def test_oversize_content_length_is_413_before_any_body(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """Content-Length 99999999999 (push) or over max_body (any other command): 413 at
     once, without a byte of body."""
-    site, _ = make_site(tmp_path, HTTPLimits(max_body=1000), max_push_bytes=10_000)
+    site, _ = make_site(
+        tmp_path, linear_repo_template, HTTPLimits(max_body=1000), max_push_bytes=10_000
+    )
     for target, length in ((b"/r?cmd=unbundle", 99999999999), (b"/r?cmd=heads", 1001)):
         channel, transport = connect(site)
         headers = {b"Authorization": ALICE, b"Content-Length": b"%d" % length}
@@ -139,11 +153,13 @@ def test_oversize_content_length_is_413_before_any_body(tmp_path: Path) -> None:
         assert b"at most" in transport.value()
 
 
-def test_refused_bodies_are_dropped_and_admitted_ones_spooled(tmp_path: Path) -> None:
+def test_refused_bodies_are_dropped_and_admitted_ones_spooled(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """An anonymous push body is read into nothing (no spool file) and answered 401 once
     complete; alice's is spooled to a file (one of max_spools); a second concurrent
     large body finds no free spool and gets 503."""
-    site, _ = make_site(tmp_path, HTTPLimits(max_spools=1))
+    site, _ = make_site(tmp_path, linear_repo_template, HTTPLimits(max_spools=1))
     length = 300_000
     push = {b"X-HgArg-1": b"heads=666f726365", b"Content-Length": b"%d" % length}
 
@@ -167,10 +183,12 @@ def test_refused_bodies_are_dropped_and_admitted_ones_spooled(tmp_path: Path) ->
     assert site.spools == 0
 
 
-def test_a_megabyte_of_credentials_gets_an_answer(tmp_path: Path) -> None:
+def test_a_megabyte_of_credentials_gets_an_answer(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """A 1 MB Authorization line is answered 400 (not a silently dropped connection);
     a 10 KB password is a 401 without being hashed."""
-    site, _ = make_site(tmp_path, HTTPLimits())
+    site, _ = make_site(tmp_path, linear_repo_template, HTTPLimits())
     channel, transport = connect(site)
     huge = b"Basic " + base64.b64encode(b"alice:" + b"p" * 1_000_000)
     channel.dataReceived(head(b"GET", b"/r?cmd=capabilities", {b"Authorization": huge}))
@@ -181,10 +199,14 @@ def test_a_megabyte_of_credentials_gets_an_answer(tmp_path: Path) -> None:
     assert transport.value().startswith(b"HTTP/1.1 401")
 
 
-def test_failed_logins_lock_the_address_out_for_the_window(tmp_path: Path) -> None:
+def test_failed_logins_lock_the_address_out_for_the_window(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """After login_failures bad logins an address gets 429 (even with the right
     password) until the window passed; other addresses are not affected."""
-    site, clock = make_site(tmp_path, HTTPLimits(login_failures=3, login_window=60))
+    site, clock = make_site(
+        tmp_path, linear_repo_template, HTTPLimits(login_failures=3, login_window=60)
+    )
     bad = b"Basic " + base64.b64encode(b"alice:" + b"x" * 2000)  # refused unhashed
 
     def get(host: str, auth: bytes) -> bytes:
@@ -200,10 +222,12 @@ def test_failed_logins_lock_the_address_out_for_the_window(tmp_path: Path) -> No
     assert get("10.0.0.9", ALICE).startswith(b"HTTP/1.1 200")
 
 
-def test_an_idle_kept_alive_connection_is_closed_without_an_answer(tmp_path: Path) -> None:
+def test_an_idle_kept_alive_connection_is_closed_without_an_answer(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
     """After a response, a connection that receives nothing is closed at the deadline
     without a 408 (a client would read it as the answer to its next request)."""
-    site, clock = make_site(tmp_path, HTTPLimits(request_timeout=10))
+    site, clock = make_site(tmp_path, linear_repo_template, HTTPLimits(request_timeout=10))
     channel, transport = connect(site)
     channel.dataReceived(head(b"GET", b"/r?cmd=heads", {}))
     answered = transport.value()
