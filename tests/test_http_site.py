@@ -234,3 +234,28 @@ def test_an_idle_kept_alive_connection_is_closed_without_an_answer(
     assert answered.startswith(b"HTTP/1.1 200") and not closed(transport)
     clock.advance(11)
     assert closed(transport) and transport.value() == answered
+
+
+def test_anonymous_bodies_hold_at_most_half_the_spools(
+    tmp_path: Path, linear_repo_template: Path
+) -> None:
+    """Bodies other than a writer's push may hold half of max_spools: a second large
+    anonymous body gets 503 while alice's push still gets a spool file; a body sent to
+    the blob resource is 413."""
+    site, _ = make_site(tmp_path, linear_repo_template, HTTPLimits(max_spools=2))
+    big = {b"Content-Length": b"200000"}
+    first, ok = connect(site, "10.0.0.1")
+    first.dataReceived(head(b"POST", b"/r?cmd=heads", big) + b"x" * 1000)
+    assert site.spools == 1 and ok.value() == b""
+    second, busy = connect(site, "10.0.0.2")
+    second.dataReceived(head(b"POST", b"/r?cmd=heads", big))
+    assert busy.value().startswith(b"HTTP/1.1 503")
+    alice, pushing = connect(site, "10.0.0.3")
+    push = {**big, b"Authorization": ALICE, b"X-HgArg-1": b"heads=666f726365"}
+    alice.dataReceived(head(b"POST", b"/r?cmd=unbundle", push))
+    assert site.spools == 2 and pushing.value() == b""
+    blob, refused = connect(site, "10.0.0.4")
+    blob.dataReceived(
+        head(b"POST", b"/.hgwire/blobs/" + b"0" * 64 + b".hg", {b"Content-Length": b"1"})
+    )
+    assert refused.value().startswith(b"HTTP/1.1 413")

@@ -177,7 +177,7 @@ class HgResource(Resource):
         ctx = self.ctx
         small = (ctx.settings.http_limits or HTTPLimits()).max_body
         if httpblobs.is_blob_request(request):
-            return Admission(small)
+            return Admission(0)  # GET and HEAD only
         try:
             served, rest = visible_match(ctx, request, user=user)
         except UnknownRepository:
@@ -198,7 +198,7 @@ class HgResource(Resource):
             return Admission(small)
         denied = v1_denial(ctx, request, served.name, user, command_permission(cmd[0]))
         if cmd[0] == b"unbundle":
-            return Admission(ctx.settings.max_push_bytes, denied)
+            return Admission(ctx.settings.max_push_bytes, denied, push=denied is None)
         return Admission(small, denied)
 
 

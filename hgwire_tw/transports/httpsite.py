@@ -23,8 +23,9 @@ listener's (``HTTPLimits``, ``hgwire serve --http-*``):
   answered ``413`` at once; the body of a refused request is read and dropped (never
   stored), so hg's "401, then again with credentials" push still works; only an
   admitted body is kept, in memory up to ``SPOOL_THRESHOLD`` and in a temporary file
-  beyond, at most ``max_spools`` such files at once (``503`` beyond). While the
-  (slow, threaded) password check runs, the socket is not read.
+  beyond, at most ``max_spools`` such files at once (``503`` beyond), of which bodies
+  other than writers' pushes may hold half. While the (slow, threaded) password check
+  runs, the socket is not read.
 * A header line longer than ``MAX_LINE`` (e.g. 1 MB of credentials) gets ``400``
   instead of a silently dropped connection.
 
@@ -107,6 +108,9 @@ class Admission:
 
     body_limit: int
     refusal: HTTPDenied | None = None
+    #: A push by a user who may push: it may take any free spool file; other bodies
+    #: share at most half of them, so anonymous clients cannot take them all.
+    push: bool = False
 
 
 def _response(status: int, reason: bytes, body: bytes, headers: dict[bytes, bytes]) -> bytes:
@@ -268,6 +272,7 @@ class HgRequest(Request):
     _received = 0
     _discarding = False
     _spooled = False
+    _push = False
 
     def _site(self) -> HgSite | None:
         site = getattr(getattr(self, "channel", None), "site", None)
@@ -311,6 +316,7 @@ class HgRequest(Request):
         if was_deciding and channel.transport is not None:
             channel.transport.resumeProducing()
         self._limit = admission.body_limit
+        self._push = admission.push
         self.hg_refusal = refusal
         declared = self._declared
         if declared is not None and declared > admission.body_limit:
@@ -345,7 +351,8 @@ class HgRequest(Request):
 
     def _to_file(self, site: HgSite) -> bool:
         """Move the body to a spool file; answers 503 and returns False if none is free."""
-        spool = site.spool_file()
+        push = self._push
+        spool = site.spool_file(push=push)
         if spool is None:
             log.info("HTTP body refused: {n} bodies are being spooled", n=site.spools)
             self.channel.answer_early(
@@ -356,7 +363,7 @@ class HgRequest(Request):
             )
             return False
         self._spooled = True
-        self.notifyFinish().addBoth(lambda _: site.spool_released())
+        self.notifyFinish().addBoth(lambda _: site.spool_released(push=push))
         old, self.content = self.content, spool
         if isinstance(old, io.BytesIO):
             spool.write(old.getvalue())
@@ -464,6 +471,8 @@ class HgSite(Site):
         self.per_address: dict[str, int] = {}
         self.connections = 0
         self.spools = 0
+        #: Spool files held by bodies other than writers' pushes.
+        self.other_spools = 0
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", addr))
@@ -488,13 +497,17 @@ class HgSite(Site):
         else:
             self.per_address.pop(host, None)
 
-    def spool_file(self) -> IO[bytes] | None:
-        """A temporary file for a body, or None when ``max_spools`` are in use."""
-        if self.spools >= self.limits.max_spools:
+    def spool_file(self, *, push: bool) -> IO[bytes] | None:
+        """A temporary file for a body, or None when ``max_spools`` are in use (or, for
+        anything but a writer's push, half of them are held by such bodies)."""
+        limit = self.limits.max_spools
+        if self.spools >= limit or (not push and self.other_spools >= max(1, limit // 2)):
             return None
         self.spools += 1
+        self.other_spools += not push
         return tempfile.TemporaryFile()
 
-    def spool_released(self) -> None:
+    def spool_released(self, *, push: bool) -> None:
         """A request holding a spool file is over."""
         self.spools -= 1
+        self.other_spools -= not push
