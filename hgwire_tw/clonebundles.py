@@ -40,13 +40,13 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from mercurial import bundle2, bundlecaches, discovery, hg
+from mercurial import bundle2, bundlecaches, discovery, hg, util
 from mercurial.node import hex as hexnode
 from mercurial.node import nullid
 from twisted.internet.defer import Deferred
@@ -167,6 +167,36 @@ class CloneBundleSource:
         url = self.bundles.blobs.url(bundle.blob, self.base_url)
         self.bundles.manifests_served += 1
         return f"{url} BUNDLESPEC={bundle.spec} DIGEST=sha256:{bundle.blob[:64]}\n".encode()
+
+    def inline(self, repo: Any, path: bytes) -> Iterator[bytes] | None:
+        """``get_cached_bundle_inline``'s body for ``path``, or None (worker thread).
+
+        Only the blob name of a bundle indexed for *this* repository, still served and
+        hash-checked, is found; every other ``path`` (a file name, ``../``, another
+        repository's bundle) gets None, so the caller gives one answer for all of them
+        and the command cannot probe the filesystem. The body is Mercurial's: the
+        length as an unsigned varint, then the file in pieces.
+        """
+        name = path.decode("ascii", "replace")
+        view = repo.filtered(b"served")
+        found = any(
+            b.blob == name and self.bundles._still_served(view, b)
+            for b in self.bundles.bundles(self.served.name)
+        )
+        if not found or not self.bundles._check(name):
+            return None
+        f = self.bundles.blobs.open(name)
+        if f is None:
+            return None
+        return _inline_chunks(f)
+
+
+def _inline_chunks(f: Any) -> Iterator[bytes]:
+    with f:
+        f.seek(0, os.SEEK_END)
+        yield util.uvarintencode(f.tell())
+        f.seek(0)
+        yield from util.filechunkiter(f)
 
 
 class CloneBundles:

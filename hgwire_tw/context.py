@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hgwire_tw.blobstore import BlobStore
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
+    from hgwire_tw.transports.httpsite import HTTPLimits
     from hgwire_tw.transports.tcp import TCPLimits
 
 MiB = 1024 * 1024
@@ -59,6 +60,9 @@ class Settings:
     blob_base_url: str | None = None
     #: Raw TCP limits (``hgwire_tw.transports.tcp.TCPLimits``); None: its defaults.
     tcp_limits: TCPLimits | None = None
+    #: HTTP connection, deadline, body and login limits
+    #: (``hgwire_tw.transports.httpsite.HTTPLimits``); None: its defaults.
+    http_limits: HTTPLimits | None = None
     # -- clone bundles (hgwire_tw.clonebundles) --
     #: ``off``, ``on-demand`` (made when a client asks and the heads moved on) or
     #: ``scheduled`` (every ``clonebundles_every`` seconds).
@@ -100,3 +104,5 @@ class ServerContext:
     clonebundles: Any = None
     #: The response cache (``hgwire_tw.cache.ContentStore``), None when disabled.
     cache: Any = None
+    #: Failed HTTP logins per address (``httpauth.LoginGuard``), made on first use.
+    http_logins: Any = None

@@ -14,12 +14,15 @@ and ``load_certificates`` (startup).
 
 from __future__ import annotations
 
+import hmac
+import os
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, overload
+from urllib.parse import urlencode
 
 if TYPE_CHECKING:
     from hgwire_tw.blobstore import BlobStore
@@ -235,6 +238,17 @@ class Redirector:
 
     ``embedded`` enables the ``hgwire`` target; ``embedded_base`` returns the blob
     directory's URL once it is known (``--blob-base-url`` or the first HTTP listener).
+
+    A client is never sent where it cannot read. Redirect clients fetch blobs without
+    credentials, and the embedded blob resource serves a bare blob name to anonymous
+    clients only when everything served is anonymous (``public_blobs()``). Otherwise a
+    redirect to the embedded listener names the blob *scoped* to its repository:
+    ``<blob>?repo=<name>&scope=<HMAC of repository and blob>`` (``scoped_url``), which
+    the blob resource serves anonymously while that repository is anonymously readable
+    (``public_repo(name)``, see ``httpblobs``); a request for a repository that needs a
+    login is never redirected there (the answer goes inline, or to another target the
+    client accepted). The key is per process: scoped URLs are good for this run only,
+    which is all a redirect needs.
     """
 
     def __init__(
@@ -244,11 +258,16 @@ class Redirector:
         *,
         embedded: bool = False,
         embedded_base: Callable[[], str | None] = lambda: None,
+        public_blobs: Callable[[], bool] = lambda: True,
+        public_repo: Callable[[str], bool] = lambda name: True,
     ) -> None:
         self.blobs = blobs
         self.configured = tuple(targets)
         self.embedded = embedded
         self._embedded_base = embedded_base
+        self._public_blobs = public_blobs
+        self._public_repo = public_repo
+        self._scope_key = os.urandom(32)
         self._lock = threading.Lock()
         #: How many redirects were answered and blobs published (for tests and logs).
         self.redirects = 0
@@ -265,13 +284,42 @@ class Redirector:
         out.extend(self.configured)
         return out
 
-    def choose(self, request: Mapping[bytes, object] | None) -> RedirectTarget | None:
-        """The target to redirect a request with this ``redirect`` map to, or None."""
-        return choose_target(self.targets(), request)
+    def choose(
+        self, request: Mapping[bytes, object] | None, repo: str | None = None
+    ) -> RedirectTarget | None:
+        """The target to redirect a request (for repository ``repo``) with this
+        ``redirect`` map to, or None: never the embedded listener when its blobs of
+        ``repo`` would refuse an anonymous client."""
+        targets = self.targets()
+        if self._scoped() and (repo is None or not self._public_repo(repo)):
+            targets = [t for t in targets if t.name != EMBEDDED_TARGET]
+        return choose_target(targets, request)
 
-    def publish(self, target: RedirectTarget, entry: CacheEntry) -> dict[bytes, object]:
+    def _scoped(self) -> bool:
+        """Whether embedded blob URLs need a repository scope (some repository needs a
+        login, and the blobs are served by our own listener)."""
+        return self.embedded and self.blobs.base_url is None and not self._public_blobs()
+
+    def scope(self, repo: str, blob_name: str) -> str:
+        """The scope token of ``blob_name`` published for repository ``repo``."""
+        message = repo.encode("utf-8") + b"\0" + blob_name.encode("ascii")
+        return hmac.new(self._scope_key, message, "sha256").hexdigest()
+
+    def scoped_url(self, target: RedirectTarget, blob_name: str, repo: str) -> str:
+        """``target``'s URL of ``blob_name``, scoped to ``repo`` (see the class docs)."""
+        query = urlencode({"repo": repo, "scope": self.scope(repo, blob_name)})
+        return f"{target.url(blob_name)}?{query}"
+
+    def in_scope(self, repo: str, blob_name: str, token: str) -> bool:
+        """Whether ``token`` is ``blob_name``'s scope token for ``repo``."""
+        return hmac.compare_digest(self.scope(repo, blob_name), token)
+
+    def publish(
+        self, target: RedirectTarget, entry: CacheEntry, repo: str | None = None
+    ) -> dict[bytes, object]:
         """Publish ``entry`` as a ``.cbor`` blob (idempotent; an existing blob is marked
-        used now) and return the redirect location at ``target``. Worker thread only."""
+        used now) and return the redirect location at ``target`` (scoped to ``repo``
+        when the embedded blobs need it). Worker thread only."""
         from hgwire_tw.blobstore import blob_name
 
         name = blob_name(entry.sha256, ".cbor")
@@ -288,6 +336,8 @@ class Redirector:
             self.redirects += 1
         certs = target.serverdercerts if target.protocol == "https" else ()
         url = target.url(name)
+        if target.name == EMBEDDED_TARGET and repo is not None and self._scoped():
+            url = self.scoped_url(target, name, repo)
         return location(url, size=entry.size, sha256=entry.sha256, serverdercerts=certs)
 
 

@@ -212,6 +212,7 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
     from hgwire_tw.commands.registry import COMMANDS, CommandOptions, build_commands
     from hgwire_tw.commands.runner import CommandRunner
     from hgwire_tw.redirects import REDIRECT_HASHES, AdvertisedTargets, Redirector
+    from hgwire_tw.transports.httpblobs import blob_access
 
     s = ctx.settings
     default_size = (4096 if s.cache == "disk" else 256) * 1024 * 1024
@@ -226,6 +227,8 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
             s.redirect_targets,
             embedded=s.redirects,
             embedded_base=lambda: ctx.embedded_blob_base,
+            public_blobs=lambda: blob_access(ctx, None) is None,
+            public_repo=lambda name: ctx.access.can_read(None, name),
         )
         commands = build_commands(
             CommandOptions(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -150,7 +151,7 @@ def test_other_methods_are_405(tmp_path: Path, repos: dict[str, Path]) -> None:
 
 
 def channel_get(ctx: Any, path: bytes, auth: bytes | None = None, method: bytes = b"GET") -> bytes:
-    site = HgSite(HgResource(ctx))
+    site = HgSite(HgResource(ctx), ctx, reactor=Clock())
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)

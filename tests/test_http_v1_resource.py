@@ -13,6 +13,7 @@ import pytest
 import zstandard
 from mercurial import hg
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
@@ -90,7 +91,7 @@ def make_channel(repo_path: Path, settings: Settings | None = None) -> tuple[Any
         access=AccessPolicy.default(),
         settings=settings or Settings(),
     )
-    site = HgSite(HgResource(ctx), max_body_bytes=ctx.settings.max_push_bytes)
+    site = HgSite(HgResource(ctx), ctx, reactor=Clock())
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)

@@ -123,3 +123,29 @@ def test_publish_is_idempotent(tmp_path: Path) -> None:
     second = r.publish(target, store.lookup("ab" * 20))  # type: ignore[arg-type]
     assert first == second and r.published == 1 and r.redirects == 2
     assert len(list((tmp_path / "b").iterdir())) == 1
+
+
+def test_embedded_redirects_are_scoped_when_a_repository_is_private(tmp_path: Path) -> None:
+    """With a private repository, a public repository's redirect to the embedded target
+    carries a scope token for that blob and repository; a private one's is not
+    redirected there at all (the next accepted target, else inline)."""
+    public = {"pub"}
+    r = Redirector(
+        BlobStore(tmp_path),
+        parse_targets([CDN]),
+        embedded=True,
+        embedded_base=lambda: "http://127.0.0.1:1/.hgwire/blobs/",
+        public_blobs=lambda: False,
+        public_repo=lambda name: name in public,
+    )
+    both = {b"targets": [b"hgwire", b"cdn"], b"hashes": [b"sha256"]}
+    assert r.choose(both, "pub").name == "hgwire"  # type: ignore[union-attr]
+    assert r.choose(both, "private").name == "cdn"  # type: ignore[union-attr]
+    assert r.choose({**both, b"targets": [b"hgwire"]}, "private") is None
+    embedded = r.targets()[0]
+    url = r.scoped_url(embedded, "a" * 64 + ".cbor", "pub")
+    token = url.rpartition("scope=")[2]
+    assert url.startswith("http://127.0.0.1:1/.hgwire/blobs/" + "a" * 64 + ".cbor?repo=pub&")
+    assert r.in_scope("pub", "a" * 64 + ".cbor", token)
+    assert not r.in_scope("private", "a" * 64 + ".cbor", token)
+    assert not r.in_scope("pub", "b" * 64 + ".cbor", token)

@@ -18,6 +18,7 @@ from hgwire_tw.app.options import (
 from hgwire_tw.app.settings import TABLE, Kind
 from hgwire_tw.context import Settings
 from hgwire_tw.tap import Options
+from hgwire_tw.transports.httpsite import HTTPLimits
 from hgwire_tw.transports.tcp import TCPLimits
 from tests.repobuilders import init_repo
 
@@ -61,7 +62,9 @@ def test_defaults_build_the_default_settings(
     """With no option given, the Settings built from the table are Settings() (so a
     default written in the table cannot contradict the dataclass)."""
     monkeypatch.chdir(init_repo(tmp_path / "cwd"))
-    assert parse().settings() == replace(Settings(), tcp_limits=TCPLimits())
+    assert parse().settings() == replace(
+        Settings(), tcp_limits=TCPLimits(), http_limits=HTTPLimits()
+    )
 
 
 def test_toml_keys_set_what_the_options_set(tmp_path: Path) -> None:

@@ -87,7 +87,10 @@ class Lazy:
 
 
 #: Dataclasses a dotted ``Setting.field`` (``tcp_limits.streams``) fills, by head.
-NESTED: dict[str, Lazy] = {"tcp_limits": Lazy("hgwire_tw.transports.tcp", "TCPLimits")}
+NESTED: dict[str, Lazy] = {
+    "tcp_limits": Lazy("hgwire_tw.transports.tcp", "TCPLimits"),
+    "http_limits": Lazy("hgwire_tw.transports.httpsite", "HTTPLimits"),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +283,7 @@ LISTEN = "Listeners"
 ACCESS = "Access and pushes"
 SERVICE = "Service"
 TCP = "Raw TCP limits"
+HTTP = "HTTP limits"
 CACHE = "Response cache, redirects and blobs"
 BUNDLES = "Clone bundles"
 MIRRORS = "Mirrors"
@@ -377,7 +381,8 @@ TABLE: tuple[Setting, ...] = (
         field="max_push_bytes",
         shown="2147483648 (2 GiB)",
         check=positive,
-        help="Largest push accepted, in bytes.",
+        help="Largest push (v1 unbundle body) accepted from a user who may push; a larger "
+        "Content-Length is 413 before the body is read.",
     ),
     # -- the service
     setting(
@@ -485,6 +490,94 @@ TABLE: tuple[Setting, ...] = (
         check=at_most(64, "even stream ids run out"),
         help="Output streams per raw TCP connection (1-64), each with its own compression "
         "context, compressed on its own worker thread.",
+    ),
+    # -- HTTP limits (hgwire_tw.transports.httpsite; docs/http.md)
+    setting(
+        name="http-max-connections",
+        type=int,
+        group=HTTP,
+        metavar="N",
+        default=FIELD,
+        field="http_limits.max_connections",
+        check=positive,
+        help="HTTP connections at once; more get 503 and are closed.",
+        see="docs/http.md",
+    ),
+    setting(
+        name="http-max-per-address",
+        type=int,
+        group=HTTP,
+        metavar="N",
+        default=FIELD,
+        field="http_limits.max_per_address",
+        check=positive,
+        help="HTTP connections at once from one client address (raise it behind a proxy).",
+    ),
+    setting(
+        name="http-request-timeout",
+        type=float,
+        group=HTTP,
+        metavar="SECONDS",
+        default=FIELD,
+        field="http_limits.request_timeout",
+        check=positive,
+        help="Seconds a client has to send a request's line, headers and body, from when "
+        "the connection waits for it; bytes do not reset it (408).",
+    ),
+    setting(
+        name="http-body-rate",
+        type=int,
+        group=HTTP,
+        metavar="BYTES",
+        default=FIELD,
+        field="http_limits.body_rate",
+        check=positive,
+        help="Body bytes that add one second to the request deadline (a body arriving at "
+        "this rate is never cut).",
+    ),
+    setting(
+        name="http-max-body",
+        type=int,
+        group=HTTP,
+        metavar="BYTES",
+        default=FIELD,
+        field="http_limits.max_body",
+        shown="16777216 (16 MiB)",
+        check=positive,
+        help="Largest HTTP request body other than a push; a larger Content-Length is 413 "
+        "before the body is read.",
+    ),
+    setting(
+        name="http-max-spools",
+        type=int,
+        group=HTTP,
+        metavar="N",
+        default=FIELD,
+        field="http_limits.max_spools",
+        check=positive,
+        help="Request bodies spooled to temporary files at once (beyond: 503); bodies are "
+        "read only after authentication and admission.",
+    ),
+    setting(
+        name="http-login-failures",
+        type=int,
+        group=HTTP,
+        metavar="N",
+        default=FIELD,
+        field="http_limits.login_failures",
+        check=positive,
+        help="Failed HTTP logins from one address within --http-login-window before it "
+        "gets 429, without any password checked.",
+    ),
+    setting(
+        name="http-login-window",
+        type=float,
+        group=HTTP,
+        metavar="SECONDS",
+        default=FIELD,
+        field="http_limits.login_window",
+        check=positive,
+        help="Seconds a failed HTTP login counts against its address.",
     ),
     # -- cache, redirects, blobs
     setting(

@@ -18,8 +18,11 @@ from mercurial.node import hex, nullrev
 from hgwire_tw.core.errors import ArgumentError, CommandError
 
 __all__ = [
+    "MAX_PATH",
     "PATH_FILTER_PREFIXES",
     "check_nodes",
+    "check_path",
+    "check_served_revisions",
     "file_matcher",
     "mercurial_errors",
     "resolve_revisions",
@@ -28,6 +31,8 @@ __all__ = [
 ]
 
 PATH_FILTER_PREFIXES = (b"path:", b"rootfilesin:")
+#: Longest file or directory path accepted from a client (PATH_MAX on Linux).
+MAX_PATH = 4096
 
 
 def served_view(repo: Any) -> Any:
@@ -44,6 +49,16 @@ def check_nodes(name: bytes, value: object) -> list[bytes]:
         if not isinstance(node, bytes) or len(node) != 20:
             raise ArgumentError(b"%s must contain 20-byte binary nodes", (name,))
     return list(value)
+
+
+def check_path(name: bytes, value: object) -> bytes:
+    """``value`` as a repository file path: non-empty bytes of at most ``MAX_PATH``
+    bytes, without NUL or line breaks (which no tracked path has), or ``ArgumentError``."""
+    if not isinstance(value, bytes) or not value:
+        raise ArgumentError(b"%s must be a non-empty bytestring", (name,))
+    if len(value) > MAX_PATH or any(c in value for c in (b"\0", b"\n", b"\r")):
+        raise ArgumentError(b"invalid argument %s: not a file path", (name,))
+    return value
 
 
 @contextlib.contextmanager
@@ -77,11 +92,7 @@ def resolve_revisions(repo: Any, revisions: object) -> list[bytes]:
     revs: set[int] = set()
 
     def known(name: bytes, nodes: object) -> list[bytes]:
-        checked = check_nodes(name, nodes)
-        for node in checked:
-            if not cl.hasnode(node):
-                raise CommandError(b"unknown changeset: %s", (hex(node),))
-        return checked
+        return _served_nodes(cl, name, nodes)
 
     for spec in revisions:
         if not isinstance(spec, dict):
@@ -110,6 +121,27 @@ def resolve_revisions(repo: Any, revisions: object) -> list[bytes]:
         else:
             raise CommandError(b"unknown revision specifier type: %s", (_printable(typ),))
     return [cl.node(r) for r in sorted(revs)]
+
+
+def _served_nodes(cl: Any, name: bytes, nodes: object) -> list[bytes]:
+    checked = check_nodes(name, nodes)
+    for node in checked:
+        if not cl.hasnode(node):
+            raise CommandError(b"unknown changeset: %s", (hex(node),))
+    return checked
+
+
+def check_served_revisions(repo: Any, revisions: object) -> None:
+    """Raise ``resolve_revisions``' error for a node of a revision specifier that is not
+    served, without resolving anything (cheap: run before a cache lookup)."""
+    if not isinstance(revisions, list):
+        return  # resolve_revisions reports it
+    cl = repo.changelog
+    for spec in revisions:
+        if isinstance(spec, dict):
+            for key in (b"nodes", b"heads"):
+                if isinstance(spec.get(key), (list, tuple)):
+                    _served_nodes(cl, key, spec[key])
 
 
 def _ancestors_within(cl: Any, revs: list[int], distance: int) -> set[int]:
@@ -149,14 +181,17 @@ def file_matcher(repo: Any, pathfilter: object) -> Any:
                     b"%s pattern must begin with `path:` or `rootfilesin:`; got %s",
                     (key, _printable(pattern)),
                 )
+            if len(pattern) > MAX_PATH + len(b"rootfilesin:"):
+                raise ArgumentError(b"invalid argument pathfilter: %s pattern too long", (key,))
         lists[key] = list(patterns)
     unknown = sorted(k for k in pathfilter if k not in (b"include", b"exclude"))
     if unknown:
         raise CommandError(b"unknown pathfilter keys: %s", (b", ".join(map(_printable, unknown)),))
     include = lists[b"include"] if b"include" in pathfilter else None
-    matcher = matchmod.match(
-        repo.root, b"", include=include or None, exclude=lists[b"exclude"] or None
-    )
+    with mercurial_errors():
+        matcher = matchmod.match(
+            repo.root, b"", include=include or None, exclude=lists[b"exclude"] or None
+        )
     if include is not None and not include:
         # An explicit empty include list matches nothing, not everything.
         matcher = matchmod.never()

@@ -10,6 +10,7 @@ from mercurial.node import hex
 
 from hgwire_tw.commands.common import (
     check_nodes,
+    check_path,
     file_matcher,
     resolve_revisions,
     revision_records,
@@ -18,14 +19,16 @@ from hgwire_tw.commands.common import (
 from hgwire_tw.commands.manifests import unique
 from hgwire_tw.core.errors import CommandError
 
-__all__ = ["filedata", "filesdata"]
+__all__ = ["filedata", "filesdata", "served_file_revisions"]
 
 
 def _filelog(repo: Any, path: object) -> Any:
-    if not isinstance(path, bytes) or not path:
-        raise CommandError(b"path must be a non-empty bytestring")
+    """The file's store; ``unknown file`` also when only filtered (secret, hidden)
+    changesets ever had the file, so its name does not leak."""
+    path = check_path(b"path", path)
     store = repo.file(path)
-    if not len(store):
+    filtered = repo.changelog.filteredrevs
+    if not any(store.linkrev(r) not in filtered for r in store):
         raise CommandError(b"unknown file: %s", (path,))
     return store
 
@@ -37,8 +40,20 @@ def filedata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     first introduced by a changeset outside the served view (secret, hidden) is
     refused like an unknown one, so secret content never leaves through this command.
     """
-    path = args[b"path"]
-    store = _filelog(repo, path)
+    store, nodes, linknodes = served_file_revisions(repo, args)
+    wanted = linknodes if b"linknode" in args[b"fields"] else None
+    yield from store_records(store, nodes, args, wanted)
+
+
+def served_file_revisions(
+    repo: Any, args: Mapping[bytes, Any]
+) -> tuple[Any, list[bytes], dict[bytes, bytes]]:
+    """filedata's file store, nodes and link nodes, every node checked to be served.
+
+    Also run before a cache lookup (``cachekeys.filedata_key``), so a revision cached
+    while its changeset was served is not handed out once it is secret.
+    """
+    store = _filelog(repo, args[b"path"])
     nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
     cl = repo.changelog
     filtered = cl.filteredrevs
@@ -51,8 +66,7 @@ def filedata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
         if linkrev in filtered:
             raise CommandError(b"unknown file node: %s", (hex(node),))
         linknodes[node] = cl.node(linkrev)
-    wanted = linknodes if b"linknode" in args[b"fields"] else None
-    yield from store_records(store, nodes, args, wanted)
+    return store, nodes, linknodes
 
 
 def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:

@@ -7,10 +7,10 @@ from typing import Any
 
 from mercurial import error
 
-from hgwire_tw.commands.common import check_nodes, store_records
-from hgwire_tw.core.errors import CommandError
+from hgwire_tw.commands.common import MAX_PATH, check_nodes, store_records
+from hgwire_tw.core.errors import ArgumentError, CommandError
 
-__all__ = ["manifestdata", "unique"]
+__all__ = ["check_tree", "manifestdata", "served_manifests", "unique"]
 
 
 def unique(nodes: list[bytes]) -> list[bytes]:
@@ -24,16 +24,49 @@ def manifestdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     Revisions come in storage order (parents first). A delta's base is a revision the
     client has: a parent when ``haveparents``, or one sent earlier in this response;
     otherwise a full text is sent. Every node is checked before anything is sent, so
-    an unknown node is a clean ``unknown node: %s`` error (binary node argument).
+    an unknown node is a clean ``unknown node: %s`` error (binary node argument). A
+    manifest revision first introduced by a changeset outside the served view (secret,
+    hidden) gets that same error: its file names and file nodes never leave.
     """
-    tree = args[b"tree"]
-    if not isinstance(tree, bytes):
-        raise CommandError(b"tree must be a bytestring")
+    store, nodes = served_manifests(repo, args)
+    yield from store_records(store, nodes, args)
+
+
+def served_manifests(repo: Any, args: Mapping[bytes, Any]) -> tuple[Any, list[bytes]]:
+    """manifestdata's store and nodes, every node checked to be served (see above).
+
+    Also run before a cache lookup (``cachekeys.manifestdata_key``), so a manifest
+    cached while its changeset was served is not handed out once it is secret.
+    """
+    tree = check_tree(repo, args[b"tree"])
     nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
     store = repo.manifestlog.getstorage(tree)
+    filtered = repo.changelog.filteredrevs
     for node in nodes:
         try:
-            store.rev(node)
+            linkrev = store.linkrev(store.rev(node))
         except error.LookupError:
             raise CommandError(b"unknown node: %s", (node,)) from None
-    yield from store_records(store, nodes, args)
+        if linkrev in filtered:
+            raise CommandError(b"unknown node: %s", (node,))
+    return store, nodes
+
+
+def check_tree(repo: Any, tree: object) -> bytes:
+    """``tree`` as a manifest directory of ``repo``: ``b""`` (the root manifest), or with
+    tree manifests a relative ``dir/sub/`` path; anything else is an ``ArgumentError``
+    (Mercurial asserts, or joins it onto a store path)."""
+    if not isinstance(tree, bytes):
+        raise CommandError(b"tree must be a bytestring")
+    if not tree:
+        return tree
+    segments = tree.split(b"/")
+    well_formed = (
+        len(tree) <= MAX_PATH
+        and tree.endswith(b"/")
+        and all(s and s not in (b".", b"..") for s in segments[:-1])
+        and not any(c in tree for c in (b"\0", b"\\", b"\n", b"\r"))
+    )
+    if not well_formed or b"treemanifest" not in repo.requirements:
+        raise ArgumentError(b"invalid argument tree: not a manifest directory of this repository")
+    return tree

@@ -28,7 +28,7 @@ from hgwire_tw.commands.cachekeys import (
     filesdata_key,
     manifestdata_key,
 )
-from hgwire_tw.commands.common import PATH_FILTER_PREFIXES
+from hgwire_tw.commands.common import PATH_FILTER_PREFIXES, check_served_revisions
 from hgwire_tw.core.errors import ArgumentError
 
 __all__ = [
@@ -109,6 +109,10 @@ class CommandSpec:
     handler: Handler
     cache_key: CacheKeyFn | None = None
     extra_capabilities: Callable[[Any], Mapping[bytes, object]] | None = None
+    #: Raises the handler's ``CommandError`` when a node asked for is not served; run
+    #: before a cache lookup (a hit skips the handler, and must not hand out a response
+    #: cached while its changesets were served after they turned secret).
+    served_check: Callable[[Any, Mapping[bytes, Any]], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def cache_state(
     """Cache-key material for a normalized call, or None if it must not be cached."""
     if spec.cache_key is None or spec.permission is not Permission.PULL:
         return None
+    if spec.served_check is not None:
+        spec.served_check(repo, args)
     return spec.cache_key(repo, args)
 
 
@@ -318,6 +324,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
             PULL,
             files.filedata,
             cache_key=filedata_key,
+            served_check=files.served_file_revisions,
         )
     )
     add(
@@ -332,6 +339,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
             PULL,
             files.filesdata,
             cache_key=filesdata_key,
+            served_check=lambda repo, args: check_served_revisions(repo, args[b"revisions"]),
             extra_capabilities=_filesdata_caps,
         )
     )
@@ -351,6 +359,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
             PULL,
             manifests.manifestdata,
             cache_key=manifestdata_key,
+            served_check=manifests.served_manifests,
             extra_capabilities=_manifestdata_caps,
         )
     )

@@ -117,6 +117,7 @@ def _cached_invoke(
     redirector: Redirector | None,
     redirect: Mapping[bytes, object] | None,
     salt: bytes,
+    repo_name: str | None = None,
 ) -> Iterator[object]:
     """Worker side of a cacheable command: key, lookup, then hit, redirect or tee."""
     view = served_view(repo)
@@ -128,10 +129,10 @@ def _cached_invoke(
     key = cache_key_digest(state).decode("ascii")
     entry = cache.lookup(key)
     if entry is not None:
-        target = redirector.choose(redirect) if redirector is not None else None
+        target = redirector.choose(redirect, repo_name) if redirector is not None else None
         if target is not None and redirector is not None:
             try:
-                where = redirector.publish(target, entry)
+                where = redirector.publish(target, entry, repo_name)
             except Exception:
                 log.failure("publishing cache entry {key} for a redirect failed", key=key)
                 entry = cache.lookup(key)  # publish consumed it; answer inline
@@ -255,7 +256,15 @@ class CommandRunner:
             if self._salt is None:
                 self._salt = server_salt()
             delivery = _Delivery(sink)
-            cargs = (spec, normalized, self.cache, self.redirector, redirect, self._salt)
+            cargs = (
+                spec,
+                normalized,
+                self.cache,
+                self.redirector,
+                redirect,
+                self._salt,
+                served.name,
+            )
             d = self._pool.iterate(served, _cached_invoke, cargs, delivery)
             d.addCallbacks(lambda _: delivery.finished(), self._failed, errbackArgs=(sink, name))
         else:

@@ -2,17 +2,19 @@
 
 ``HgResource(ctx)`` is the root. Paths under ``BLOBS_PATH`` are the embedded blob store
 (``httpblobs.render_blob``); any other request's path is mapped to a served repository with
-``ctx.registry.match``; ``<repo>/api/...`` goes to the v2 API (``http_v2.render_api``)
-and ``<repo>?cmd=NAME`` is a v1 command:
+``visible_match`` (``ctx.registry.match`` leaving out the repositories this client may
+not read, so a private repository answers exactly like one that does not exist: 401 to
+an anonymous client when logging in could help, else 404); ``<repo>/api/...`` goes to
+the v2 API (``http_v2.render_api``) and ``<repo>?cmd=NAME`` is a v1 command:
 
 1. the command must be known and addressed to the repository root;
-2. the body must fit ``settings.max_push_bytes`` (413), the arguments (query string,
-   ``X-HgArg-N`` or ``X-HgArgs-Post``) must decode strictly (400);
+2. the arguments (query string, ``X-HgArg-N`` or ``X-HgArgs-Post``) must decode
+   strictly (400);
 3. the user is authenticated (HTTP Basic, ``httpauth.authenticate``) and the pull and
-   push decisions are made here, once, hgweb's way: read, then POST (405), then TLS
-   (403 unless ``allow_push_over_http``), then write (401 when logging in could help,
-   else 403). The command's ``checkperm`` — and every command inside ``batch`` — is
-   answered from those decisions;
+   push decisions are made here, once, hgweb's way (``v1_denial``): read, then POST
+   (405), then TLS (403 unless ``allow_push_over_http``), then write (401 when logging
+   in could help, else 403). The command's ``checkperm`` — and every command inside
+   ``batch`` — is answered from those decisions;
 4. ``?cmd=capabilities`` carrying the v2 upgrade headers is answered by
    ``http_v2.upgrade_response`` when it accepts the upgrade;
 5. the command runs on a worker thread through ``RepositoryPool.iterate`` and
@@ -24,9 +26,9 @@ and ``<repo>?cmd=NAME`` is a v1 command:
    ``application/hg-error``. A client that disconnects cancels the stream and frees the
    worker. twisted.web's gzip encoding is never used: compression is negotiated in-band.
 
-``HgSite`` (``make_site``) is a ``Site`` whose requests discard bodies over the push
-limit instead of spooling them, and whose channels accept the long ``X-HgArg-N``
-header series real clients send for big discovery sets.
+Everything before rendering — connection caps, the request deadline, authentication and
+admission before the body is read, body bounds and spooling — is ``httpsite.HgSite``'s
+(``make_site``); ``HgResource.admit`` is the part of it that knows the URL space.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from hgwire_tw.clonebundles import source_for
@@ -68,6 +70,7 @@ from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimits
 from hgwire_tw.transports.pausegate import PauseGate
 from hgwire_tw.v1.cache import cached_v1_response
 from hgwire_tw.v1.dispatch import (
@@ -88,77 +91,12 @@ __all__ = ["HgRequest", "HgResource", "HgSite", "make_site"]
 log = Logger()
 
 OK_REASON = b"Script output follows"
-#: Largest request header block (request line + headers) an ``HgSite`` channel accepts.
-MAX_HEADER_BYTES = 4 * 1024 * 1024
-MAX_HEADERS = 8192
-
-
-# ---------------------------------------------------------------------------------------
-# Site and request: bounded bodies, long X-HgArg series
-
-
-class _Discard(io.BytesIO):
-    """A request body sink that drops everything (the body is over the limit)."""
-
-    def write(self, data: Any) -> int:
-        return len(data)
-
-
-class HgRequest(Request):
-    """A ``Request`` that stops storing a body once it exceeds the site's push limit."""
-
-    body_too_large = False
-    _body_received = 0
-
-    def _body_limit(self) -> int | None:
-        site = getattr(getattr(self, "channel", None), "site", None)
-        limit = getattr(site, "max_body_bytes", None)
-        return limit if isinstance(limit, int) else None
-
-    def gotLength(self, length: int | None) -> None:
-        limit = self._body_limit()
-        if limit is not None and length is not None and length > limit:
-            self.body_too_large = True
-            self.content = _Discard()
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        self._body_received += len(data)
-        limit = self._body_limit()
-        if limit is not None and self._body_received > limit:
-            self.body_too_large = True
-            old, self.content = self.content, _Discard()
-            old.close()
-            return
-        super().handleContentChunk(data)
-
-
-class HgSite(Site):
-    """The HTTP site of hgwire_tw: ``HgRequest``s and roomy header limits."""
-
-    requestFactory = HgRequest
-
-    def __init__(self, resource: Resource, *, max_body_bytes: int | None = None) -> None:
-        super().__init__(resource)
-        self.max_body_bytes = max_body_bytes
-        self.displayTracebacks = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        # The HTTPChannel sits inside a protocol-negotiation wrapper; its header limits
-        # (16 KiB by default) are too small for the X-HgArg-N series of a big discovery.
-        inner = getattr(channel, "_channel", channel)
-        inner.totalHeadersSize = MAX_HEADER_BYTES
-        inner.maxHeaders = MAX_HEADERS
-        return channel
 
 
 def make_site(ctx: ServerContext) -> HgSite:
-    """The ``Site`` to listen with: ``HgResource(ctx)`` behind an ``HgSite``."""
-    return HgSite(HgResource(ctx), max_body_bytes=ctx.settings.max_push_bytes)
+    """The ``Site`` to listen with: ``HgResource(ctx)`` behind an ``HgSite`` bounded by
+    ``ctx.settings.http_limits`` (connections, deadlines, bodies: ``httpsite``)."""
+    return HgSite(HgResource(ctx), ctx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,11 +141,10 @@ class HgResource(Resource):
         """Route one request (any method) to a repository's v1 command or v2 API."""
         if httpblobs.is_blob_request(request):
             return httpblobs.render_blob(self.ctx, request)
-        segments = _path_segments(request)
         try:
-            served, rest = self.ctx.registry.match(segments)
+            served, rest = visible_match(self.ctx, request)
         except UnknownRepository as e:
-            return plain(request, 404, f"{e}\n")
+            return self._not_found(request, e)
         if rest and rest[0] == "api":
             result: bytes | int = http_v2.render_api(self.ctx, request, served, rest)
             return result
@@ -223,6 +160,107 @@ class HgResource(Resource):
                 request, 200, f"Mercurial repository {served.name or '/'} (served by hgwire_tw)\n"
             )
         return _V1Request(self.ctx, request, served, rest, cmd[0], query).render()
+
+    def _not_found(self, request: IRequest, e: UnknownRepository) -> bytes:
+        """The one answer for a path naming no repository this client may read (a
+        private one looks like one that does not exist): 401 to an anonymous client when
+        logging in could help, else 404."""
+        known, user = _known_user(request)
+        if known and user is None and self.ctx.access.users:
+            return deny(self.ctx, request, NOT_FOUND_ANONYMOUS, b"authorization required\n")
+        return plain(request, 404, f"{e}\n")
+
+    def admit(self, request: IRequest, user: str | None) -> Admission:
+        """What ``request`` may send, from its headers alone (``httpsite.HgSite`` asks
+        before reading the body): ``max_push_bytes`` for ``unbundle``, the HTTP body
+        bound otherwise, and the refusal it will get (its body is then dropped)."""
+        ctx = self.ctx
+        small = (ctx.settings.http_limits or HTTPLimits()).max_body
+        if httpblobs.is_blob_request(request):
+            return Admission(0)  # GET and HEAD only
+        try:
+            served, rest = visible_match(ctx, request, user=user)
+        except UnknownRepository:
+            anonymous = user is None and ctx.access.users
+            return Admission(small, NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND)
+        if rest and rest[0] == "api":
+            try:
+                write = len(rest) > 2 and rest[2] == "rw"
+                check_access(ctx, request, served.name, user, write=write)
+            except HTTPDenied as denied:
+                return Admission(small, denied)
+            return Admission(small)
+        try:
+            cmd = parse_urlencoded(_query(request), where="query string").get(b"cmd")
+        except RemoteProtocolError:
+            return Admission(small)
+        if rest or not cmd or not is_command(cmd[0]):
+            return Admission(small)
+        denied = v1_denial(ctx, request, served.name, user, command_permission(cmd[0]))
+        if cmd[0] == b"unbundle":
+            return Admission(ctx.settings.max_push_bytes, denied, push=denied is None)
+        return Admission(small, denied)
+
+
+#: The refusals of a path naming no repository the client may read (``_not_found``).
+NOT_FOUND_ANONYMOUS = HTTPDenied(401, "authorization required", ask_login=True)
+NOT_FOUND = HTTPDenied(404, "no such repository")
+
+
+def _known_user(request: IRequest) -> tuple[bool, str | None]:
+    """(known, user): the user the site authenticated (``HgRequest.hg_login``), or
+    anonymous for a request without credentials; unknown otherwise."""
+    login = getattr(request, "hg_login", None)
+    if login is not None:
+        return True, login[0]
+    if not request.getHeader(b"authorization"):
+        return True, None
+    return False, None
+
+
+def visible_match(
+    ctx: ServerContext, request: IRequest, *, user: str | bool | None = False
+) -> tuple[ServedRepository, list[str]]:
+    """``registry.match`` of the request's path, with the repositories this client may
+    not read left out: a private repository is matched exactly as if it did not exist.
+
+    ``user`` is the client (default: as ``_known_user`` finds it; when it cannot tell,
+    nothing is left out and the command's own access check answers).
+    """
+    segments = _path_segments(request)
+    served, rest = ctx.registry.match(segments)
+    if user is False:
+        known, who = _known_user(request)
+        if not known:
+            return served, rest
+    else:
+        who = user if isinstance(user, str) else None
+    while not ctx.access.can_read(who, served.name):
+        depth = len(segments) - len(rest)
+        try:
+            if depth == 0:
+                raise UnknownRepository("")
+            served, shorter = ctx.registry.match(segments[: depth - 1])
+        except UnknownRepository:
+            raise UnknownRepository(f"no repository at {'/'.join(segments)!r}") from None
+        rest = shorter + segments[depth - 1 :]
+    return served, rest
+
+
+def v1_denial(
+    ctx: ServerContext, request: IRequest, repo_name: str, user: str | None, perm: bytes
+) -> HTTPDenied | None:
+    """The refusal for ``perm`` (pull/push) on ``repo_name`` for this user and request,
+    or None: hgweb's order, read, then POST (405), then TLS and write."""
+    try:
+        check_access(ctx, request, repo_name, user, write=False)
+        if perm == b"push":
+            if request.method != b"POST":
+                return HTTPDenied(405, "push requires POST request")
+            check_access(ctx, request, repo_name, user, write=True)
+    except HTTPDenied as denied:
+        return denied
+    return None
 
 
 class _V1Request:
@@ -264,15 +302,12 @@ class _V1Request:
             return plain(request, 404, "Not Found\n")
         if not is_command(name):
             return plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
+        refusal = getattr(request, "hg_refusal", None)
+        if refusal is not None:
+            # Refused from its headers (HgRequest): the body was dropped, not read.
+            self._refused(Failure(refusal))
+            return NOT_DONE_YET
         content = getattr(request, "content", None)
-        limit = self.ctx.settings.max_push_bytes
-        if getattr(request, "body_too_large", False) or _body_size(content) > limit:
-            return plain(
-                request,
-                413,
-                f"request body too large: this server accepts at most {limit} bytes\n",
-                reason=b"Request Entity Too Large",
-            )
         try:
             self.args = self._decode_args(content)
         except RemoteProtocolError as e:
@@ -309,15 +344,7 @@ class _V1Request:
 
     def _decide(self, perm: bytes) -> HTTPDenied | None:
         """The refusal for ``perm`` (pull/push) for this user and request, or None."""
-        try:
-            check_access(self.ctx, self.request, self.served.name, self.user, write=False)
-            if perm == b"push":
-                if self.request.method != b"POST":
-                    return HTTPDenied(405, "push requires POST request")
-                check_access(self.ctx, self.request, self.served.name, self.user, write=True)
-        except HTTPDenied as denied:
-            return denied
-        return None
+        return v1_denial(self.ctx, self.request, self.served.name, self.user, perm)
 
     def _authenticated(self, user: str | None) -> Deferred[None] | None:
         self.user = user

@@ -1,19 +1,27 @@
 """HTTP Basic authentication and repository access decisions for the HTTP transport.
 
 Password hashes are slow on purpose, so a check that is not already cached runs on a
-worker thread; the reactor thread only ever does the cheap cached comparison.
+worker thread; the reactor thread only ever does the cheap cached comparison. Credentials
+longer than ``MAX_USER``/``MAX_PASSWORD`` are refused without hashing, and
+``LoginGuard`` rate-limits failed logins per client address.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from hgwire_tw.context import ServerContext
 from hgwire_tw.transports.httpreplies import TEXT, plain
+
+log = Logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,34 +33,150 @@ class HTTPDenied(Exception):
     ask_login: bool = False
 
 
+#: Longest user name and password checked (bytes); longer credentials are wrong
+#: without spending a password hash on them.
+MAX_USER = 256
+MAX_PASSWORD = 1024
+#: Slow password checks running at once for one client address.
+CHECKS_PER_ADDRESS = 2
+
+
+class LoginGuard:
+    """Failed HTTP logins per client address: a rate limit and a bound on slow checks.
+
+    An address with ``max_failures`` failed logins within ``window`` seconds is
+    refused (``429``, no password is checked) until the oldest failure ages out, and at
+    most ``CHECKS_PER_ADDRESS`` uncached password checks run at once per address (the
+    rest wait their turn), so many bad logins from one address cannot occupy the
+    thread pool a valid login from elsewhere needs. Reactor thread only.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], *, max_failures: int = 10, window: float = 60.0
+    ) -> None:
+        self.clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._slots: dict[str, DeferredSemaphore] = {}
+
+    def _recent(self, address: str) -> deque[float] | None:
+        failures = self._failures.get(address)
+        if failures is None:
+            return None
+        horizon = self.clock() - self.window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+            return None
+        return failures
+
+    def locked(self, address: str) -> bool:
+        """Whether ``address`` has used up its failed logins for now."""
+        failures = self._recent(address)
+        return failures is not None and len(failures) >= self.max_failures
+
+    def failed(self, address: str) -> None:
+        """Record a failed login from ``address``."""
+        if len(self._failures) >= 65536 and address not in self._failures:
+            # Bounded memory: forget the address seen longest ago.
+            del self._failures[next(iter(self._failures))]
+        self._failures.setdefault(address, deque(maxlen=self.max_failures)).append(self.clock())
+
+    def check(self, address: str, run: Callable[[], Deferred[bool]]) -> Deferred[bool | None]:
+        """Run the slow check ``run`` when ``address`` has a free slot; None (nothing
+        checked) if the address got locked out while this check waited its turn."""
+        slots = self._slots.get(address)
+        if slots is None:
+            slots = self._slots[address] = DeferredSemaphore(CHECKS_PER_ADDRESS)
+
+        def turn() -> Deferred[bool | None]:
+            if self.locked(address):
+                return succeed(None)
+            return run()  # type: ignore[return-value]
+
+        def release(result: object) -> object:
+            if slots.tokens == slots.limit and not slots.waiting:
+                self._slots.pop(address, None)
+            return result
+
+        d: Deferred[bool | None] = slots.run(turn)
+        return d.addBoth(release)
+
+
+def login_guard(ctx: ServerContext) -> LoginGuard:
+    """The service's ``LoginGuard`` (made on first use, with the HTTP limits)."""
+    guard: LoginGuard | None = ctx.http_logins
+    if guard is None:
+        limits = ctx.settings.http_limits
+        reactor = ctx.reactor
+        clock = reactor.seconds if reactor is not None else time.monotonic
+        guard = LoginGuard(
+            clock,
+            max_failures=limits.login_failures if limits else 10,
+            window=limits.login_window if limits else 60.0,
+        )
+        ctx.http_logins = guard
+    return guard
+
+
 def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
-    """The logged-in user (None for anonymous); fails with ``HTTPDenied(401)`` on bad
-    credentials."""
+    """The logged-in user (None for anonymous); fails with ``HTTPDenied`` on bad
+    credentials (401) or when the client's address made too many failed logins (429).
+
+    A request the site already authenticated (``HgRequest.hg_login``, before its body
+    was read) gets that outcome again at once.
+    """
+    known = getattr(request, "hg_login", None)
+    if known is not None:
+        user, denied = known
+        return fail(denied) if denied is not None else succeed(user)
     if not request.getHeader(b"authorization"):
         return succeed(None)
-    user = request.getUser().decode("utf-8", "replace")  # type: ignore[attr-defined]
-    password = request.getPassword().decode("utf-8", "replace")  # type: ignore[attr-defined]
-    if not user:
+    raw_user: bytes = request.getUser()  # type: ignore[attr-defined]
+    raw_password: bytes = request.getPassword()  # type: ignore[attr-defined]
+    if not raw_user:
         return succeed(None)
+    address = str(getattr(request.getClientAddress(), "host", ""))
+    guard = login_guard(ctx)
+    if guard.locked(address):
+        return _locked_out(address)
+    if len(raw_user) > MAX_USER or len(raw_password) > MAX_PASSWORD:
+        guard.failed(address)
+        return _bad_login()
+    user = raw_user.decode("utf-8", "replace")
+    password = raw_password.decode("utf-8", "replace")
     cached = ctx.access.cached_login(user, password)
     if cached is not None:
         return succeed(user) if cached else _bad_login()
 
-    def check() -> bool:
-        return ctx.access.authenticate_password(user, password)
+    def check() -> Deferred[bool]:
+        pool = ctx.reactor.getThreadPool()
+        return deferToThreadPool(
+            ctx.reactor, pool, ctx.access.authenticate_password, user, password
+        )
 
-    def checked(ok: bool) -> Deferred[str | None]:
+    def checked(ok: bool | None) -> Deferred[str | None]:
+        if ok is None:
+            return _locked_out(address)
         ctx.access.remember_login(user, password, ok)
-        return succeed(user) if ok else _bad_login()
+        if ok:
+            return succeed(user)
+        guard.failed(address)
+        log.info("HTTP login failed for {user!r} from {address}", user=user, address=address)
+        return _bad_login()
 
-    pool = ctx.reactor.getThreadPool()
-    return deferToThreadPool(ctx.reactor, pool, check).addCallback(checked)
+    return guard.check(address, check).addCallback(checked)
+
+
+def _locked_out(address: str) -> Deferred[str | None]:
+    log.info("HTTP login from {address} refused: too many failures", address=address)
+    return fail(HTTPDenied(429, "too many failed logins, try again later"))
 
 
 def _bad_login() -> Deferred[str | None]:
-    d: Deferred[str | None] = Deferred()
-    d.errback(HTTPDenied(401, "authorization failed", ask_login=True))
-    return d
+    return fail(HTTPDenied(401, "authorization failed", ask_login=True))
 
 
 def is_secure(request: IRequest) -> bool:

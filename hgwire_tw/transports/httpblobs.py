@@ -7,7 +7,11 @@ so no path segment, percent-escape or dot can reach outside the blob directory; 
 else is a plain 404.
 
 Access: a blob does not know which repository it came from, so a blob may be served
-to a client only if that client may pull from *every* served repository. With no access
+to a client only if that client may pull from *every* served repository — unless the
+URL is scoped to one repository (``?repo=NAME&scope=TOKEN``, made by
+``Redirector.scoped_url`` when it redirects a client of a public repository): a valid
+token proves the blob was published for that repository, and the blob is then served
+to anyone while that repository is anonymously readable. With no access
 file (or rules that let ``anonymous`` read everything) that is anyone, which is what
 makes anonymous, cacheable blob URLs safe: they are unguessable content hashes of data
 the server would hand out anyway. When some repository needs a login, the blob resource
@@ -36,7 +40,14 @@ from hgwire_tw.context import BLOBS_PATH, ServerContext
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
 
-__all__ = ["BLOBS_PREFIX", "CHUNK", "blob_access", "is_blob_request", "render_blob"]
+__all__ = [
+    "BLOBS_PREFIX",
+    "CHUNK",
+    "blob_access",
+    "is_blob_request",
+    "render_blob",
+    "scoped_to_public_repository",
+]
 
 log = Logger()
 
@@ -66,6 +77,20 @@ def blob_access(ctx: ServerContext, user: str | None) -> HTTPDenied | None:
     return HTTPDenied(403, "blob access not authorized")
 
 
+def scoped_to_public_repository(ctx: ServerContext, request: IRequest, name: str) -> bool:
+    """Whether the request carries a valid ``?repo=&scope=`` for ``name`` (made by
+    ``Redirector.scoped_url`` for a redirect) naming a repository anyone may read."""
+    args = getattr(request, "args", None) or {}
+    repos, tokens = args.get(b"repo", []), args.get(b"scope", [])
+    redirector = getattr(ctx.runner, "redirector", None)
+    if len(repos) != 1 or len(tokens) != 1 or redirector is None:
+        return False
+    repo = repos[0].decode("utf-8", "replace")
+    if not redirector.in_scope(repo, name, tokens[0].decode("ascii", "replace")):
+        return False
+    return repo in ctx.registry.names() and ctx.access.can_read(None, repo)
+
+
 def render_blob(ctx: ServerContext, request: IRequest) -> bytes | int:
     """Answer one request under ``BLOBS_PATH``."""
     if request.method not in (b"GET", b"HEAD"):
@@ -75,6 +100,10 @@ def render_blob(ctx: ServerContext, request: IRequest) -> bytes | int:
     name = request.path[len(BLOBS_PREFIX) :].decode("latin-1")
     if store is None or not BlobStore.valid_name(name):
         return plain(request, 404, "no such blob\n")
+
+    if scoped_to_public_repository(ctx, request, name):
+        _serve(store, name, request, public=True)
+        return NOT_DONE_YET
 
     def authorized(user: str | None) -> None:
         denied = blob_access(ctx, user)

@@ -36,6 +36,7 @@ from hgwire_tw.core.v1 import (
     parse_arg_spec,
     select_command_args,
 )
+from hgwire_tw.v1 import guard
 from hgwire_tw.v1.protocol import V1Protocol
 
 __all__ = [
@@ -204,10 +205,17 @@ CLONEBUNDLE_COMMANDS = frozenset({b"clonebundles", b"clonebundles_manifest"})
 
 
 def _call(entry: Any, repo: Any, proto: V1Protocol, name: bytes, args: list[ArgValue]) -> V1Result:
-    """Run one command: Mercurial's function, or our clone bundle manifest."""
+    """Run one command: Mercurial's function, or our clone bundle manifest; its arguments
+    checked first and ``lookup``/``get_cached_bundle_inline`` answered by ``v1.guard``."""
     if name in CLONEBUNDLE_COMMANDS and proto.clonebundles is not None:
         return V1Bytes(data=proto.clonebundles.manifest(repo))
-    return _convert(entry.func(repo, proto, *args))
+    named = dict(zip(parse_arg_spec(entry.args), args, strict=True))
+    guard.check_args(repo, name, named)
+    ours: V1Result | None = guard.answer(repo, proto, name, named)
+    if ours is not None:
+        return ours
+    with guard.payload_errors(name):
+        return _convert(entry.func(repo, proto, *args))
 
 
 def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
