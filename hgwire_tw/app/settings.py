@@ -305,7 +305,18 @@ TABLE: tuple[Setting, ...] = (
         name="repos-dir",
         group=REPOS,
         metavar="DIR",
-        help="Serve every repository found below DIR, named by its path relative to DIR.",
+        help="Serve every repository found below DIR, named by its path relative to DIR "
+        "(rescanned every few seconds and on SIGHUP). Repositories inside another "
+        "repository's working copy are not served.",
+    ),
+    setting(
+        name="repos-depth",
+        type=int,
+        group=REPOS,
+        metavar="N",
+        default=Lazy("hgwire_tw.repo.registry", "DEFAULT_MAX_DEPTH"),
+        check=positive,
+        help="How many directory levels below --repos-dir are searched for repositories.",
     ),
     # -- listeners
     setting(
@@ -394,6 +405,26 @@ TABLE: tuple[Setting, ...] = (
         metavar="DIR",
         shown="$XDG_STATE_HOME/hgwire or ~/.local/state/hgwire",
         help="Directory for host keys, caches, blobs, mirrors and listening.json.",
+    ),
+    setting(
+        name="log-level",
+        group=SERVICE,
+        metavar="LEVEL",
+        default="info",
+        check=one_of("debug", "info", "warn", "error"),
+        help="Least important log lines written: debug (adds a line per v1 command and "
+        "more), info (one line per HTTP request, start-up and shutdown), warn or error. "
+        "Applies to hgwire serve; twistd has its own logging options.",
+    ),
+    setting(
+        name="shutdown-grace",
+        type=float,
+        group=SERVICE,
+        metavar="SECONDS",
+        default=30.0,
+        check=non_negative,
+        help="On SIGTERM or SIGINT, stop accepting connections and let responses in flight "
+        "finish for up to this long before the remaining connections are cut.",
     ),
     setting(
         name="workers",
