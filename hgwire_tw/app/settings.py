@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hgwire_tw.context import Settings
+from hgwire_tw.core.preamble import DEFAULT_PORT
 
 __all__ = [
     "BY_NAME",
@@ -286,7 +287,7 @@ MIRRORS = "Mirrors"
 
 DEFAULT_HTTP = "tcp:8000:interface=127.0.0.1"
 DEFAULT_SSH = "tcp:8022:interface=127.0.0.1"
-DEFAULT_TCP = "tcp:8023:interface=127.0.0.1"
+DEFAULT_TCP = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 
 TABLE: tuple[Setting, ...] = (
     # -- what is served

@@ -105,10 +105,22 @@ class _Discard(io.BytesIO):
 
 
 class HgRequest(Request):
-    """A ``Request`` that stops storing a body once it exceeds the site's push limit."""
+    """A ``Request`` that stops storing a body once it exceeds the site's push limit,
+    and is logged once (``access_line``) whether it finishes or the client goes away."""
 
     body_too_large = False
     _body_received = 0
+    _logged = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started_at = time.monotonic()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.finished and not self._logged:
+            self._logged = True
+            log.info("{line}", line=access_line(self, gone=True))
+        super().connectionLost(reason)
 
     def _body_limit(self) -> int | None:
         site = getattr(getattr(self, "channel", None), "site", None)
@@ -146,6 +158,13 @@ class HgSite(Site):
         self.max_body_bytes = max_body_bytes
         self.displayTracebacks = False
 
+    def log(self, request: Request) -> None:
+        """One access line per request (instead of twisted.web's combined log line)."""
+        if getattr(request, "_logged", False):
+            return
+        request._logged = True  # type: ignore[attr-defined]
+        log.info("{line}", line=access_line(request))
+
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         # The HTTPChannel sits inside a protocol-negotiation wrapper; its header limits
@@ -154,6 +173,31 @@ class HgSite(Site):
         inner.totalHeadersSize = MAX_HEADER_BYTES
         inner.maxHeaders = MAX_HEADERS
         return channel
+
+
+#: Longest URI written in an access line (v1 queries can carry long argument lists).
+MAX_LOGGED_URI = 300
+
+
+def access_line(request: Request, *, gone: bool = False) -> str:
+    """``ADDRESS USER "METHOD URI PROTO" STATUS BYTES SECONDSs "AGENT"`` for one request;
+    USER is the authenticated user (``httpauth``) or ``-``; a request whose client went
+    away before the response ended shows ``gone`` after its status."""
+    address = getattr(request.getClientAddress(), "host", "-")
+    user = getattr(request, "hgwire_user", None) or "-"
+    uri = request.uri.decode("latin-1")
+    if len(uri) > MAX_LOGGED_URI:
+        uri = uri[:MAX_LOGGED_URI] + "..."
+    method = request.method.decode("latin-1")
+    proto = request.clientproto.decode("latin-1")
+    agent = (request.getHeader(b"user-agent") or b"-").decode("latin-1")[:200]
+    started = getattr(request, "started_at", None)
+    seconds = time.monotonic() - started if started is not None else 0.0
+    code = f"{request.code} gone" if gone else str(request.code)
+    return (
+        f'{address} {user} "{method} {uri} {proto}" {code} {request.sentLength} '
+        f'{seconds:.3f}s "{agent}"'
+    )
 
 
 def make_site(ctx: ServerContext) -> HgSite:
@@ -383,6 +427,14 @@ class _V1Request:
         if denied.status == 405:
             self.request.setHeader(b"Allow", b"POST")
         body = b"0\n%s\n" % denied.message.encode("utf-8")
+        if command_permission(self.name) == b"push":
+            log.warn(
+                "push to {repo} refused for {user} over HTTP: {status} {why}",
+                repo=self.served.name or "/",
+                user=self.user or "anonymous",
+                status=denied.status,
+                why=denied.message,
+            )
         self._log(denied.status, b"-", "-")
         finish(self.request, deny(self.ctx, self.request, denied, body))
 
@@ -405,7 +457,8 @@ class _V1Request:
         return message
 
     def _log(self, status: int, media_type: bytes, engine: str) -> None:
-        log.info(
+        # Details of the command; the request's access line is HgSite.log.
+        log.debug(
             "v1 {repo} {cmd} {status} {media} {engine} {secs:.3f}s",
             repo=self.served.name or "/",
             cmd=self.name.decode("utf-8", "replace"),

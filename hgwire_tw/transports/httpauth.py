@@ -27,7 +27,18 @@ class HTTPDenied(Exception):
 
 def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
     """The logged-in user (None for anonymous); fails with ``HTTPDenied(401)`` on bad
-    credentials."""
+    credentials. A user who logged in is also remembered as ``request.hgwire_user`` for
+    the access log."""
+    return _authenticate(ctx, request).addCallback(_remember, request)
+
+
+def _remember(user: str | None, request: IRequest) -> str | None:
+    if user is not None:
+        request.hgwire_user = user  # type: ignore[attr-defined]
+    return user
+
+
+def _authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
     if not request.getHeader(b"authorization"):
         return succeed(None)
     user = request.getUser().decode("utf-8", "replace")  # type: ignore[attr-defined]
