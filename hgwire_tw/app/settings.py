@@ -560,6 +560,7 @@ TABLE: tuple[Setting, ...] = (
         field="redirect_targets",
         parse_toml=_redirect_table,
         default=(),
+        shown="none",
         see="docs/redirects.md",
         help="More redirect targets, in preference order: [[redirect.targets]] tables with "
         "name, protocol, uris, base_url, snirequired, tlsversions, server_certs.",
