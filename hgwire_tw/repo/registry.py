@@ -87,6 +87,29 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _subdirectories(real: str, root: str) -> list[tuple[str, str]]:
+    """``(name, real path)`` of the directories in ``real`` a scan may enter, sorted:
+    well-formed names, not ``.hg``, and (symlinks resolved) still inside ``root`` — a
+    symlink, or a bind of one, that leaves the root is never served."""
+    try:
+        entries = sorted(os.scandir(real), key=lambda e: e.name)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name == ".hg" or _segment_problem(entry.name) is not None:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=True):
+                continue
+        except OSError:
+            continue
+        target = os.path.realpath(entry.path)
+        if _inside(target, root):
+            found.append((entry.name, target))
+    return found
+
+
 class RepositoryRegistry:
     """The table of served repositories (see the module docstring for the rules)."""
 
@@ -138,23 +161,8 @@ class RepositoryRegistry:
             if real in visited or len(segments) >= self._max_depth:
                 return
             visited.add(real)
-            try:
-                entries = sorted(os.scandir(real), key=lambda e: e.name)
-            except OSError:
-                return
-            for entry in entries:
-                if entry.name == ".hg" or _segment_problem(entry.name) is not None:
-                    continue
-                try:
-                    if not entry.is_dir(follow_symlinks=True):
-                        continue
-                except OSError:
-                    continue
-                target = os.path.realpath(entry.path)
-                # A symlink (or a bind of one) that leaves the root is never served.
-                if not _inside(target, root):
-                    continue
-                walk(target, [*segments, entry.name])
+            for name, target in _subdirectories(real, root):
+                walk(target, [*segments, name])
 
         walk(root, [])
         return found
@@ -192,21 +200,8 @@ class RepositoryRegistry:
             budget[0] -= 1
             if budget[0] < 0:
                 return
-            try:
-                entries = sorted(os.scandir(real), key=lambda e: e.name)
-            except OSError:
-                return
-            for entry in entries:
-                if entry.name == ".hg" or _segment_problem(entry.name) is not None:
-                    continue
-                try:
-                    if not entry.is_dir(follow_symlinks=True):
-                        continue
-                except OSError:
-                    continue
-                target = os.path.realpath(entry.path)
-                if _inside(target, root):
-                    walk(target, [*segments, entry.name], inside)
+            for name, target in _subdirectories(real, root):
+                walk(target, [*segments, name], inside)
 
         walk(root, [], None)
         return found
