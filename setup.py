@@ -1,10 +1,15 @@
 """hgwire_tw: a Mercurial repository server on Twisted."""
 
+import re
+
 from setuptools import find_packages, setup
+
+with open("hgwire_tw/__init__.py", encoding="utf-8") as init:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', init.read(), re.M).group(1)
 
 setup(
     name="hgwire_tw",
-    version="0.1.0",
+    version=VERSION,
     description="Mercurial repository server on Twisted: HTTP, SSH and raw TCP, protocol v1 and v2",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

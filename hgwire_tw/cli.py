@@ -11,36 +11,23 @@ USAGE = """\
 usage: hgwire COMMAND [options]
 
 commands:
-  serve [options]   serve repositories (same options as `twistd -n hgwire`; see --help)
+  serve [options]   serve repositories (same options as `twistd -n hgwire`; see serve -h)
   passwd [--stdin]  print a password hash for the access file
   clone URL DEST    clone a repository over wire protocol v2 (http://, hgwire://, ssh://)
   pull [-R DEST] [URL]
                     pull new changesets over wire protocol v2
   mirror URL DEST [--every SECONDS]
                     keep a read-only mirror in sync (pull now, then on a schedule)
+  --version         print hgwire_tw's version
 """
 
 
 def _serve(argv: Sequence[str]) -> int:
-    from twisted.application import app
-    from twisted.application.service import ServiceMaker
-    from twisted.scripts import twistd
+    # The same Options and makeService as `twistd -n hgwire`, run by hgwire_tw's own
+    # runner: one-line errors, fail-fast listeners, graceful SIGTERM, SIGHUP reload.
+    from hgwire_tw.app.serve import run
 
-    maker = ServiceMaker("hgwire", "hgwire_tw.tap", "Mercurial repository server", "hgwire")
-
-    class ServeOptions(twistd.ServerOptions):  # type: ignore[misc]
-        # Offer our service maker directly, so `hgwire serve` works even where Twisted's
-        # plugin discovery cannot see twisted/plugins (some editable installs).
-        @property
-        def subCommands(self):  # type: ignore[no-untyped-def]
-            # twistd looks the chosen subcommand's service maker up in loadedPlugins.
-            self.loadedPlugins = {maker.tapname: maker}
-            return [(maker.tapname, None, maker.options, maker.description)]
-
-    # `hgwire serve` is exactly `twistd -n hgwire`: one set of options, one service.
-    sys.argv = ["hgwire serve", "--nodaemon", "--pidfile=", "--logfile=-", "hgwire", *argv]
-    app.run(twistd.runApp, ServeOptions)
-    return 0
+    return run(argv)
 
 
 def _passwd(argv: Sequence[str]) -> int:
@@ -69,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if args else 2
+    if args[0] in ("--version", "version"):
+        from hgwire_tw import __version__
+
+        print(f"hgwire_tw {__version__}")
+        return 0
     command, rest = args[0], args[1:]
     if command == "serve":
         return _serve(rest)

@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from hgwire_tw.app.lifecycle import (
+    IDLE_CLOSERS,
+    ConnectionTracker,
+    drain,
+    reloadable_tls,
+    tls_context_factory,
+)
 from hgwire_tw.app.options import TableOptions
 from hgwire_tw.app.settings import DEFAULT_HTTP, DEFAULT_SSH, DEFAULT_TCP
 from hgwire_tw.context import BLOBS_PATH, ServerContext
@@ -31,6 +42,8 @@ __all__ = [
     "DEFAULT_TCP",
     "TRANSPORTS",
     "HgwireService",
+    "ListenFailed",
+    "ListeningService",
     "Options",
     "default_state_dir",
     "makeService",
@@ -78,45 +91,103 @@ class Options(TableOptions):
             raise usage.UsageError("--redirects: redirects serve cached responses; --cache none")
 
 
-class ListeningService(service.Service):
-    """Listens on one endpoint while running; records the bound port."""
+class ListenFailed(Exception):
+    """A listener could not bind its endpoint (the message names it and the OS error)."""
 
-    def __init__(self, transport: str, description: str, endpoint: Any, factory: Any) -> None:
+
+class ListeningService(service.Service):
+    """Listens on one endpoint while running; records the bound port.
+
+    It binds in ``privilegedStartService`` (before the reactor runs, and before twistd
+    drops privileges), so a port in use is known at once; ``ready`` fires with the port,
+    or with None after a failure (``failure`` then says why). ``tracker`` follows the
+    connections for a graceful stop; ``tls`` holds the replaceable certificate of a
+    ``ssl:`` endpoint.
+    """
+
+    def __init__(
+        self,
+        transport: str,
+        description: str,
+        endpoint: Any,
+        factory: Any,
+        *,
+        tracker: ConnectionTracker | None = None,
+    ) -> None:
         self.transport = transport
         self.description = description
         self.endpoint = endpoint
-        self.factory = factory
+        self.tls = reloadable_tls(endpoint)
+        self.tracker = tracker or ConnectionTracker(IDLE_CLOSERS[transport])
+        self.factory = self.tracker.watch(factory)
         self.port: Any = None
+        self.failure: Failure | None = None
         self.ready: Deferred[Any] = Deferred()
+        self._listening: Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
 
     def startService(self) -> None:
         super().startService()
-        d = self.endpoint.listen(self.factory)
+        self._listen()
 
-        def listening(port: Any) -> Any:
-            self.port = port
-            log.info(
-                "{transport} listening on {address}",
-                transport=self.transport,
-                address=port.getHost(),
-            )
-            return port
+    def _listen(self) -> None:
+        if self._listening is not None:
+            return
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._bound, self._failed)
 
-        def failed(f: Any) -> Any:
-            log.failure("cannot listen on {description}", f, description=self.description)
-            from twisted.internet import reactor
+    def _bound(self, port: Any) -> None:
+        self.port = port
+        log.info(
+            "{transport} listening on {address} ({description})",
+            transport=self.transport,
+            address=_address(port.getHost()),
+            description=self.description,
+        )
+        self.ready.callback(port)
 
-            reactor.stop()  # type: ignore[attr-defined]
-            return f
+    def _failed(self, failure: Failure) -> None:
+        self.failure = failure
+        self.ready.callback(None)
 
-        d.addCallbacks(listening, failed)
-        d.chainDeferred(self.ready)
+    def problem(self) -> str:
+        """One line saying why listening failed."""
+        assert self.failure is not None
+        return (
+            f"cannot listen on {self.description} ({self.transport}): "
+            f"{describe_error(self.failure.value)}"
+        )
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()  # type: ignore[no-any-return]
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()  # type: ignore[no-any-return]
         return None
+
+
+def _address(address: Any) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    return str(name if name is not None else address)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception as one readable line (OpenSSL errors are lists of tuples)."""
+    from OpenSSL.SSL import Error as SSLError
+
+    if isinstance(error, SSLError) and error.args and isinstance(error.args[0], list):
+        reasons = [str(item[-1]) for item in error.args[0] if item]
+        return "TLS: " + ("; ".join(reasons) or "error")
+    if isinstance(error, OSError) and error.strerror:
+        name = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{name}"
+    return str(error).strip() or type(error).__name__
 
 
 class PoolService(service.Service):
@@ -162,26 +233,129 @@ class CloneBundleService(service.Service):
 
 
 class HgwireService(service.MultiService):
-    """The whole server; writes ``listening.json`` once every endpoint is bound."""
+    """The whole server.
 
-    def __init__(self, context: ServerContext, state_dir: Path) -> None:
+    Start: listeners bind (a failure raises ``ListenFailed`` from
+    ``privilegedStartService``, or stops the reactor with ``exit_status`` 1 for an endpoint
+    that binds later); it logs what is served and warns about set-ups that serve nothing;
+    ``listening.json`` is written once every endpoint is bound. Stop: no new
+    connections, then connections in flight get ``grace`` seconds to finish
+    (``lifecycle.drain``), then the other services (mirrors, bundles, the worker pool)
+    stop. ``reload()`` (SIGHUP) re-reads the access file and TLS certificates and rescans
+    ``--repos-dir``; a reload that fails changes nothing and logs why.
+    """
+
+    def __init__(
+        self,
+        context: ServerContext,
+        state_dir: Path,
+        *,
+        access_path: str | None = None,
+        grace: float = 30.0,
+        mirrors: dict[str, tuple[str, Path]] | None = None,
+    ) -> None:
         super().__init__()
         self.context = context
         self.state_dir = state_dir
+        self.access_path = access_path
+        self.grace = grace
+        self.mirrors = mirrors or {}
         self.listeners: list[ListeningService] = []
+        self.exit_status = 0
+        self._stopped: Deferred[None] | None = None
+        self._logged_skips: set[tuple[str, str]] = set()
+
+    def privilegedStartService(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        super().privilegedStartService()
+        failed = [s for s in self.listeners if s.failure is not None]
+        if failed:
+            for s in self.listeners:
+                s.stopService()
+            raise ListenFailed(failed[0].problem())
 
     def startService(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         super().startService()
-        DeferredList([s.ready for s in self.listeners], consumeErrors=True).addCallback(
-            lambda _: self._write_listening()
+        self._handle_sighup()
+        self._announce()
+        DeferredList([s.ready for s in self.listeners]).addCallback(lambda _: self._bound())
+
+    def _bound(self) -> None:
+        failed = [s for s in self.listeners if s.failure is not None]
+        if failed:
+            log.critical("{problem}; stopping", problem=failed[0].problem())
+            self.exit_status = 1
+            self.context.reactor.stop()
+            return
+        self._write_listening()
+
+    def _handle_sighup(self) -> None:
+        """SIGHUP reloads (when started on the main thread, as both runners do)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        reactor = self.context.reactor
+
+        def hangup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload)
+
+        signal.signal(signal.SIGHUP, hangup)
+
+    # -- what is served ------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        if not self.listeners:
+            log.warn("every listener is 'none' (--http, --ssh, --tcp): nothing can connect")
+        if any(s.transport == "ssh" for s in self.listeners) and not self.access_path:
+            log.warn("SSH is listening but there is no --access file: no one can log in")
+        reactor = self.context.reactor
+        deferToThreadPool(reactor, reactor.getThreadPool(), self._survey).addCallbacks(
+            self._announce_repositories,
+            lambda f: log.failure("cannot list the served repositories", f),
         )
+
+    def _survey(self) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+        """Worker thread: the served repositories and those ``--repos-dir`` skips."""
+        registry = self.context.registry
+        registry.refresh()
+        served = []
+        for name in registry.names():
+            try:
+                served.append((name, registry.resolve(name).path))
+            except Exception:
+                continue
+        return served, registry.skipped()
+
+    def _announce_repositories(
+        self, survey: tuple[list[tuple[str, Path]], list[tuple[str, str]]]
+    ) -> None:
+        served, skipped = survey
+        for name, path in served:
+            mirror = self.mirrors.get(name)
+            if mirror is not None:
+                log.info(
+                    "serving {name} (a mirror of {url}) from {path}",
+                    name=name or "/",
+                    url=mirror[0],
+                    path=path,
+                )
+            else:
+                log.info("serving {name} from {path}", name=name or "/", path=path)
+        self._log_skipped(skipped)
+        if not served:
+            log.warn("no repository is served (check --repo, --repos-dir, --mirror)")
+
+    def _log_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        for item in skipped:
+            if item not in self._logged_skips:
+                self._logged_skips.add(item)
+                log.warn("--repos-dir: not serving {name}: {why}", name=item[0], why=item[1])
 
     def _write_listening(self) -> None:
         ports: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
         for s in self.listeners:
             if s.port is not None:
-                ports[s.transport].append(s.port.getHost().port)
+                ports[s.transport].append(getattr(s.port.getHost(), "port", 0))
                 if s.transport == "http" and self.context.embedded_blob_base is None:
                     self.context.embedded_blob_base = embedded_blob_base(s)
         path = self.state_dir / "listening.json"
@@ -189,8 +363,120 @@ class HgwireService(service.MultiService):
         tmp.write_text(json.dumps(ports), encoding="utf-8")
         os.replace(tmp, path)
 
+    # -- graceful stop ---------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, let connections in flight finish (up to ``grace``), then
+        stop everything else."""
+        if self._stopped is not None:
+            return self._stopped
+        reactor = self.context.reactor
+        trackers = [s.tracker for s in self.listeners]
+        open_now = sum(len(t.connections) for t in trackers)
+        log.info(
+            "stopping: no new connections; {n} open connection(s) have up to {grace:g}s to finish",
+            n=open_now,
+            grace=self.grace,
+        )
+        stopped = DeferredList([maybeDeferred(s.stopService) for s in self.listeners])
+        stopped.addCallback(lambda _: drain(reactor, trackers, self.grace))
+
+        def drained(cut: int) -> Deferred[Any]:
+            if cut:
+                log.warn(
+                    "{n} connection(s) still open after {grace:g}s: cut",
+                    n=cut,
+                    grace=self.grace,
+                )
+            return maybeDeferred(super(HgwireService, self).stopService)
+
+        stopped.addCallback(drained)
+        stopped.addCallback(lambda _: log.info("stopped"))
+        self._stopped = stopped
+        return stopped
+
+    def cut_now(self) -> None:
+        """Abort every open connection now (a second SIGTERM)."""
+        cut = sum(s.tracker.abort() for s in self.listeners)
+        log.warn("cutting {n} open connection(s) now", n=cut)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> Deferred[None]:
+        """Re-read the access file and TLS certificates, rescan ``--repos-dir``.
+
+        The new access rules and certificates are read and checked on a worker thread
+        and then replace the old ones all at once; if anything fails, nothing is
+        replaced and the reason is logged. Open connections are not touched.
+        """
+        reactor = self.context.reactor
+        log.info("reloading the access file, TLS certificates and --repos-dir")
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), self._read_new_config)
+
+        def apply(new: tuple[Any, list[tuple[ListeningService, Any]]]) -> None:
+            access, certificates = new
+            if access is not None:
+                self.context.access = access
+                log.info(
+                    "access file {path}: {users} user(s), {rules} rule(s)",
+                    path=self.access_path,
+                    users=len(access.users),
+                    rules=len(access.rules),
+                )
+            for listener, factory in certificates:
+                assert listener.tls is not None
+                listener.tls.current = factory
+                log.info(
+                    "TLS certificate reloaded for {description}", description=listener.description
+                )
+
+        def failed(f: Failure) -> None:
+            log.error(
+                "reload failed, keeping the previous configuration: {why}",
+                why=describe_error(f.value),
+            )
+
+        d.addCallbacks(apply, failed)
+        d.addCallback(lambda _: deferToThreadPool(reactor, reactor.getThreadPool(), self._survey))
+        d.addCallbacks(self._reannounce, lambda f: log.failure("cannot rescan the repositories", f))
+        return d
+
+    def _read_new_config(self) -> tuple[Any, list[tuple[ListeningService, Any]]]:
+        """Worker thread: the new access policy and TLS context factories (or raise)."""
+        from hgwire_tw.access import AccessPolicy
+
+        access = AccessPolicy.load(self.access_path) if self.access_path else None
+        certificates = []
+        for listener in self.listeners:
+            if listener.tls is None:
+                continue
+            try:
+                fresh = tls_context_factory(
+                    endpoints.serverFromString(self.context.reactor, listener.description)
+                )
+                fresh.getContext()  # reads and checks the certificate and key now
+            except Exception as e:
+                raise ValueError(f"{listener.description}: {describe_error(e)}") from e
+            certificates.append((listener, fresh))
+        return access, certificates
+
+    def _reannounce(self, survey: tuple[list[tuple[str, Path]], list[tuple[str, str]]]) -> None:
+        served, skipped = survey
+        log.info(
+            "serving {n} repositories: {names}",
+            n=len(served),
+            names=", ".join(name or "/" for name, _ in served) or "none",
+        )
+        self._log_skipped(skipped)
+
 
 def _factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
+    factory = _new_factory(transport, ctx, state_dir)
+    factory.noisy = False  # ListeningService logs the listener once, with its address
+    return factory
+
+
+def _new_factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
     if transport == "http":
         from hgwire_tw.transports.http import make_site
 
@@ -256,12 +542,13 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
             AccessPolicy.load(options["access"]) if options["access"] else (AccessPolicy.default())
         )
     except AccessFileError as e:
-        raise usage.UsageError(str(e)) from e
+        raise usage.UsageError(f"--access: {e}") from None
     mirrors = _prepare_mirrors(options, state_dir)
     registry = RepositoryRegistry(
         repos={name: Path(path).resolve() for name, path in options["repos"].items()}
         | {name: path for name, (_, path) in mirrors.items()},
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
+        max_depth=options["repos-depth"],
     )
     pool = RepositoryPool(reactor, size=settings.workers)
     ctx = ServerContext(
@@ -269,7 +556,13 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
     )
     ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
     ctx.runner = _make_runner(ctx, pool, state_dir)
-    top = HgwireService(ctx, state_dir)
+    top = HgwireService(
+        ctx,
+        state_dir,
+        access_path=options["access"],
+        grace=options["shutdown-grace"],
+        mirrors=mirrors,
+    )
     PoolService(pool).setServiceParent(top)
     if settings.clonebundles != "off":
         from hgwire_tw.clonebundles import CloneBundleMode, CloneBundles
@@ -291,8 +584,15 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         sweeper.setServiceParent(top)
     for transport in TRANSPORTS:
         for description in options[transport]:
-            factory = _factory(transport, ctx, state_dir)
-            endpoint = endpoints.serverFromString(reactor, description)
+            try:
+                endpoint = endpoints.serverFromString(reactor, description)
+            except Exception as e:
+                problem = f"--{transport} {description}: {describe_error(e)}"
+                raise usage.UsageError(problem) from None
+            try:
+                factory = _factory(transport, ctx, state_dir)
+            except Exception as e:  # e.g. an SSH host key that cannot be read
+                raise usage.UsageError(describe_error(e)) from None
             listener = ListeningService(transport, description, endpoint, factory)
             listener.setServiceParent(top)
             top.listeners.append(listener)

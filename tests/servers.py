@@ -73,7 +73,8 @@ def running_server(
     ]
     if http is not None:
         argv += ["--http", http]
-    argv += list(args)
+    # Tests read the per-command debug lines; a later --log-level in ARGS wins.
+    argv += ["--log-level", "debug", *args]
     run_env = hg_env(env)
     run_env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "wb") as log_file:

@@ -92,7 +92,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         *SSH_LISTEN,
         "--access",
         str(access),
-        http=None,
+        http="none",  # not the default 8000: it may be taken, and a busy port stops the server
     ) as server:
         known = write_known_hosts(server, tmp / "known_hosts")
         yield Site(server=server, tmp=tmp, rich=rich, big=big, keys=keys, known_hosts=known)

@@ -227,6 +227,7 @@ def test_read_only_push_refused(site: Site, tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert b"permission denied" in proc.stderr + proc.stdout
     assert repo_summary(site.rich) == before
+    assert "push to team/rich refused for bob over SSH" in site.server.log()
 
 
 def test_unknown_key_refused(site: Site) -> None:

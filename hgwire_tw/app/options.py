@@ -266,6 +266,20 @@ class TableOptions(usage.Options):
         """The ``Settings`` these options describe."""
         return build_settings(self)
 
+    def opt_help(self) -> None:
+        """Print the help and exit."""
+        print(self.getUsage(), end="")
+        raise SystemExit(0)
+
+    opt_h = opt_help
+
+    def opt_version(self) -> None:
+        """Print hgwire_tw's version and exit."""
+        from hgwire_tw import __version__
+
+        print(f"hgwire_tw {__version__}")
+        raise SystemExit(0)
+
     def getUsage(self, width: int | None = None) -> str:
         """The ``--help`` text, from the table."""
         return help_text(width or int(os.environ.get("COLUMNS", "80")), self.longdesc)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hgwire_tw.context import Settings
+from hgwire_tw.core.preamble import DEFAULT_PORT
 
 __all__ = [
     "BY_NAME",
@@ -290,7 +291,7 @@ MIRRORS = "Mirrors"
 
 DEFAULT_HTTP = "tcp:8000:interface=127.0.0.1"
 DEFAULT_SSH = "tcp:8022:interface=127.0.0.1"
-DEFAULT_TCP = "tcp:8023:interface=127.0.0.1"
+DEFAULT_TCP = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 
 TABLE: tuple[Setting, ...] = (
     # -- what is served
@@ -309,7 +310,18 @@ TABLE: tuple[Setting, ...] = (
         name="repos-dir",
         group=REPOS,
         metavar="DIR",
-        help="Serve every repository found below DIR, named by its path relative to DIR.",
+        help="Serve every repository found below DIR, named by its path relative to DIR "
+        "(rescanned every few seconds and on SIGHUP). Repositories inside another "
+        "repository's working copy are not served.",
+    ),
+    setting(
+        name="repos-depth",
+        type=int,
+        group=REPOS,
+        metavar="N",
+        default=Lazy("hgwire_tw.repo.registry", "DEFAULT_MAX_DEPTH"),
+        check=positive,
+        help="How many directory levels below --repos-dir are searched for repositories.",
     ),
     # -- listeners
     setting(
@@ -399,6 +411,26 @@ TABLE: tuple[Setting, ...] = (
         metavar="DIR",
         shown="$XDG_STATE_HOME/hgwire or ~/.local/state/hgwire",
         help="Directory for host keys, caches, blobs, mirrors and listening.json.",
+    ),
+    setting(
+        name="log-level",
+        group=SERVICE,
+        metavar="LEVEL",
+        default="info",
+        check=one_of("debug", "info", "warn", "error"),
+        help="Least important log lines written: debug (adds a line per v1 command and "
+        "more), info (one line per HTTP request, start-up and shutdown), warn or error. "
+        "Applies to hgwire serve; twistd has its own logging options.",
+    ),
+    setting(
+        name="shutdown-grace",
+        type=float,
+        group=SERVICE,
+        metavar="SECONDS",
+        default=30.0,
+        check=non_negative,
+        help="On SIGTERM or SIGINT, stop accepting connections and let responses in flight "
+        "finish for up to this long before the remaining connections are cut.",
     ),
     setting(
         name="workers",
@@ -621,6 +653,7 @@ TABLE: tuple[Setting, ...] = (
         field="redirect_targets",
         parse_toml=_redirect_table,
         default=(),
+        shown="none",
         see="docs/redirects.md",
         help="More redirect targets, in preference order: [[redirect.targets]] tables with "
         "name, protocol, uris, base_url, snirequired, tlsversions, server_certs.",

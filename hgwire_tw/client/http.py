@@ -9,17 +9,31 @@ that reactor as it arrives and each command's objects go to its sink at once.
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Sequence
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
+from OpenSSL.SSL import Error as SSLError
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone, readBody
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseDone,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from hgwire_tw.client.credentials import HTTPLogin, strip_userinfo
 from hgwire_tw.client.peer import Command, CommandFailed, ConnectionFailed
 from hgwire_tw.core import cbor
 from hgwire_tw.core.errors import ProtocolError
@@ -125,14 +139,72 @@ class _BodyReader(Protocol):
             self.channel.closed(ConnectionFailed(f"response broken: {reason.getErrorMessage()}"))
 
 
-class HTTPPeer:
-    """A v2 server over HTTP (see the module docs). Reactor thread only."""
+class _QuietPool(HTTPConnectionPool):
+    """A connection pool whose connections do not log "Starting factory" each time
+    (a mirror connects every few minutes)."""
 
-    def __init__(self, reactor: Any, url: str) -> None:
-        self.url = url
-        self._base = url.rstrip("/")
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._agent = Agent(reactor, pool=self._pool)
+    class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined, misc]
+        noisy = False
+
+
+def _tls_policy(cacerts: str | None) -> BrowserLikePolicyForHTTPS:
+    """Verify servers against the CA certificates in ``cacerts`` (PEM, any number), or
+    the system's when None."""
+    if cacerts is None:
+        return BrowserLikePolicyForHTTPS()
+    try:
+        pem = Path(cacerts).read_bytes()
+    except OSError as e:
+        raise ConnectionFailed(f"--cacerts {cacerts}: {e.strerror or e}") from None
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S)
+    if not blocks:
+        raise ConnectionFailed(f"--cacerts {cacerts}: no PEM certificate in the file")
+    roots = [Certificate.loadPEM(block) for block in blocks]
+    return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(roots))
+
+
+def describe_http_failure(url: str, failure: Failure) -> str:
+    """A connection failure as one line; a TLS verification failure says what to do."""
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    for reason in reasons:
+        value = getattr(reason, "value", reason)
+        if isinstance(value, SSLError | VerificationError):
+            detail = _tls_detail(value)
+            return (
+                f"TLS: cannot verify the certificate of {url} ({detail}); "
+                "trust its CA with --cacerts FILE or [web] cacerts in ~/.hgrc"
+            )
+    first = reasons[0]
+    return str(getattr(first, "getErrorMessage", lambda: str(first))())
+
+
+def _tls_detail(error: BaseException) -> str:
+    if isinstance(error, SSLError) and error.args and isinstance(error.args[0], list):
+        return "; ".join(str(item[-1]) for item in error.args[0] if item) or "TLS error"
+    return str(error) or type(error).__name__
+
+
+class HTTPPeer:
+    """A v2 server over HTTP (see the module docs). Reactor thread only.
+
+    ``login`` is sent with every request (HTTP Basic); ``cacerts`` replaces the system's
+    certificate authorities for ``https://``. A password in ``url`` is never sent in the
+    request line nor shown in messages.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        *,
+        login: HTTPLogin | None = None,
+        cacerts: str | None = None,
+    ) -> None:
+        self.url = strip_userinfo(url)
+        self._base = self.url.rstrip("/")
+        self._login = login
+        self._pool = _QuietPool(reactor, persistent=True)
+        self._agent = Agent(reactor, contextFactory=_tls_policy(cacerts), pool=self._pool)
         self._api: str | None = None
         self._readers: set[_BodyReader] = set()
         self._channels: set[FrameChannel] = set()
@@ -149,10 +221,16 @@ class HTTPPeer:
                 b"User-Agent": [USER_AGENT],
             }
         )
-        response = await self._agent.request(
-            b"GET", f"{self._base}/?cmd=capabilities".encode(), headers
-        )
+        self._authorize(headers)
+        try:
+            response = await self._agent.request(
+                b"GET", f"{self._base}/?cmd=capabilities".encode(), headers
+            )
+        except Exception:
+            raise ConnectionFailed(describe_http_failure(self.url, Failure())) from None
         body = await readBody(response)
+        if response.code == 401:
+            raise ConnectionFailed(self._login_needed())
         if response.code != 200:
             raise ConnectionFailed(f"capabilities: HTTP {response.code} from {self.url}")
         ctype = response.headers.getRawHeaders(b"content-type", [b""])[0]
@@ -170,6 +248,19 @@ class HTTPPeer:
         descriptor = apis[HTTP_V2_API]
         assert isinstance(descriptor, dict)
         return descriptor
+
+    def _authorize(self, headers: Headers) -> None:
+        if self._login is not None:
+            token = f"{self._login.user}:{self._login.password}".encode()
+            headers.setRawHeaders(b"Authorization", [b"Basic " + base64.b64encode(token)])
+
+    def _login_needed(self) -> str:
+        if self._login is None:
+            return (
+                f"{self.url} asks for a login: give it in the URL (https://USER:PASSWORD@...), "
+                "with --user, or in the [auth] section of ~/.hgrc"
+            )
+        return f"{self.url} refused the login of {self._login.user!r} (HTTP 401)"
 
     def capabilities(self) -> Deferred[dict[bytes, Any]]:
         return Deferred.fromCoroutine(self._capabilities())
@@ -196,6 +287,7 @@ class HTTPPeer:
                 b"User-Agent": [USER_AGENT],
             }
         )
+        self._authorize(headers)
         self._channels.add(channel)
         d = self._agent.request(
             b"POST",
@@ -204,7 +296,9 @@ class HTTPPeer:
             FileBodyProducer(BytesIO(b"".join(body))),
         )
         d.addCallback(self._response, channel, path)
-        d.addErrback(lambda f: channel.fail_all(ConnectionFailed(f.getErrorMessage())))
+        d.addErrback(
+            lambda f: channel.fail_all(ConnectionFailed(describe_http_failure(self.url, f)))
+        )
         d.addBoth(lambda _: self._channels.discard(channel))
 
     def _response(self, response: IResponse, channel: FrameChannel, path: str) -> Deferred[None]:

@@ -14,12 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from hgwire_tw.client.credentials import strip_userinfo
 from hgwire_tw.client.job import start_pull
 from hgwire_tw.client.peer import ClientOptions, parse_url
 from hgwire_tw.client.progress import TerminalProgress
 from hgwire_tw.client.pull import PullStats
-from hgwire_tw.client.repo import default_path, open_or_create, set_default_path
+from hgwire_tw.client.repo import checkout, default_path, open_or_create, set_default_path
 
 __all__ = [
     "add_connection_options",
@@ -32,7 +34,20 @@ __all__ = [
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """The options saying how to reach a server (SSH keys, known hosts)."""
+    """The options saying how to reach a server (logins, CAs, SSH keys, known hosts)."""
+    web = parser.add_argument_group("http(s):// URLs")
+    web.add_argument(
+        "--user",
+        metavar="NAME",
+        help="log in as NAME (the password comes from [auth] in ~/.hgrc or a prompt); "
+        "default: the URL's user, else [auth]",
+    )
+    web.add_argument(
+        "--cacerts",
+        metavar="FILE",
+        help="PEM file of the certificate authorities to trust for https:// "
+        "(default: [web] cacerts in ~/.hgrc, else the system's)",
+    )
     group = parser.add_argument_group("ssh:// URLs")
     group.add_argument(
         "--ssh-key",
@@ -57,13 +72,23 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-ssh-agent", action="store_true", help="do not ask ssh-agent")
 
 
-def connection_options(args: argparse.Namespace) -> ClientOptions:
-    """The ``ClientOptions`` of parsed ``add_connection_options`` arguments."""
+def connection_options(args: argparse.Namespace, url: str | None = None) -> ClientOptions:
+    """The ``ClientOptions`` of parsed ``add_connection_options`` arguments; for an
+    ``http(s)://`` ``url`` the login is found now (asking for a password on a terminal
+    when [auth] has none), so a mirror does not ask again at every pull."""
+    login = None
+    if url is not None and urlsplit(url).scheme.lower() in ("http", "https"):
+        from hgwire_tw.client.credentials import login_for
+
+        login = login_for(url, user=args.user)
     return ClientOptions(
         ssh_keys=tuple(args.ssh_key),
         known_hosts=args.known_hosts,
         accept_new_host_key=bool(args.accept_new_host_key),
         ssh_agent=not args.no_ssh_agent,
+        http_login=login,
+        http_user=args.user,
+        cacerts=args.cacerts,
     )
 
 
@@ -89,7 +114,8 @@ def run_pull(
     def open_repo() -> Any:
         repo = open_or_create(dest, create=create)
         if create:
-            set_default_path(dest, url)
+            # Like hg clone: the password of a URL is not written into .hg/hgrc.
+            set_default_path(dest, strip_userinfo(url, keep_user=True))
         return repo
 
     def done(result: object) -> None:
@@ -154,8 +180,14 @@ def _fail(command: str, exc: BaseException) -> int:
 
 def clone_main(argv: Sequence[str]) -> int:
     """``hgwire clone [-q] URL DEST``."""
-    parser = argparse.ArgumentParser(prog="hgwire clone", description="clone over wire v2")
+    parser = argparse.ArgumentParser(
+        prog="hgwire clone",
+        description="clone over wire v2, then check out a working copy like hg clone",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    parser.add_argument(
+        "-U", "--noupdate", action="store_true", help="do not check out a working copy"
+    )
     parser.add_argument(
         "url", help="http(s)://host/repo, hgwire://host:port/repo or ssh://user@host:port/repo"
     )
@@ -170,16 +202,15 @@ def clone_main(argv: Sequence[str]) -> int:
     create = True
     if (dest / ".hg").exists():
         # The remains of an interrupted clone of the same URL are resumed.
-        if default_path(dest) != args.url:
+        if default_path(dest) != strip_userinfo(args.url, keep_user=True):
             return _fail("clone", FileExistsError(f"destination {dest} already exists"))
         create = False
     elif dest.exists() and any(dest.iterdir()):
         return _fail("clone", FileExistsError(f"destination {dest} is not empty"))
     existed = dest.exists()
     try:
-        stats = run_pull(
-            args.url, dest, create=create, quiet=args.quiet, options=connection_options(args)
-        )
+        options = connection_options(args, args.url)
+        stats = run_pull(args.url, dest, create=create, quiet=args.quiet, options=options)
     except BaseException as exc:
         if create and _holds_nothing(dest):
             # Nothing arrived (e.g. the server was unreachable): leave no empty clone.
@@ -188,6 +219,13 @@ def clone_main(argv: Sequence[str]) -> int:
             print(f"(resume with: hgwire pull -R {dest})", file=sys.stderr)
         return _fail("clone", exc)
     _report(stats, args.quiet)
+    if not args.noupdate:
+        try:
+            checkout(dest, quiet=args.quiet)
+        except Exception as exc:
+            print(f"(the repository is complete; check out with: hg -R {dest} update)",
+                  file=sys.stderr)  # fmt: skip
+            return _fail("clone", exc)
     return 0
 
 
@@ -207,9 +245,8 @@ def pull_main(argv: Sequence[str]) -> int:
         return _fail("pull", ValueError("no URL given and no paths.default"))
     try:
         parse_url(url)
-        stats = run_pull(
-            url, dest, create=False, quiet=args.quiet, options=connection_options(args)
-        )
+        options = connection_options(args, url)
+        stats = run_pull(url, dest, create=False, quiet=args.quiet, options=options)
     except BaseException as exc:
         return _fail("pull", exc)
     _report(stats, args.quiet)
@@ -265,7 +302,7 @@ def mirror_main(argv: Sequence[str]) -> int:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     sync = MirrorSync(
         str(dest),
-        pull_mirror(reactor, args.url, dest, options=connection_options(args)),
+        pull_mirror(reactor, args.url, dest, options=connection_options(args, args.url)),
         reactor=reactor,
         every=args.every,
     )

@@ -178,8 +178,10 @@ def prepare_mirror(dest: Path, url: str) -> None:
     lacks them. Runs Mercurial and writes files: call it off the reactor thread or
     before the reactor runs.
     """
+    from hgwire_tw.client.credentials import strip_userinfo
     from hgwire_tw.client.repo import open_or_create
 
+    url = strip_userinfo(url, keep_user=True)  # no password in .hg/hgrc
     if not (dest / ".hg").is_dir():
         dest.mkdir(parents=True, exist_ok=True)
         open_or_create(dest, create=True)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 
 from hgwire_tw.core.errors import HgWireError
+from hgwire_tw.core.preamble import DEFAULT_PORT
 
 __all__ = [
     "PEER_FACTORIES",
@@ -155,12 +156,25 @@ class ClientOptions:
     accept_new_host_key: bool = False
     #: Ask the agent at ``$SSH_AUTH_SOCK`` for keys, if there is one.
     ssh_agent: bool = True
+    #: ``http(s)://``: the login (``hgwire_tw.client.credentials.HTTPLogin``) to send;
+    #: None: found from the URL, ``http_user`` and ``[auth]`` when the peer is made.
+    http_login: Any = None
+    #: ``http(s)://``: the user to log in as (``--user``), if the URL names none.
+    http_user: str | None = None
+    #: ``https://``: PEM file of the CAs to trust (``--cacerts``); None: ``[web] cacerts``
+    #: of the hgrc, else the system's.
+    cacerts: str | None = None
 
 
 def _http_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
+    from hgwire_tw.client.credentials import login_for, trusted_cacerts
     from hgwire_tw.client.http import HTTPPeer
 
-    return HTTPPeer(reactor, url.raw)
+    login = options.http_login
+    if login is None:
+        login = login_for(url.raw, user=options.http_user, prompt=lambda _: None)
+    cacerts = trusted_cacerts(options.cacerts) if url.scheme == "https" else None
+    return HTTPPeer(reactor, url.raw, login=login, cacerts=cacerts)
 
 
 def _tcp_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
@@ -175,8 +189,8 @@ def _ssh_peer(reactor: Any, url: PeerURL, options: ClientOptions) -> Peer:
     return SSHPeer(reactor, url, options)
 
 
-#: Default port of the raw TCP transport (``hgwire://``).
-DEFAULT_TCP_PORT = 7357
+#: Default port of the raw TCP transport (``hgwire://``), the server's default too.
+DEFAULT_TCP_PORT = DEFAULT_PORT
 
 #: scheme -> factory(reactor, PeerURL, ClientOptions) -> Peer.
 PEER_FACTORIES: dict[str, Callable[[Any, PeerURL, ClientOptions], Peer]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["open_or_create", "set_default_path"]
+__all__ = ["checkout", "default_path", "open_or_create", "set_default_path"]
 
 
 def _ui() -> Any:
@@ -43,3 +43,31 @@ def default_path(path: Path) -> str | None:
     repo = open_or_create(path)
     value = repo.ui.config(b"paths", b"default")
     return value.decode("utf-8") if value else None
+
+
+def checkout(path: Path, *, quiet: bool = False) -> str | None:
+    """Update the working copy of a fresh clone the way ``hg clone`` does: to the ``@``
+    bookmark (made active) if there is one, else the tip of the ``default`` branch,
+    else the tip. Returns the short hash checked out (None: nothing to check out)."""
+    from mercurial import bookmarks, error, hg
+    from mercurial.node import short
+
+    repo = open_or_create(path)
+    if quiet:
+        repo.ui.quiet = True
+    if not len(repo):
+        return None
+    marks = repo._bookmarks
+    if b"@" in marks:
+        node, active = marks[b"@"], b"@"
+    else:
+        active = None
+        try:
+            node = repo.branchtip(b"default")
+        except error.RepoLookupError:
+            node = repo[b"tip"].node()
+    with repo.wlock():
+        hg.update(repo, node)
+        if active is not None:
+            bookmarks.activate(repo, active)
+    return str(short(node).decode("ascii"))

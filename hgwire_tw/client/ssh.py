@@ -29,7 +29,7 @@ from typing import Any
 from twisted.conch.client.knownhosts import HostKeyChanged, KnownHostsFile
 from twisted.conch.ssh import agent, channel, common, connection, keys, transport, userauth
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -440,7 +440,10 @@ class SSHPeer(StreamPeer):
         def no_tcp(f: Failure) -> None:
             attempt.fail(f"ssh: cannot connect to {attempt.where}: {f.getErrorMessage()}")
 
-        connectProtocol(endpoint, ssh).addErrback(no_tcp)
+        # Not connectProtocol: its factory logs "Starting factory" on every mirror pull.
+        factory = Factory.forProtocol(lambda: ssh)
+        factory.noisy = False
+        endpoint.connect(factory).addErrback(no_tcp)
         return attempt.ready
 
     def close(self) -> None:

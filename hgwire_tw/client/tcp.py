@@ -94,6 +94,8 @@ class FrameStreamProtocol(Protocol):
 
 
 class _Factory(ClientFactory):
+    noisy = False  # no "Starting factory" line per connection (mirrors pull often)
+
     def __init__(self, repo_name: str, connected: Deferred[FrameStreamProtocol]) -> None:
         self.repo_name = repo_name
         self.connected = connected
@@ -106,6 +108,13 @@ class _Factory(ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.connected.called:
             self.connected.errback(ConnectionFailed(reason.getErrorMessage()))
+
+
+def _fire(d: Deferred[FrameStreamProtocol], outcome: FrameStreamProtocol | Failure) -> None:
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)
 
 
 class StreamPeer:
@@ -123,6 +132,8 @@ class StreamPeer:
         self._reactor = reactor
         self._protocol: FrameStreamProtocol | None = None
         self._connecting: Deferred[FrameStreamProtocol] | None = None
+        self._outcome: FrameStreamProtocol | Failure | None = None
+        self._waiting: list[Deferred[FrameStreamProtocol]] = []
         self._paused = False
 
     def _open(self) -> Deferred[FrameStreamProtocol]:
@@ -130,6 +141,10 @@ class StreamPeer:
         raise NotImplementedError
 
     def _connect(self) -> Deferred[FrameStreamProtocol]:
+        """A Deferred of the open stream; every caller gets its own, the stream is opened
+        once. The outcome is kept here rather than left at the end of a shared Deferred,
+        so a failed connection is reported to each caller and never also logged as an
+        unhandled error when the peer is dropped."""
         if self._connecting is None:
             connected = self._open()
 
@@ -139,15 +154,19 @@ class StreamPeer:
                     protocol.transport.pauseProducing()  # type: ignore[union-attr]
                 return protocol
 
-            connected.addCallback(up)
+            def settle(outcome: FrameStreamProtocol | Failure) -> None:
+                self._outcome = outcome
+                waiting, self._waiting = self._waiting, []
+                for d in waiting:
+                    _fire(d, outcome)
+
+            connected.addCallback(up).addBoth(settle)
             self._connecting = connected
         d: Deferred[FrameStreamProtocol] = Deferred()
-
-        def relay(result: Any) -> Any:
-            d.callback(result) if not isinstance(result, Failure) else d.errback(result)
-            return result
-
-        self._connecting.addBoth(relay)
+        if self._outcome is None:
+            self._waiting.append(d)
+        else:
+            _fire(d, self._outcome)
         return d
 
     def capabilities(self) -> Deferred[dict[bytes, Any]]:

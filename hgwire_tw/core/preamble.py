@@ -25,6 +25,7 @@ from typing import Final
 from hgwire_tw.core.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "DEFAULT_PORT",
     "MAGIC",
     "MAX_PREAMBLE",
     "PreambleAccepted",
@@ -37,6 +38,9 @@ __all__ = [
     "encode_request",
 ]
 
+#: TCP port of ``hgwire://host/repo`` when the URL names none, and of the server's
+#: default ``--tcp`` listener: one constant for both sides.
+DEFAULT_PORT: Final = 8023
 #: First word of the request line: names the protocol spoken after it.
 MAGIC: Final = b"hgwire-v2"
 #: Longest request or reply line, newline included.

@@ -30,7 +30,10 @@ from pathlib import Path
 
 from hgwire_tw.core.errors import UnknownRepository
 
-__all__ = ["RepositoryRegistry", "ServedRepository", "check_name"]
+__all__ = ["DEFAULT_MAX_DEPTH", "RepositoryRegistry", "ServedRepository", "check_name"]
+
+#: Directory levels below ``repos_dir`` searched for repositories (``--repos-depth``).
+DEFAULT_MAX_DEPTH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,29 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _subdirectories(real: str, root: str) -> list[tuple[str, str]]:
+    """``(name, real path)`` of the directories in ``real`` a scan may enter, sorted:
+    well-formed names, not ``.hg``, and (symlinks resolved) still inside ``root`` — a
+    symlink, or a bind of one, that leaves the root is never served."""
+    try:
+        entries = sorted(os.scandir(real), key=lambda e: e.name)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name == ".hg" or _segment_problem(entry.name) is not None:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=True):
+                continue
+        except OSError:
+            continue
+        target = os.path.realpath(entry.path)
+        if _inside(target, root):
+            found.append((entry.name, target))
+    return found
+
+
 class RepositoryRegistry:
     """The table of served repositories (see the module docstring for the rules)."""
 
@@ -94,7 +120,7 @@ class RepositoryRegistry:
         *,
         ttl: float = 5.0,
         miss_rescan_interval: float = 1.0,
-        max_depth: int = 8,
+        max_depth: int = DEFAULT_MAX_DEPTH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``repos`` maps names to paths (``--repo``); ``repos_dir`` is scanned for more.
@@ -135,25 +161,49 @@ class RepositoryRegistry:
             if real in visited or len(segments) >= self._max_depth:
                 return
             visited.add(real)
-            try:
-                entries = sorted(os.scandir(real), key=lambda e: e.name)
-            except OSError:
-                return
-            for entry in entries:
-                if entry.name == ".hg" or _segment_problem(entry.name) is not None:
-                    continue
-                try:
-                    if not entry.is_dir(follow_symlinks=True):
-                        continue
-                except OSError:
-                    continue
-                target = os.path.realpath(entry.path)
-                # A symlink (or a bind of one) that leaves the root is never served.
-                if not _inside(target, root):
-                    continue
-                walk(target, [*segments, entry.name])
+            for name, target in _subdirectories(real, root):
+                walk(target, [*segments, name])
 
         walk(root, [])
+        return found
+
+    def skipped(self, *, extra_depth: int = 4, max_dirs: int = 100_000) -> list[tuple[str, str]]:
+        """Repositories below ``repos_dir`` that are not served, each with why: inside
+        another repository's working copy, or deeper than ``max_depth``.
+
+        Unlike the scan, this walk descends into working copies, so it is bounded: at
+        most ``extra_depth`` levels past ``max_depth`` and ``max_dirs`` directories.
+        Filesystem I/O: call it off the reactor thread (it is meant for the start-up and
+        reload logs, not for every rescan).
+        """
+        if self._root is None:
+            return []
+        root = self._root
+        found: list[tuple[str, str]] = []
+        visited: set[str] = set()
+        budget = [max_dirs]
+
+        def walk(real: str, segments: list[str], inside: str | None) -> None:
+            if _is_repo_dir(Path(real)):
+                name = "/".join(segments)
+                if inside is not None:
+                    found.append((name, f"inside the working copy of {inside or '/'!r}"))
+                elif len(segments) > self._max_depth:
+                    found.append(
+                        (name, f"{len(segments)} levels deep, more than {self._max_depth}")
+                    )
+                else:
+                    inside = name  # served; anything below is in its working copy
+            if real in visited or len(segments) >= self._max_depth + extra_depth:
+                return
+            visited.add(real)
+            budget[0] -= 1
+            if budget[0] < 0:
+                return
+            for name, target in _subdirectories(real, root):
+                walk(target, [*segments, name], inside)
+
+        walk(root, [], None)
         return found
 
     def _refresh(self, *, force: bool) -> None:

@@ -410,6 +410,14 @@ class _V1Request:
         if denied.status == 405:
             self.request.setHeader(b"Allow", b"POST")
         body = b"0\n%s\n" % denied.message.encode("utf-8")
+        if command_permission(self.name) == b"push":
+            log.warn(
+                "push to {repo} refused for {user} over HTTP: {status} {why}",
+                repo=self.served.name or "/",
+                user=self.user or "anonymous",
+                status=denied.status,
+                why=denied.message,
+            )
         self._log(denied.status, b"-", "-")
         finish(self.request, deny(self.ctx, self.request, denied, body))
 
@@ -432,7 +440,8 @@ class _V1Request:
         return message
 
     def _log(self, status: int, media_type: bytes, engine: str) -> None:
-        log.info(
+        # Details of the command; the request's access line is HgSite.log.
+        log.debug(
             "v1 {repo} {cmd} {status} {media} {engine} {secs:.3f}s",
             repo=self.served.name or "/",
             cmd=self.name.decode("utf-8", "replace"),

@@ -126,12 +126,25 @@ def authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
     credentials (401) or when the client's address made too many failed logins (429).
 
     A request the site already authenticated (``HgRequest.hg_login``, before its body
-    was read) gets that outcome again at once.
+    was read) gets that outcome again at once. A user who logged in is also remembered
+    as ``request.hgwire_user`` for the access log.
     """
     known = getattr(request, "hg_login", None)
     if known is not None:
         user, denied = known
-        return fail(denied) if denied is not None else succeed(user)
+        outcome = fail(denied) if denied is not None else succeed(user)
+    else:
+        outcome = _authenticate(ctx, request)
+    return outcome.addCallback(_remember, request)
+
+
+def _remember(user: str | None, request: IRequest) -> str | None:
+    if user is not None:
+        request.hgwire_user = user  # type: ignore[attr-defined]
+    return user
+
+
+def _authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]:
     if not request.getHeader(b"authorization"):
         return succeed(None)
     raw_user: bytes = request.getUser()  # type: ignore[attr-defined]

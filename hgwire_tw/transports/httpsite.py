@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -274,6 +275,19 @@ class HgRequest(Request):
     _spooled = False
     _push = False
 
+    _logged = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started_at = time.monotonic()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A request whose client went away is logged too (once), marked "gone".
+        if not self.finished and not self._logged:
+            self._logged = True
+            log.info("{line}", line=access_line(self, gone=True))
+        super().connectionLost(reason)
+
     def _site(self) -> HgSite | None:
         site = getattr(getattr(self, "channel", None), "site", None)
         return site if isinstance(site, HgSite) else None
@@ -474,6 +488,13 @@ class HgSite(Site):
         #: Spool files held by bodies other than writers' pushes.
         self.other_spools = 0
 
+    def log(self, request: Request) -> None:
+        """One access line per request (instead of twisted.web's combined log line)."""
+        if getattr(request, "_logged", False):
+            return
+        request._logged = True  # type: ignore[attr-defined]
+        log.info("{line}", line=access_line(request))
+
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", addr))
         if self.connections >= self.limits.max_connections:
@@ -511,3 +532,28 @@ class HgSite(Site):
         """A request holding a spool file is over."""
         self.spools -= 1
         self.other_spools -= not push
+
+
+#: Longest URI written in an access line (v1 queries can carry long argument lists).
+MAX_LOGGED_URI = 300
+
+
+def access_line(request: Request, *, gone: bool = False) -> str:
+    """``ADDRESS USER "METHOD URI PROTO" STATUS BYTES SECONDSs "AGENT"`` for one request;
+    USER is the authenticated user (``httpauth``) or ``-``; a request whose client went
+    away before the response ended shows ``gone`` after its status."""
+    address = getattr(request.getClientAddress(), "host", "-")
+    user = getattr(request, "hgwire_user", None) or "-"
+    uri = request.uri.decode("latin-1")
+    if len(uri) > MAX_LOGGED_URI:
+        uri = uri[:MAX_LOGGED_URI] + "..."
+    method = request.method.decode("latin-1")
+    proto = request.clientproto.decode("latin-1")
+    agent = (request.getHeader(b"user-agent") or b"-").decode("latin-1")[:200]
+    started = getattr(request, "started_at", None)
+    seconds = time.monotonic() - started if started is not None else 0.0
+    code = f"{request.code} gone" if gone else str(request.code)
+    return (
+        f'{address} {user} "{method} {uri} {proto}" {code} {request.sentLength} '
+        f'{seconds:.3f}s "{agent}"'
+    )

@@ -206,6 +206,11 @@ class V1SSHSession:
 
     def _start_push(self, command: SSHCommand) -> None:
         if not self.ctx.access.can_write(self.user, self.served.name):
+            log.warn(
+                "push to {repo} refused for {user} over SSH: not authorized",
+                repo=self.served.name or "/",
+                user=self.user or "anonymous",
+            )
             self._write_ooberror(self._denied_message(b"push"))
             self._queue.extend(self._parser_call(self.parser.skip_payload))
             return
