@@ -107,6 +107,14 @@ class Options(usage.Options):
         ],
         ["max-push-bytes", None, None, "Largest push accepted, in bytes.", int],
         [
+            "lock-timeout",
+            None,
+            None,
+            "Seconds a push (or crash recovery) waits for a repository lock held by a live "
+            "process before it is refused (default 30).",
+            int,
+        ],
+        [
             "blob-base-url",
             None,
             None,
@@ -236,6 +244,7 @@ class Options(usage.Options):
             "workers",
             "compression",
             "max_push_bytes",
+            "lock_timeout",
             "allow_push_over_http",
             "no_v2",
             "ssh_host_keys",
@@ -325,6 +334,8 @@ class Options(usage.Options):
         for opt in ("clonebundles-every", "clonebundles-grace"):
             if self[opt] is not None and float(self[opt]) < 0:
                 raise usage.UsageError(f"--{opt}: must not be negative")
+        if self["lock-timeout"] is not None and int(self["lock-timeout"]) < 0:
+            raise usage.UsageError("--lock-timeout: must not be negative")
         if self["blob-retention"] is not None:
             try:
                 self["blob-retention"] = float(self["blob-retention"])
@@ -370,6 +381,8 @@ class Options(usage.Options):
         if self["max-push-bytes"]:
             s.max_push_bytes = int(self["max-push-bytes"])
         s.allow_push_over_http = bool(self["allow-push-over-http"])
+        if self["lock-timeout"] is not None:
+            s.lock_timeout = int(self["lock-timeout"])
         s.v2_enabled = not self["no-v2"]
         s.ssh_host_keys = tuple(str(Path(p).resolve()) for p in self["ssh-host-keys"])
         s.blob_base_url = self["blob-base-url"] or None
@@ -442,14 +455,21 @@ class ListeningService(service.Service):
 
 
 class PoolService(service.Service):
-    """Starts and stops the worker pool with the service."""
+    """Starts and stops the worker pool with the service; once started, the pool rolls
+    back transactions a crash abandoned in the ``registry``'s repositories."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, registry: Any = None) -> None:
         self.pool = pool
+        self.registry = registry
 
     def startService(self) -> None:
         super().startService()
         self.pool.start()
+        if self.registry is not None:
+            from hgwire_tw.repo.recovery import served_repositories
+
+            d = self.pool.recover_all(lambda: served_repositories(self.registry))
+            d.addErrback(lambda f: log.failure("start-up recovery failed", f))
 
     def stopService(self) -> None:
         super().stopService()
@@ -582,14 +602,14 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         | {name: path for name, (_, path) in mirrors.items()},
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
     )
-    pool = RepositoryPool(reactor, size=settings.workers)
+    pool = RepositoryPool(reactor, size=settings.workers, lock_timeout=settings.lock_timeout)
     ctx = ServerContext(
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
     ctx.blobs = BlobStore(state_dir / "blobs", settings.blob_base_url)
     ctx.runner = _make_runner(ctx, pool, state_dir)
     top = HgwireService(ctx, state_dir)
-    PoolService(pool).setServiceParent(top)
+    PoolService(pool, registry).setServiceParent(top)
     if settings.clonebundles != "off":
         from hgwire_tw.clonebundles import CloneBundleMode, CloneBundles
 

@@ -37,7 +37,13 @@ class SyncPool:
         return maybeDeferred(fn, self.repo, *args)
 
     def iterate(
-        self, served: Any, gen_fn: Callable[..., Iterator[object]], args: Any, deliver: Any
+        self,
+        served: Any,
+        gen_fn: Callable[..., Iterator[object]],
+        args: Any,
+        deliver: Any,
+        *,
+        write: bool = False,
     ) -> Deferred[None]:
         gen = gen_fn(self.repo, *args)
 

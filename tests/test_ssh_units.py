@@ -112,7 +112,9 @@ class FakePool:
         self.calls: list[bytes] = []
         self.hold: Deferred[None] | None = None
 
-    def iterate(self, served: Any, gen_fn: Any, args: Any, deliver: Any) -> Deferred[None]:
+    def iterate(
+        self, served: Any, gen_fn: Any, args: Any, deliver: Any, *, write: bool = False
+    ) -> Deferred[None]:
         name, cmdargs, proto = args[0], args[1], args[2]
         self.calls.append(name)
         batch = self.answer(name, cmdargs, proto)

@@ -20,7 +20,10 @@ from typing import IO, Any, Literal
 
 from hgwire_tw.core.v1 import ArgValue, parse_arg_spec, parse_protocaps
 
-__all__ = ["PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
+__all__ = ["BUNDLE2_MAGIC", "PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
+
+#: The first bytes of a bundle2 (``HG20``); bundle1 payloads start ``HG10``.
+BUNDLE2_MAGIC = b"HG20"
 
 #: Size of the pieces a spooled payload is read back in.
 PAYLOAD_CHUNK = 64 * 1024
@@ -117,6 +120,20 @@ class V1Protocol:
     def getpayload(self) -> Iterator[bytes]:
         """The pushed data, in pieces."""
         return self._payload()
+
+    def payload_is_bundle2(self) -> bool:
+        """Whether the pushed data is a bundle2 (so the client expects a bundle2 reply).
+
+        Reads the first piece of the spooled payload again (worker thread).
+        """
+        pieces = self._payload()
+        try:
+            head = next(iter(pieces), b"")
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        return head[:4] == BUNDLE2_MAGIC
 
     @contextlib.contextmanager
     def mayberedirectstdio(self) -> Iterator[io.BytesIO | None]:
