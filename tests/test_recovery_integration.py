@@ -156,10 +156,10 @@ def test_a_live_lock_holder_is_waited_for_then_refused_never_broken(
     verify(served_repo)
 
 
-BOOM = '''
+BOOM = """
 def boom(**kwargs):
     raise RuntimeError("injected unbundle failure")
-'''
+"""
 
 
 @pytest.mark.parametrize("bundle", ["bundle2", "bundle1"])
