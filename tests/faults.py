@@ -206,9 +206,11 @@ repo = hg.repository(ui.ui.load(), sys.argv[1].encode())
 wlock = repo.wlock()
 lock = repo.lock()
 tr = repo.transaction(b"abandoned-by-test")
-# journal first, then write: what every revlog append does
-tr.add(b"00changelog.i", repo.svfs.stat(b"00changelog.i").st_size)
-with repo.svfs(b"00changelog.i", b"ab") as f:
+# journal first, then write: what every revlog append does (a push appends to
+# filelogs first; changelog writes wait in a pending file until the transaction closes)
+victim = sys.argv[2].encode()
+tr.add(victim, repo.svfs.stat(victim).st_size)
+with repo.svfs(victim, b"ab") as f:
     f.write(b"garbage past the journal's offset")
 tr.add(b"data/ghost.i", 0)
 repo.svfs.write(b"data/ghost.i", b"a store file the rollback must remove")
@@ -231,8 +233,9 @@ def hold_lock(repo: Path, *, journal: bool) -> subprocess.Popen[str]:
     return proc
 
 
-def abandon_transaction(repo: Path) -> None:
+def abandon_transaction(repo: Path, victim: str = "data/a.txt.i") -> None:
     """Leave an abandoned transaction in ``repo``: a process opens one (holding wlock
-    and lock), appends to the changelog, creates a store file and dies."""
-    subprocess.run([sys.executable, "-c", ABANDON, str(repo)], check=True, env=hg_env())
+    and lock), appends garbage to the store file ``victim``, creates another one and
+    dies (``hg verify`` fails until the transaction is rolled back)."""
+    subprocess.run([sys.executable, "-c", ABANDON, str(repo), victim], check=True, env=hg_env())
     assert journal_entries(repo) is not None and lock_files(repo)

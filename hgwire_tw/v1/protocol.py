@@ -127,8 +127,12 @@ class V1Protocol:
         Reads the first piece of the spooled payload again (worker thread).
         """
         pieces = self._payload()
+        head = b""
         try:
-            head = next(iter(pieces), b"")
+            for piece in pieces:
+                head += piece[: 4 - len(head)]
+                if len(head) >= 4:
+                    break
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
