@@ -61,9 +61,8 @@ from hgwire_tw.core.frames import FRAME_HEADER_SIZE  # noqa: E402
 from hgwire_tw.core.reactor import ClientFrameReactor  # noqa: E402
 from tests.repobuilders import HG, hg, hg_env, log_nodes, make_linear_repo  # noqa: E402
 from tests.servers import RunningServer, running_server  # noqa: E402
-from tests.sshclient import keygen, public_key  # noqa: E402
+from tests.sshclient import keygen, public_key, ssh_argv  # noqa: E402
 
-SSH = shutil.which("ssh") or "/usr/bin/ssh"
 TCP = "tcp:0:interface=127.0.0.1"
 FORCE = b"666f726365"  # hex("force"): push without a heads check
 
@@ -473,27 +472,7 @@ class SSHMaster:
 
     def __init__(self, key: Path, port: int, work: Path) -> None:
         self.control = work / "ctl"
-        self.base = [
-            SSH,
-            "-i",
-            str(key),
-            "-F",
-            "/dev/null",
-            "-p",
-            str(port),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-S",
-            str(self.control),
-        ]
+        self.base = [*ssh_argv(key), "-p", str(port), "-S", str(self.control)]
         self.proc = subprocess.Popen(
             [*self.base, "-M", "-N", "fuzz@127.0.0.1"],
             stdin=subprocess.DEVNULL,
@@ -601,7 +580,7 @@ def check_clone(site: Site, n: int) -> None:
     if kind == 0:
         argv = [HG, "clone", "-q", "-U", f"{site.server.http_url}/r", str(dest)]
     elif kind == 1:
-        ssh = " ".join(a for a in site.ssh.base if a not in ("-S", str(site.ssh.control)))
+        ssh = " ".join(ssh_argv(site.key))
         argv = [
             HG,
             "clone",

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from tests.repobuilders import HG, hg, hg_env, log_nodes
 from tests.servers import RunningServer
-from tests.sshclient import keygen, public_key
+from tests.sshclient import keygen, public_key, ssh_argv
 
-SSH = "/usr/bin/ssh"
 TCP = "tcp:0:interface=127.0.0.1"
 
 
@@ -77,25 +76,7 @@ class Writers:
 
     def ssh_command(self) -> str:
         """hg's ``--ssh`` value using alice's key and trusting any host key."""
-        return " ".join(
-            [
-                SSH,
-                "-i",
-                str(self.key),
-                "-F",
-                "/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ]
-        )
+        return " ".join(ssh_argv(self.key))
 
     def url(self, server: RunningServer, transport: str, repo: str) -> str:
         """The push URL of ``repo`` over ``transport`` (``https`` or ``ssh``)."""
