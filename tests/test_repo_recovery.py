@@ -222,3 +222,39 @@ def test_payload_kind() -> None:
     assert _proto("ssh", b"HG20\0\0\0\0").payload_is_bundle2()
     assert not _proto("ssh", b"HG10GZxxxx").payload_is_bundle2()
     assert not _proto("ssh", b"").payload_is_bundle2()
+
+
+def test_a_push_whose_client_went_away_is_not_a_bug(repo_path: Path) -> None:
+    """The transport closed the spooled payload (the client disconnected): reading it
+    says so (ConnectionAbortedError, not a closed-file ValueError), and unbundle ends
+    quietly without a traceback, applying nothing."""
+    import tempfile
+
+    from twisted.logger import globalLogPublisher
+
+    from hgwire_tw.v1.protocol import file_payload
+
+    spool = tempfile.TemporaryFile()
+    spool.write(b"HG20" + b"\0" * 100)
+    spool.close()
+    with pytest.raises(ConnectionAbortedError):
+        list(file_payload(spool))
+    proto = V1Protocol(
+        transport="https", checkperm=lambda perm: None, payload=lambda: file_payload(spool)
+    )
+    critical: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None:
+            critical.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        reply = dispatch.run_v1_command(
+            _open(repo_path), b"unbundle", {b"heads": b"666f726365"}, proto
+        )
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert isinstance(reply, dispatch.V1OutOfBandError)
+    assert critical == []
+    assert len(log_nodes(repo_path)) == 3

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from hgwire_tw.core.errors import CommandError, PermissionDenied
 from hgwire_tw.repo import recovery
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.repo.ui import make_ui
@@ -93,6 +94,10 @@ def repository_state(path: os.PathLike[str] | str) -> tuple[tuple[int, int, int]
 
 class _Stop(Exception):
     """The consumer went away (cancelled); stop generating."""
+
+
+# What a stream may end with once its consumer is gone, without that being a bug.
+_EXPECTED = (_Stop, CancelledError, ConnectionAbortedError, CommandError, PermissionDenied)
 
 
 class _DeliveryFailed(Exception):
@@ -304,10 +309,10 @@ class RepositoryPool:
         def finished(outcome: object) -> None:
             self._streams.discard(stream)
             if result.called:
-                # Cancelled already; anything but our own stop signal is worth a log line.
-                if isinstance(outcome, Failure) and not isinstance(
-                    outcome.value, (_Stop, CancelledError)
-                ):
+                # Cancelled already (the client went away): nobody will see the outcome.
+                # A bug is still worth a traceback; a refusal, a command error or the
+                # payload vanishing with the client is not.
+                if isinstance(outcome, Failure) and not isinstance(outcome.value, _EXPECTED):
                     log.failure("stream failed after cancellation", outcome)
                 return
             if isinstance(outcome, Failure):

@@ -305,6 +305,15 @@ def _run_unbundle(
     """``unbundle``, whose every failure is answered in the push's own error form."""
     try:
         result = _guarded(entry, repo, proto, b"unbundle", args)
+    except ConnectionAbortedError as e:
+        # The client went away while we read its push: nothing was applied, and there
+        # is nobody to answer (the transport drops what we return).
+        log.info(
+            "unbundle into {root} abandoned: {error}",
+            root=repo.root.decode("utf-8", "replace"),
+            error=e,
+        )
+        return push_failure(str(e).encode(), transport=proto.transport, bundle2=False)
     except Exception as e:
         message, hint = describe_failure(e, repo)
         root = repo.root.decode("utf-8", "replace")

@@ -32,17 +32,27 @@ TransportName = Literal["http", "https", "ssh"]
 
 
 def file_payload(fileobj: IO[bytes], offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """Read a spooled payload back from ``fileobj`` in pieces (on a worker thread)."""
-    fileobj.seek(offset)
-    left = length
-    while left is None or left > 0:
-        want = PAYLOAD_CHUNK if left is None else min(PAYLOAD_CHUNK, left)
-        data = fileobj.read(want)
-        if not data:
-            return
-        if left is not None:
-            left -= len(data)
-        yield data
+    """Read a spooled payload back from ``fileobj`` in pieces (on a worker thread).
+
+    The transport closes the file when the client goes away; reading then raises
+    ``ConnectionAbortedError`` (not the ``ValueError`` of a closed file, which would
+    look like a bug).
+    """
+    try:
+        fileobj.seek(offset)
+        left = length
+        while left is None or left > 0:
+            want = PAYLOAD_CHUNK if left is None else min(PAYLOAD_CHUNK, left)
+            data = fileobj.read(want)
+            if not data:
+                return
+            if left is not None:
+                left -= len(data)
+            yield data
+    except ValueError:
+        if fileobj.closed:
+            raise ConnectionAbortedError("the client went away; its push is gone") from None
+        raise
 
 
 def _no_payload() -> Iterator[bytes]:
@@ -133,6 +143,8 @@ class V1Protocol:
                 head += piece[: 4 - len(head)]
                 if len(head) >= 4:
                     break
+        except ConnectionAbortedError:
+            return False  # nobody is left to read the answer
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
