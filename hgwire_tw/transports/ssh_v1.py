@@ -358,34 +358,38 @@ class V1SSHSession:
         self._end_command()
         if failure.check(PermissionDenied) and not self._started_output:
             self._write_ooberror(str(failure.value).encode("utf-8"))
-        else:
-            if failure.check(RepositoryLocked):
-                log.warn(
-                    "v1 {repo} {name} refused over SSH: {error}",
-                    repo=self.served.name or "/",
-                    name=name.decode("utf-8", "replace"),
-                    error=failure.value,
-                )
-            else:
-                log.failure("v1 command {name} failed over SSH", failure, name=name)
-            if self._started_output:
-                # The response is half sent; there is no way to tell the client in-band.
-                self._fail("internal server error; see the server log")
-                return
-            if name == b"unbundle":
-                self._write_push_failure(failure)
-            else:
-                self._write_ooberror(b"internal server error; see the server log")
-        self._pump()
-
-    def _write_push_failure(self, failure: Failure) -> None:
-        """Answer a failed push in the form its client reads (a bundle2 client reads
-        only a bundle2 reply: an out-of-band error would leave it waiting)."""
+            self._pump()
+            return
         from hgwire_tw.v1.dispatch import describe_failure, push_failure
 
+        # The text the client gets; for a bug it names an incident id, logged here too.
         message, hint = describe_failure(failure.value)
-        bundle2 = self._push_head == BUNDLE2_MAGIC
-        self._deliver_failure(push_failure(message, hint, transport="ssh", bundle2=bundle2))
+        if failure.check(RepositoryLocked):
+            log.warn(
+                "v1 {repo} {name} refused over SSH: {error}",
+                repo=self.served.name or "/",
+                name=name.decode("utf-8", "replace"),
+                error=failure.value,
+            )
+        else:
+            log.failure(
+                "v1 command {name} failed over SSH: {message}",
+                failure,
+                name=name,
+                message=message.decode("utf-8", "replace"),
+            )
+        if self._started_output:
+            # The response is half sent; there is no way to tell the client in-band.
+            self._fail("internal server error; see the server log")
+            return
+        if name == b"unbundle":
+            # A bundle2 client reads only a bundle2 reply: an out-of-band error would
+            # leave it waiting forever.
+            bundle2 = self._push_head == BUNDLE2_MAGIC
+            self._deliver_failure(push_failure(message, hint, transport="ssh", bundle2=bundle2))
+        else:
+            self._write_ooberror(message + (b"\n(%s)" % hint if hint else b""))
+        self._pump()
 
     def _deliver_failure(self, result: object) -> None:
         from hgwire_tw.v1.dispatch import V1LegacyStream
