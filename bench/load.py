@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load.py [--http-clones 50] [--ssh-clones 20] [--pushes 10]
                                    [--commits 300] [--files 60] [--sections http,ssh]
+                                   [--hgwire-cache none|memory] [--json FILE]
 
 Each case starts one server on a loopback port with its own copy of the benchmark
 repository, then at the same moment starts N real `hg clone` processes (HTTP: 50, SSH:
@@ -15,8 +16,10 @@ after the last clone ended) over the same transport. Cases:
 
 Every clone must succeed and equal the source at some moment of the run: its changesets
 are the base ones plus the first k pushed ones, for some k (the pushes form one line).
-Reported per case: wall time of the whole batch, clones per minute, pushes done, and the
-peak resident memory of the server's whole process tree (sampled every 50 ms: for
+hgwire_tw runs with ``--cache none`` unless ``--hgwire-cache memory`` (its default
+setting) is given, since Mercurial's servers cache nothing. Reported per case: wall time
+of the whole batch, clones per minute, pushes done and their median time, and the peak
+resident memory of the server's whole process tree (sampled every 50 ms: for
 `hg serve` and `sshd` that includes the per-request/per-connection children). Loopback
 only, bounded in count and time (each clone and push has a timeout); it stops by itself.
 Numbers on a shared machine are indicative only.
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -103,6 +107,8 @@ class CaseResult:
     wall: float
     clones_per_minute: float
     pushes: int
+    #: median seconds of one push (commit excluded) while the clones ran
+    push_seconds: float
     peak_rss_mib: float
 
 
@@ -129,10 +135,11 @@ def source_repo(commits: int, files: int) -> Path:
 
 def run_load(
     endpoint: Endpoint, pusher: Path, clones: int, max_pushes: int, work: Path
-) -> tuple[float, int, int]:
-    """Start ``clones`` clones and the pusher together; returns (wall, pushes, peak)."""
+) -> tuple[float, list[float], int]:
+    """Start ``clones`` clones and the pusher together; returns (wall, push times, peak)."""
     base = log_nodes(endpoint.repo)
     pushed: list[str] = []
+    push_times: list[float] = []
     done = threading.Event()
     push_error: list[str] = []
 
@@ -142,6 +149,7 @@ def run_load(
                 return
             (pusher / "load.txt").write_text(f"push {i} {time.time_ns()}\n")
             hg("commit", "-A", "-q", "-m", f"load push {i}", cwd=pusher)
+            t = time.perf_counter()
             r = hg(
                 "push",
                 *endpoint.args,
@@ -153,6 +161,7 @@ def run_load(
             if r.returncode != 0:
                 push_error.append((r.stdout + r.stderr).decode(errors="replace"))
                 return
+            push_times.append(time.perf_counter() - t)
             pushed.append(log_nodes(pusher, ".")[0])
 
     # One clone first, alone: it warms OS caches and the server's lazy imports (a cold
@@ -195,7 +204,11 @@ def run_load(
         if frozenset(log_nodes(d)) not in states:
             raise AssertionError(f"{d} does not equal the source at any moment of the run")
         shutil.rmtree(d)
-    return wall, len(pushed), sampler.peak
+    return wall, push_times, sampler.peak
+
+
+#: ``--cache`` of hgwire_tw in the run (``none``: like Mercurial's servers, which have none)
+HGWIRE_CACHE = ["none"]
 
 
 def hgwire_http(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
@@ -211,7 +224,7 @@ def hgwire_http(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
             str(access),
             "--allow-push-over-http",
             "--cache",
-            "none",
+            HGWIRE_CACHE[0],
         ) as server:
             url = f"{server.http_url}/load"
             yield Endpoint(url, url, server.proc.pid, [], repo)
@@ -248,7 +261,7 @@ def hgwire_ssh(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
             "--access",
             str(access),
             "--cache",
-            "none",
+            HGWIRE_CACHE[0],
             http=None,
         ) as server:
             port = server.ports["ssh"][0]
@@ -261,7 +274,12 @@ def hgwire_ssh(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
 def mercurial_ssh(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
     @contextmanager
     def cm() -> Iterator[Endpoint]:
-        with openssh_hg_stdio(repo, work) as (url, pid, args):
+        # sshd drops connections beyond MaxStartups (10 by default) still authenticating
+        with openssh_hg_stdio(repo, work, "MaxStartups 200\nMaxSessions 200\n") as (
+            url,
+            pid,
+            args,
+        ):
             yield Endpoint(url, url, pid, args, repo)
 
     return cm()
@@ -281,8 +299,12 @@ def main() -> int:
     parser.add_argument("--commits", type=int, default=300)
     parser.add_argument("--files", type=int, default=60)
     parser.add_argument("--sections", default="http,ssh")
+    parser.add_argument(
+        "--hgwire-cache", default="none", help="hgwire_tw's --cache (memory is its default)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    HGWIRE_CACHE[0] = args.hgwire_cache
     src = source_repo(args.commits, args.files)
     results: list[CaseResult] = []
     for section in [s.strip() for s in args.sections.split(",") if s.strip()]:
@@ -295,7 +317,8 @@ def main() -> int:
                 pusher = work / "pusher"
                 hg("clone", "-q", repo, pusher)
                 with make(repo, work) as endpoint:
-                    wall, pushes, peak = run_load(endpoint, pusher, clones, args.pushes, work)
+                    wall, push_times, peak = run_load(endpoint, pusher, clones, args.pushes, work)
+                pushes = len(push_times)
                 result = CaseResult(
                     server=label,
                     transport=section,
@@ -303,12 +326,14 @@ def main() -> int:
                     wall=round(wall, 2),
                     clones_per_minute=round(clones / wall * 60, 1),
                     pushes=pushes,
+                    push_seconds=round(statistics.median(push_times), 2) if push_times else 0.0,
                     peak_rss_mib=round(peak / 2**20, 1),
                 )
                 results.append(result)
                 print(
                     f"{section:<5} {label:<28} {clones} clones in {wall:7.2f}s "
-                    f"({result.clones_per_minute:6.1f}/min), {pushes} pushes, "
+                    f"({result.clones_per_minute:6.1f}/min), {pushes} pushes "
+                    f"(median {result.push_seconds:.2f}s), "
                     f"peak server RSS {result.peak_rss_mib:7.1f} MiB",
                     file=sys.stderr,
                 )

@@ -242,3 +242,29 @@ def test_errors_after_cancellation_are_logged_only_when_they_are_bugs(
         globalLogPublisher.removeObserver(observe)
         pool.stop()
     assert bool(failures) == logged
+
+
+def test_writes_do_not_queue_behind_streams_holding_every_worker(
+    pump_reactor: Any, served: ServedRepository
+) -> None:
+    """With the only read worker stalled in a stream, a write job still runs (before,
+    a push under 50 concurrent clones waited for all of them)."""
+    pool = RepositoryPool(pump_reactor, size=1)
+    pool.start()
+    try:
+        pending: list[Deferred[None]] = []
+
+        def deliver(batch: list[object]) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            pending.append(d)
+            return d
+
+        stream = pool.iterate(served, _numbers, (10**9, None, []), deliver, batch_items=2)
+        pump_reactor.pump_until(lambda: bool(pending))
+        write = pool.run(served, lambda repo: len(repo), write=True)
+        assert pump_reactor.result_of(write, timeout=10) == 2
+        stream.cancel()
+        with pytest.raises(CancelledError):
+            pump_reactor.result_of(stream)
+    finally:
+        pool.stop()

@@ -12,7 +12,8 @@ repository object would serve stale heads.
 blocks until each batch has been delivered *and* the Deferred ``deliver`` returned has
 fired, so a slow consumer stalls the generator (back-pressure) and at most one batch is
 in flight per response. Each streaming response holds a worker for its duration, so
-the pool size bounds both concurrency and memory.
+the pool size bounds both concurrency and memory. Writes (``write=True``: pushes) run on
+a few workers of their own (``write_workers``), so they never queue behind clones.
 
 Crash recovery (``hgwire_tw.repo.recovery``) happens here, on the workers: a job that
 finds a transaction journal in its repository first rolls back an abandoned transaction
@@ -147,12 +148,21 @@ class RepositoryPool:
         ui_factory: Callable[[], Any] = make_ui,
         threadpool: ThreadPool | None = None,
         lock_timeout: int = recovery.DEFAULT_LOCK_TIMEOUT,
+        write_workers: int = 2,
     ) -> None:
         """``reactor`` delivers results; ``size`` is the number of worker threads;
-        ``lock_timeout`` bounds every wait for a repository lock (seconds)."""
+        ``lock_timeout`` bounds every wait for a repository lock (seconds).
+
+        Jobs with ``write=True`` run on ``write_workers`` threads of their own, so a
+        push never queues behind long clone streams holding every read worker (writes
+        to one repository are serialised by its lock anyway).
+        """
         self._reactor = reactor
         self._threadpool = threadpool or ThreadPool(
             minthreads=0, maxthreads=size, name="hgwire-repo"
+        )
+        self._write_threadpool = ThreadPool(
+            minthreads=0, maxthreads=write_workers, name="hgwire-repo-write"
         )
         self._ui_factory = ui_factory
         self._local = threading.local()
@@ -163,6 +173,7 @@ class RepositoryPool:
     def start(self) -> None:
         """Start the worker threads."""
         self._threadpool.start()
+        self._write_threadpool.start()
 
     def stop(self) -> None:
         """Stop the worker threads (blocks the caller until running jobs return).
@@ -173,6 +184,7 @@ class RepositoryPool:
         for stream in list(self._streams):
             stream.abort()
         self._threadpool.stop()
+        self._write_threadpool.stop()
 
     # -- worker side ----------------------------------------------------------------
 
@@ -259,8 +271,11 @@ class RepositoryPool:
         ``write`` says ``fn`` writes to the repository (see ``repository``).
         """
         return deferToThreadPool(
-            cast(Any, self._reactor), self._threadpool, self._call, served, fn, args, write
+            cast(Any, self._reactor), self._threads(write), self._call, served, fn, args, write
         )
+
+    def _threads(self, write: bool) -> ThreadPool:
+        return self._write_threadpool if write else self._threadpool
 
     def iterate(
         self,
@@ -294,7 +309,7 @@ class RepositoryPool:
         result: Deferred[None] = Deferred(cancel)
         work = deferToThreadPool(
             cast(Any, self._reactor),
-            self._threadpool,
+            self._threads(write),
             self._produce,
             served,
             gen_fn,
