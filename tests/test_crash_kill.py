@@ -131,9 +131,14 @@ def _kill_restart_check(
     assert abandoned == (point != "upload")
     with running_server(tmp, *writers.server_args("--repo", f"r={served}"), http=None) as server:
         # The start-up recovery runs on a worker; a push does the same if it is first.
+        # (its log line comes once the locks are released)
         wait_until(
             "the start-up recovery",
-            lambda: journal_entries(served) is None and not lock_files(served),
+            lambda: (
+                journal_entries(served) is None
+                and not lock_files(served)
+                and (not abandoned or "rolled back abandoned transaction" in server.log())
+            ),
             timeout=60,
         )
         assert ("rolled back abandoned transaction" in server.log()) == abandoned
