@@ -162,8 +162,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def openssh_hg_stdio(repo: Path, work: Path) -> Iterator[tuple[str, int, list[str]]]:
-    """OpenSSH's sshd on loopback running `hg serve --stdio`; yields (url, pid, hg args)."""
+def openssh_hg_stdio(
+    repo: Path, work: Path, extra_config: str = ""
+) -> Iterator[tuple[str, int, list[str]]]:
+    """OpenSSH's sshd on loopback running `hg serve --stdio`; yields (url, pid, hg args).
+    ``extra_config`` is appended to its sshd_config."""
     key = client_key(work)
     d = work / "sshd"
     d.mkdir(exist_ok=True)
@@ -181,7 +184,7 @@ def openssh_hg_stdio(repo: Path, work: Path) -> Iterator[tuple[str, int, list[st
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\n"
-        "SetEnv HGRCPATH= HGPLAIN=1\n"
+        "SetEnv HGRCPATH= HGPLAIN=1\n" + extra_config
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     with open(d / "sshd.log", "wb") as log:

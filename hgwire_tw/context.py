@@ -35,6 +35,8 @@ class Settings:
     allow_push_over_http: bool = False
     #: Largest push (request body) accepted, in bytes.
     max_push_bytes: int = 2048 * MiB
+    #: Seconds a write waits for a repository lock held by a live process.
+    lock_timeout: int = 30
     http_header_max: int = 1024
     http_post_args: bool = False
     #: ``httpmediatype`` ``minrecv``/``minsend`` values (e.g. ``"0.2"``), or None.

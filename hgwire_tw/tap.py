@@ -191,14 +191,21 @@ def describe_error(error: BaseException) -> str:
 
 
 class PoolService(service.Service):
-    """Starts and stops the worker pool with the service."""
+    """Starts and stops the worker pool with the service; once started, the pool rolls
+    back transactions a crash abandoned in the ``registry``'s repositories."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, registry: Any = None) -> None:
         self.pool = pool
+        self.registry = registry
 
     def startService(self) -> None:
         super().startService()
         self.pool.start()
+        if self.registry is not None:
+            from hgwire_tw.repo.recovery import served_repositories
+
+            d = self.pool.recover_all(lambda: served_repositories(self.registry))
+            d.addErrback(lambda f: log.failure("start-up recovery failed", f))
 
     def stopService(self) -> None:
         super().stopService()
@@ -550,7 +557,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
         max_depth=options["repos-depth"],
     )
-    pool = RepositoryPool(reactor, size=settings.workers)
+    pool = RepositoryPool(reactor, size=settings.workers, lock_timeout=settings.lock_timeout)
     ctx = ServerContext(
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
@@ -563,7 +570,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         grace=options["shutdown-grace"],
         mirrors=mirrors,
     )
-    PoolService(pool).setServiceParent(top)
+    PoolService(pool, registry).setServiceParent(top)
     if settings.clonebundles != "off":
         from hgwire_tw.clonebundles import CloneBundleMode, CloneBundles
 

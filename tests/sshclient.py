@@ -18,6 +18,22 @@ SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 SSH_LISTEN = ("--ssh", "tcp:0:interface=127.0.0.1")
 
 
+SSH = shutil.which("ssh") or "/usr/bin/ssh"
+
+
+def ssh_argv(key: Path) -> list[str]:
+    """An OpenSSH command line using only ``key``, no user configuration or agent, and
+    trusting any host key (tests and benchmarks talk to a server they just started)."""
+    options = (
+        "IdentitiesOnly=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "LogLevel=ERROR",
+    )
+    return [SSH, "-i", str(key), "-F", "/dev/null", *(a for o in options for a in ("-o", o))]
+
+
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A new passphrase-less OpenSSH key pair at ``path`` (and ``path.pub``)."""
     extra = ["-b", "2048"] if kind == "rsa" else []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import zstandard
 from mercurial import hg
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -38,7 +38,13 @@ class SyncPool:
         return maybeDeferred(fn, self.repo, *args)
 
     def iterate(
-        self, served: Any, gen_fn: Callable[..., Iterator[object]], args: Any, deliver: Any
+        self,
+        served: Any,
+        gen_fn: Callable[..., Iterator[object]],
+        args: Any,
+        deliver: Any,
+        *,
+        write: bool = False,
     ) -> Deferred[None]:
         gen = gen_fn(self.repo, *args)
 
@@ -244,3 +250,24 @@ def test_stream_clone_disabled(rich_repo: Path) -> None:
     _, body = split_response(transport.value())
     assert not [c for c in body.split() if c.startswith(b"stream")]
     assert b"stream%3Dv2" not in body
+
+
+def test_an_internal_error_is_an_hg_error_not_a_500(tmp_path: Path) -> None:
+    """A command whose job fails unexpectedly (here: the pool's generator raises) gets
+    Mercurial's out-of-band error, which hg prints as 'abort: remote error', naming an
+    incident the log holds with the traceback; not a bare 500."""
+    from twisted.python.failure import Failure as TwistedFailure
+
+    repo = rb.make_linear_repo(tmp_path / "repo", commits=1)
+    channel, transport, pool = make_channel(repo)
+
+    def broken(*args: Any, **kwargs: Any) -> Deferred[None]:
+        return fail(TwistedFailure(RuntimeError("the worker blew up")))
+
+    pool.iterate = broken  # type: ignore[method-assign]
+    request(channel, b"/r?cmd=heads")
+    head, body = split_response(transport.value())
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Content-Type: application/hg-error" in head
+    assert body.startswith(b"internal server error (incident ")
+    assert b"blew up" not in body

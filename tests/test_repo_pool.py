@@ -202,3 +202,69 @@ def test_stop_aborts_stalled_streams(pump_reactor: Any, served: ServedRepository
     pump_reactor.pump_until(lambda: bool(pending))
     pool.stop()
     assert closed == [True]
+
+
+@pytest.mark.parametrize(("error", "logged"), [("command", False), ("bug", True)])
+def test_errors_after_cancellation_are_logged_only_when_they_are_bugs(
+    pump_reactor: Any, served: ServedRepository, error: str, logged: bool
+) -> None:
+    """A stream whose client went away and that then fails with a command error (or a
+    vanished push payload) is not a traceback in the log; a bug still is."""
+    from twisted.logger import globalLogPublisher
+
+    from hgwire_tw.core.errors import CommandError
+
+    go = threading.Event()
+    failures: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format") == "stream failed after cancellation":
+            failures.append(event)
+
+    def gen(repo: Any) -> Iterator[object]:
+        go.wait(30)
+        raise CommandError(b"unknown node") if error == "command" else KeyError("bug")
+        yield  # a generator
+
+    pool = RepositoryPool(pump_reactor, size=1)
+    pool.start()
+    globalLogPublisher.addObserver(observe)
+    try:
+        result = pool.iterate(served, gen, (), lambda batch: None)
+        result.cancel()
+        go.set()
+        # the only worker is free again once the generator has failed and been logged
+        assert pump_reactor.result_of(pool.run(served, lambda repo: "free")) == "free"
+        pump_reactor.pump_until(lambda: True)
+        with pytest.raises(CancelledError):
+            pump_reactor.result_of(result)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        pool.stop()
+    assert bool(failures) == logged
+
+
+def test_writes_do_not_queue_behind_streams_holding_every_worker(
+    pump_reactor: Any, served: ServedRepository
+) -> None:
+    """With the only read worker stalled in a stream, a write job still runs (before,
+    a push under 50 concurrent clones waited for all of them)."""
+    pool = RepositoryPool(pump_reactor, size=1)
+    pool.start()
+    try:
+        pending: list[Deferred[None]] = []
+
+        def deliver(batch: list[object]) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            pending.append(d)
+            return d
+
+        stream = pool.iterate(served, _numbers, (10**9, None, []), deliver, batch_items=2)
+        pump_reactor.pump_until(lambda: bool(pending))
+        write = pool.run(served, lambda repo: len(repo), write=True)
+        assert pump_reactor.result_of(write, timeout=10) == 2
+        stream.cancel()
+        with pytest.raises(CancelledError):
+            pump_reactor.result_of(stream)
+    finally:
+        pool.stop()

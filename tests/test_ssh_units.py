@@ -112,7 +112,9 @@ class FakePool:
         self.calls: list[bytes] = []
         self.hold: Deferred[None] | None = None
 
-    def iterate(self, served: Any, gen_fn: Any, args: Any, deliver: Any) -> Deferred[None]:
+    def iterate(
+        self, served: Any, gen_fn: Any, args: Any, deliver: Any, *, write: bool = False
+    ) -> Deferred[None]:
         name, cmdargs, proto = args[0], args[1], args[2]
         self.calls.append(name)
         batch = self.answer(name, cmdargs, proto)
@@ -339,6 +341,51 @@ class V1SessionTests(SynchronousTestCase):
         self.assertIn(b"permission denied", out.stderr)
         self.assertTrue(out.stderr.endswith(b"\n-\n"))
         self.assertEqual(out.stdout, b"\n12\nanswer:heads")
+
+    def _failing_push(self, payload: bytes) -> FakeOutput:
+        from twisted.internet.defer import fail
+
+        session, out, pool = _session(self.tmp)
+        iterate = pool.iterate
+
+        def failing(served: Any, gen_fn: Any, args: Any, deliver: Any, **kw: Any) -> Any:
+            if args[0] == b"unbundle":
+                return fail(RuntimeError("the worker blew up"))
+            return iterate(served, gen_fn, args, deliver, **kw)
+
+        pool.iterate = failing  # type: ignore[method-assign]
+        session.dataReceived(b"unbundle\nheads 10\n666f726365")
+        session.dataReceived(b"%d\n%s0\n" % (len(payload), payload))
+        session.dataReceived(b"heads\n")  # the session goes on after the failed push
+        return out
+
+    def test_failed_bundle2_push_gets_a_bundle2_error_reply(self) -> None:
+        """A bundle2 push whose job raises outside Mercurial's unbundle (before: an
+        out-of-band error the client never reads, so it waited forever) gets a bundle2
+        reply with an error:abort part."""
+        import io
+
+        from mercurial import bundle2
+
+        from hgwire_tw.repo.ui import make_ui
+
+        self.flushLoggedErrors(RuntimeError)
+        out = self._failing_push(b"HG20\0\0\0\0\0\0\0\0")
+        self.flushLoggedErrors(RuntimeError)
+        self.assertTrue(out.stdout.startswith(b"0\nHG20"))
+        unbundler = bundle2.getunbundler(make_ui(), io.BytesIO(out.stdout[2:]))
+        parts = [(p.type, dict(p.params)) for p in unbundler.iterparts()]
+        self.assertEqual([t for t, _ in parts], [b"error:abort"])
+        self.assertIn(b"internal server error (incident", parts[0][1][b"message"])
+        self.assertIsNone(out.status)
+
+    def test_failed_bundle1_push_gets_the_failed_push_frame(self) -> None:
+        """The same for a bundle1 push: one non-empty reply frame (hg prints 'push
+        failed:'), then the next command is answered."""
+        out = self._failing_push(b"HG10UN")
+        self.flushLoggedErrors(RuntimeError)
+        self.assertRegex(out.stdout, rb"^0\n\d+\ninternal server error \(incident \w+ in")
+        self.assertTrue(out.stdout.endswith(b"12\nanswer:heads"))
 
     def test_push_too_large(self) -> None:
         """A payload beyond max_push_bytes ends the session with exit status 1."""

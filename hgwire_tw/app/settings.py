@@ -396,6 +396,17 @@ TABLE: tuple[Setting, ...] = (
         help="Largest push (v1 unbundle body) accepted from a user who may push; a larger "
         "Content-Length is 413 before the body is read.",
     ),
+    setting(
+        name="lock-timeout",
+        type=int,
+        group=ACCESS,
+        metavar="S",
+        default=FIELD,
+        field="lock_timeout",
+        check=non_negative,
+        help="Seconds a push (or crash recovery) waits for a repository lock held by a live "
+        "process before it is refused; a lock left by a dead process is broken at once.",
+    ),
     # -- the service
     setting(
         name="config",

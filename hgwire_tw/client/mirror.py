@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from hgwire_tw.client.peer import ClientOptions
 from hgwire_tw.client.pull import PullStats
+from hgwire_tw.repo.recovery import DEFAULT_LOCK_TIMEOUT
 
 __all__ = [
     "DEFAULT_EVERY",
@@ -197,14 +198,21 @@ def prepare_mirror(dest: Path, url: str) -> None:
         hgrc.write_text(text, encoding="utf-8")
 
 
-def open_for_sync(dest: Path) -> Any:
+def open_for_sync(dest: Path, *, lock_timeout: int = DEFAULT_LOCK_TIMEOUT) -> Any:
     """The mirror repository, opened so that its read-only hook lets this pull write.
 
-    Worker thread (the one that will pull)."""
+    A transaction abandoned by an earlier sync that was killed is rolled back first
+    (``hgwire_tw.repo.recovery``: one warning line), so the pull does not fail on it;
+    a live lock holder is waited for at most ``lock_timeout`` seconds. Worker thread
+    (the one that will pull)."""
     from hgwire_tw.client.repo import open_or_create
+    from hgwire_tw.repo.recovery import has_journal, recover_abandoned
 
     repo = open_or_create(dest)
     repo.ui.setconfig(b"hgwire", b"mirror-sync", b"yes", b"hgwire mirror")
+    repo.ui.setconfig(b"ui", b"timeout", b"%d" % lock_timeout, b"hgwire mirror")
+    if has_journal(dest):
+        recover_abandoned(repo, timeout=lock_timeout)
     return repo
 
 

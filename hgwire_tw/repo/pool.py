@@ -12,7 +12,17 @@ repository object would serve stale heads.
 blocks until each batch has been delivered *and* the Deferred ``deliver`` returned has
 fired, so a slow consumer stalls the generator (back-pressure) and at most one batch is
 in flight per response. Each streaming response holds a worker for its duration, so
-the pool size bounds both concurrency and memory.
+the pool size bounds both concurrency and memory. Writes (``write=True``: pushes) run on
+a few workers of their own (``write_workers``), so they never queue behind clones.
+
+Crash recovery (``hgwire_tw.repo.recovery``) happens here, on the workers: a job that
+finds a transaction journal in its repository first rolls back an abandoned transaction
+(without waiting when a live process holds the lock: that journal belongs to a write in
+progress), and a *write* job (``write=True``) waits for the lock, at most
+``lock_timeout`` seconds, so it never runs over an abandoned journal. ``recover_all``
+does the same for every served repository at start-up. ``lock_timeout`` is also the
+``ui.timeout`` of every repository the pool opens, so Mercurial's own lock waits during
+a push are bounded by it too.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast
 
 from mercurial import hg
@@ -30,6 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from hgwire_tw.core.errors import CommandError, PermissionDenied
+from hgwire_tw.repo import recovery
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.repo.ui import make_ui
 
@@ -85,6 +97,10 @@ class _Stop(Exception):
     """The consumer went away (cancelled); stop generating."""
 
 
+# What a stream may end with once its consumer is gone, without that being a bug.
+_EXPECTED = (_Stop, CancelledError, ConnectionAbortedError, CommandError, PermissionDenied)
+
+
 class _DeliveryFailed(Exception):
     """``deliver`` raised or its Deferred failed; carries the failure."""
 
@@ -131,20 +147,33 @@ class RepositoryPool:
         *,
         ui_factory: Callable[[], Any] = make_ui,
         threadpool: ThreadPool | None = None,
+        lock_timeout: int = recovery.DEFAULT_LOCK_TIMEOUT,
+        write_workers: int = 2,
     ) -> None:
-        """``reactor`` delivers results; ``size`` is the number of worker threads."""
+        """``reactor`` delivers results; ``size`` is the number of worker threads;
+        ``lock_timeout`` bounds every wait for a repository lock (seconds).
+
+        Jobs with ``write=True`` run on ``write_workers`` threads of their own, so a
+        push never queues behind long clone streams holding every read worker (writes
+        to one repository are serialised by its lock anyway).
+        """
         self._reactor = reactor
         self._threadpool = threadpool or ThreadPool(
             minthreads=0, maxthreads=size, name="hgwire-repo"
+        )
+        self._write_threadpool = ThreadPool(
+            minthreads=0, maxthreads=write_workers, name="hgwire-repo-write"
         )
         self._ui_factory = ui_factory
         self._local = threading.local()
         self._streams: set[_Stream] = set()
         self.size = size
+        self.lock_timeout = lock_timeout
 
     def start(self) -> None:
         """Start the worker threads."""
         self._threadpool.start()
+        self._write_threadpool.start()
 
     def stop(self) -> None:
         """Stop the worker threads (blocks the caller until running jobs return).
@@ -155,14 +184,23 @@ class RepositoryPool:
         for stream in list(self._streams):
             stream.abort()
         self._threadpool.stop()
+        self._write_threadpool.stop()
 
     # -- worker side ----------------------------------------------------------------
 
-    def repository(self, served: ServedRepository) -> Any:
+    def repository(self, served: ServedRepository, *, write: bool = False) -> Any:
         """This thread's repository object for ``served``, reopened if it changed.
 
-        Only call this on a worker thread (or in tests, on a thread of your own).
+        An abandoned transaction is rolled back first (see the module docs); with
+        ``write`` a live lock holder is waited for, and ``RepositoryLocked`` raised when
+        it outlasts ``lock_timeout``. Only call this on a worker thread (or in tests, on
+        a thread of your own).
         """
+        if recovery.has_journal(served.path):
+            self._recover(served, wait=write)
+        return self._open(served)
+
+    def _open(self, served: ServedRepository) -> Any:
         cache: dict[str, tuple[tuple[object, ...], Any]] = self._local.__dict__.setdefault(
             "repos", {}
         )
@@ -171,18 +209,73 @@ class RepositoryPool:
         entry = cache.get(key)
         if entry is not None and entry[0] == state:
             return entry[1]
-        repo = hg.repository(self._ui_factory(), os.fsencode(key))
+        repo = hg.repository(self._make_ui(), os.fsencode(key))
         cache[key] = (state, repo)
         return repo
 
-    def _call(self, served: ServedRepository, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        return fn(self.repository(served), *args)
+    def _make_ui(self) -> Any:
+        ui = self._ui_factory()
+        ui.setconfig(b"ui", b"timeout", b"%d" % self.lock_timeout, b"hgwire")
+        return ui
 
-    def run(self, served: ServedRepository, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Run ``fn(repo, *args)`` on a worker; the Deferred fires with its result."""
+    def _recover(self, served: ServedRepository, *, wait: bool) -> recovery.Recovered | None:
+        try:
+            return recovery.recover_abandoned(
+                self._open(served), timeout=self.lock_timeout if wait else 0
+            )
+        except recovery.RepositoryLocked:
+            if wait:
+                raise
+            return None  # a live writer: its journal is not abandoned
+
+    def recover_all(
+        self, repositories: Callable[[], Iterable[ServedRepository]]
+    ) -> Deferred[list[recovery.Recovered]]:
+        """Roll back abandoned transactions (and drop dead processes' locks) in every
+        repository ``repositories()`` lists, on one worker; fires with what was rolled
+        back. A repository that cannot be recovered gets a log line and is skipped."""
         return deferToThreadPool(
-            cast(Any, self._reactor), self._threadpool, self._call, served, fn, args
+            cast(Any, self._reactor), self._threadpool, self._recover_all, repositories
         )
+
+    def _recover_all(
+        self, repositories: Callable[[], Iterable[ServedRepository]]
+    ) -> list[recovery.Recovered]:
+        done: list[recovery.Recovered] = []
+        for served in repositories():
+            if not recovery.needs_attention(served.path):
+                continue
+            try:
+                outcome = recovery.recover_abandoned(self._open(served), timeout=self.lock_timeout)
+            except Exception as e:
+                log.warn(
+                    "repository {name}: not recovered at start-up: {error}",
+                    name=served.name or "/",
+                    error=e,
+                )
+                continue
+            if outcome is not None:
+                done.append(outcome)
+        return done
+
+    def _call(
+        self, served: ServedRepository, fn: Callable[..., Any], args: tuple[Any, ...], write: bool
+    ) -> Any:
+        return fn(self.repository(served, write=write), *args)
+
+    def run(
+        self, served: ServedRepository, fn: Callable[..., Any], *args: Any, write: bool = False
+    ) -> Deferred[Any]:
+        """Run ``fn(repo, *args)`` on a worker; the Deferred fires with its result.
+
+        ``write`` says ``fn`` writes to the repository (see ``repository``).
+        """
+        return deferToThreadPool(
+            cast(Any, self._reactor), self._threads(write), self._call, served, fn, args, write
+        )
+
+    def _threads(self, write: bool) -> ThreadPool:
+        return self._write_threadpool if write else self._threadpool
 
     def iterate(
         self,
@@ -193,6 +286,7 @@ class RepositoryPool:
         *,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         batch_items: int = DEFAULT_BATCH_ITEMS,
+        write: bool = False,
     ) -> Deferred[None]:
         """Stream ``gen_fn(repo, *args)`` to ``deliver(batch)`` on the reactor thread.
 
@@ -202,6 +296,7 @@ class RepositoryPool:
         everything was delivered; it fails with the generator's exception, or with the
         failure of ``deliver``. Cancelling it stops the generator at its next object.
         In every case the generator is ``close()``d on the worker and the worker freed.
+        ``write`` says the generator writes to the repository (see ``repository``).
         """
         stream = _Stream()
         self._streams.add(stream)
@@ -214,7 +309,7 @@ class RepositoryPool:
         result: Deferred[None] = Deferred(cancel)
         work = deferToThreadPool(
             cast(Any, self._reactor),
-            self._threadpool,
+            self._threads(write),
             self._produce,
             served,
             gen_fn,
@@ -223,15 +318,16 @@ class RepositoryPool:
             stream,
             batch_bytes,
             batch_items,
+            write,
         )
 
         def finished(outcome: object) -> None:
             self._streams.discard(stream)
             if result.called:
-                # Cancelled already; anything but our own stop signal is worth a log line.
-                if isinstance(outcome, Failure) and not isinstance(
-                    outcome.value, (_Stop, CancelledError)
-                ):
+                # Cancelled already (the client went away): nobody will see the outcome.
+                # A bug is still worth a traceback; a refusal, a command error or the
+                # payload vanishing with the client is not.
+                if isinstance(outcome, Failure) and not isinstance(outcome.value, _EXPECTED):
                     log.failure("stream failed after cancellation", outcome)
                 return
             if isinstance(outcome, Failure):
@@ -256,9 +352,10 @@ class RepositoryPool:
         stream: _Stream,
         batch_bytes: int,
         batch_items: int,
+        write: bool,
     ) -> None:
         """Worker side of ``iterate``: generate, batch, hand over, wait."""
-        gen = gen_fn(self.repository(served), *args)
+        gen = gen_fn(self.repository(served, write=write), *args)
         batch: list[object] = []
         try:
             size = 0

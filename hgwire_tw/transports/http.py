@@ -66,6 +66,7 @@ from hgwire_tw.core.v1 import (
     parse_urlencoded,
     select_command_args,
 )
+from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
@@ -81,6 +82,7 @@ from hgwire_tw.v1.dispatch import (
     V1StreamStart,
     command_permission,
     command_spec,
+    describe_failure,
     is_command,
     run_v1_command,
 )
@@ -422,12 +424,30 @@ class _V1Request:
         finish(self.request, deny(self.ctx, self.request, denied, body))
 
     def _internal_error(self, f: Failure) -> None:
-        log.failure("v1 HTTP command {cmd!r} failed", f, cmd=self.name)
+        """Log ``f`` once and tell the client in Mercurial's error form (an out-of-band
+        error, which hg prints as ``abort: remote error``), never a bare 500; a response
+        already under way is cut instead, so it cannot look complete."""
+        message, hint = describe_failure(f.value)
+        if f.check(RepositoryLocked):
+            log.warn(
+                "v1 {repo} {cmd} refused: {error}",
+                repo=self.served.name or "/",
+                cmd=self.name.decode("utf-8", "replace"),
+                error=f.value,
+            )
+        else:
+            log.failure(
+                "v1 HTTP command {cmd!r} failed: {message}",
+                f,
+                cmd=self.name,
+                message=message.decode("utf-8", "replace"),
+            )
         request = self.request
         if is_gone(request):
             return
         if not getattr(request, "startedWriting", False):
-            finish(request, plain(request, 500, "internal server error\n"))
+            body = message + b"\n" + (b"(%s)\n" % hint if hint else b"")
+            finish(request, self._oob(body))
         else:
             _abort(request)
 
@@ -509,6 +529,7 @@ class _V1Request:
                 server_salt(),
             ),
             response.deliver,
+            write=command_permission(self.name) == b"push",
         )
         response.attach(iteration)
 

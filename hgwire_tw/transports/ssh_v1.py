@@ -57,7 +57,9 @@ from hgwire_tw.core.v1 import (
     ssh_push_result,
     ssh_unknown_command,
 )
+from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
 
@@ -141,6 +143,8 @@ class V1SSHSession:
         self._started_output = False
         self._push: SSHCommand | None = None
         self._spool: IO[bytes] | None = None
+        #: The first bytes of the push being spooled (``HG20`` for a bundle2).
+        self._push_head = b""
 
     # -- input --------------------------------------------------------------------------
 
@@ -222,6 +226,7 @@ class V1SSHSession:
             self._queue.extend(self._parser_call(self.parser.skip_payload))
             return
         self._push = command
+        self._push_head = b""
         self.output.write(ssh_bytes_response(b""))  # "send the payload"
         self._queue.extend(self._parser_call(self.parser.begin_payload))
 
@@ -234,6 +239,9 @@ class V1SSHSession:
     def _spool_chunk(self, data: bytes) -> None:
         if self._spool is None:
             return
+        if len(self._push_head) < 4:
+            # enough to tell a bundle2 push (which only reads a bundle2 reply) from bundle1
+            self._push_head += data[: 4 - len(self._push_head)]
         try:
             self._spool.write(data)
         except OSError as e:
@@ -275,11 +283,18 @@ class V1SSHSession:
     def _run(self, name: bytes, args: dict[bytes, Any]) -> None:
         from hgwire_tw.commands.cachekeys import server_salt
         from hgwire_tw.v1.cache import cached_v1_response
+        from hgwire_tw.v1.dispatch import command_permission
 
         self._busy = True
         self._started_output = False
         cargs = (name, args, self.proto, None, self.ctx.cache, b"ssh", server_salt())
-        d = self.ctx.pool.iterate(self.served, cached_v1_response, cargs, self._deliver)
+        d = self.ctx.pool.iterate(
+            self.served,
+            cached_v1_response,
+            cargs,
+            self._deliver,
+            write=command_permission(name) == b"push",
+        )
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
         d.addErrback(self._internal_error)
@@ -348,14 +363,47 @@ class V1SSHSession:
         self._end_command()
         if failure.check(PermissionDenied) and not self._started_output:
             self._write_ooberror(str(failure.value).encode("utf-8"))
+            self._pump()
+            return
+        from hgwire_tw.v1.dispatch import describe_failure, push_failure
+
+        # The text the client gets; for a bug it names an incident id, logged here too.
+        message, hint = describe_failure(failure.value)
+        if failure.check(RepositoryLocked):
+            log.warn(
+                "v1 {repo} {name} refused over SSH: {error}",
+                repo=self.served.name or "/",
+                name=name.decode("utf-8", "replace"),
+                error=failure.value,
+            )
         else:
-            log.failure("v1 command {name} failed over SSH", failure, name=name)
-            if self._started_output:
-                # The response is half sent; there is no way to tell the client in-band.
-                self._fail("internal server error; see the server log")
-                return
-            self._write_ooberror(b"internal server error; see the server log")
+            log.failure(
+                "v1 command {name} failed over SSH: {message}",
+                failure,
+                name=name,
+                message=message.decode("utf-8", "replace"),
+            )
+        if self._started_output:
+            # The response is half sent; there is no way to tell the client in-band.
+            self._fail("internal server error; see the server log")
+            return
+        if name == b"unbundle":
+            # A bundle2 client reads only a bundle2 reply: an out-of-band error would
+            # leave it waiting forever.
+            bundle2 = self._push_head == BUNDLE2_MAGIC
+            self._deliver_failure(push_failure(message, hint, transport="ssh", bundle2=bundle2))
+        else:
+            self._write_ooberror(message + (b"\n(%s)" % hint if hint else b""))
         self._pump()
+
+    def _deliver_failure(self, result: object) -> None:
+        from hgwire_tw.v1.dispatch import V1LegacyStream
+
+        if isinstance(result, V1LegacyStream):
+            for chunk in result.chunks:
+                self.output.write(chunk)
+        else:
+            self._deliver([result])
 
     def _internal_error(self, failure: Failure) -> None:
         log.failure("SSH v1 session error", failure)

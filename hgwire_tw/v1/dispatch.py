@@ -14,16 +14,29 @@ Results come back as small frozen dataclasses that the transports format.
 results, a ``V1StreamStart`` followed by the response body in pieces of about
 ``STREAM_PIECE`` bytes, compressed here, on the worker thread, as the transport
 consumes them (nothing is built whole in memory).
+
+Failures of writes. A command that needs the ``push`` permission and finds an abandoned
+transaction (its writer died while we waited for the lock) gets it rolled back
+(``hgwire_tw.repo.recovery``) and runs once more. ``unbundle`` never fails with an
+exception: whatever goes wrong (a Mercurial error that its own ``unbundle`` does not
+catch, a lock that stayed taken, a bug) is logged once with its traceback and becomes
+the push's error answer in the form the client waits for (``push_failure``): a bundle2
+reply holding an ``error:abort`` part when the client pushed a bundle2, else an
+out-of-band error (HTTP) or the non-empty reply frame of a failed push (SSH). A client
+that sent a bundle2 over SSH reads nothing but a bundle2 reply, so any other answer
+would leave it waiting forever.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mercurial import error as hgerror
 from mercurial import wireprototypes, wireprotov1server
+from twisted.logger import Logger
 
 from hgwire_tw.core.errors import CommandError, ProtocolError
 from hgwire_tw.core.v1 import (
@@ -36,6 +49,7 @@ from hgwire_tw.core.v1 import (
     parse_arg_spec,
     select_command_args,
 )
+from hgwire_tw.repo import recovery
 from hgwire_tw.v1 import guard
 from hgwire_tw.v1.protocol import V1Protocol
 
@@ -51,14 +65,19 @@ __all__ = [
     "V1Result",
     "V1Stream",
     "V1StreamStart",
+    "bundle2_abort_reply",
     "close_chunks",
     "command_permission",
     "command_spec",
+    "describe_failure",
     "is_command",
+    "push_failure",
     "run_v1_command",
     "stream_body",
     "v1_response",
 ]
+
+log = Logger()
 
 #: Bytes per piece of a streamed body handed to the transport.
 STREAM_PIECE = 64 * 1024
@@ -215,7 +234,113 @@ def _call(entry: Any, repo: Any, proto: V1Protocol, name: bytes, args: list[ArgV
     if ours is not None:
         return ours
     with guard.payload_errors(name):
+        if entry.permission != b"push":
+            return _convert(entry.func(repo, proto, *args))
+        try:
+            return _convert(entry.func(repo, proto, *args))
+        except hgerror.RepoError as e:
+            if not recovery.is_abandoned_transaction_error(e):
+                raise
+        # The pool rolled back any abandoned transaction before this job, so this one
+        # was left by a writer that died while we waited for its lock: roll it back, run
+        # again. (Mercurial opens the transaction before it reads the pushed data, so
+        # nothing of this push was applied; the spooled payload is read again from its
+        # start.)
+        recovery.recover_abandoned(repo, timeout=repo.ui.configint(b"ui", b"timeout"))
         return _convert(entry.func(repo, proto, *args))
+
+
+def describe_failure(exc: BaseException, repo: Any = None) -> tuple[bytes, bytes | None]:
+    """``(message, hint)`` telling a client why a command failed with ``exc``.
+
+    Mercurial's own errors carry text meant for users; anything else is a bug whose
+    details stay in the server log (the message names an incident id found there).
+    """
+    from mercurial.utils import stringutil
+
+    if isinstance(exc, hgerror.LockHeld):
+        timeout = repo.ui.configint(b"ui", b"timeout") if repo is not None else 0
+        return recovery.locked_message(exc, timeout).encode("utf-8"), None
+    if isinstance(exc, CommandError):
+        return exc.render().encode("utf-8"), None
+    if isinstance(exc, (hgerror.Error, hgerror.RepoError)):
+        return stringutil.forcebytestr(exc), getattr(exc, "hint", None)
+    incident = secrets.token_hex(4).encode("ascii")
+    return (
+        b"internal server error (incident %s in the server log)" % incident,
+        None,
+    )
+
+
+def bundle2_abort_reply(message: bytes, hint: bytes | None = None) -> bytes:
+    """A whole bundle2 reply holding one ``error:abort`` part (what a Mercurial server
+    answers a failed bundle2 push with; the client prints ``abort: MESSAGE``)."""
+    from mercurial import bundle2
+
+    from hgwire_tw.repo.ui import make_ui
+
+    # Part parameter values are at most 255 bytes long.
+    params = [(b"message", _clip(message))]
+    advisory = [(b"hint", _clip(hint))] if hint else []
+    bundler = bundle2.bundle20(make_ui())
+    bundler.addpart(bundle2.bundlepart(b"error:abort", params, advisory))
+    return b"".join(bundler.getchunks())
+
+
+def _clip(text: bytes, limit: int = 255) -> bytes:
+    text = text.rstrip(b"\n")
+    return text if len(text) <= limit else text[: limit - 3] + b"..."
+
+
+def push_failure(
+    message: bytes, hint: bytes | None = None, *, transport: str, bundle2: bool
+) -> V1Result:
+    """The answer to a push that failed with ``message``, in the form the client reads:
+    a bundle2 ``error:abort`` reply to a bundle2 push; else an out-of-band error over
+    HTTP, or the non-empty reply frame of a failed push over SSH."""
+    if bundle2:
+        return V1LegacyStream(chunks=iter([bundle2_abort_reply(message, hint)]))
+    text = message.rstrip(b"\n") + b"\n"
+    if hint:
+        text += b"(%s)\n" % hint
+    if transport == "ssh":
+        return V1PushError(message=text)
+    return V1OutOfBandError(message=text)
+
+
+def _run_unbundle(
+    entry: Any, repo: Any, proto: V1Protocol, args: Mapping[bytes, ArgValue]
+) -> V1Result:
+    """``unbundle``, whose every failure is answered in the push's own error form."""
+    try:
+        result = _guarded(entry, repo, proto, b"unbundle", args)
+    except ConnectionAbortedError as e:
+        # The client went away while we read its push: nothing was applied, and there
+        # is nobody to answer (the transport drops what we return).
+        log.info(
+            "unbundle into {root} abandoned: {error}",
+            root=repo.root.decode("utf-8", "replace"),
+            error=e,
+        )
+        return push_failure(str(e).encode(), transport=proto.transport, bundle2=False)
+    except Exception as e:
+        message, hint = describe_failure(e, repo)
+        root = repo.root.decode("utf-8", "replace")
+        text = message.decode("utf-8", "replace")
+        if isinstance(e, (hgerror.LockHeld, recovery.RepositoryLocked)):
+            # expected under contention: one line, no traceback
+            log.warn("unbundle into {root} refused: {message}", root=root, message=text)
+        else:
+            log.failure("unbundle into {root} failed: {message}", root=root, message=text)
+        return push_failure(
+            message, hint, transport=proto.transport, bundle2=proto.payload_is_bundle2()
+        )
+    if isinstance(result, V1OutOfBandError):
+        # an Abort or argument error of ours: the SSH client cannot read it as such
+        return push_failure(
+            result.message, transport=proto.transport, bundle2=proto.payload_is_bundle2()
+        )
+    return result
 
 
 def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
@@ -248,7 +373,8 @@ def run_v1_command(
 
     ``args`` are the command's arguments selected per its spec. Permission refusals
     propagate as whatever ``proto.checkperm`` raises; a Mercurial ``Abort`` or our
-    ``CommandError`` becomes an out-of-band error.
+    ``CommandError`` becomes an out-of-band error. ``unbundle`` answers every failure
+    with ``push_failure`` (see the module docs).
     """
     entry = wireprotov1server.commands.get(name)
     if entry is None:
@@ -257,6 +383,15 @@ def run_v1_command(
     proto.args = dict(args)
     view = wireprotov1server.getdispatchrepo(repo, proto, name)
     proto.checkperm(entry.permission)
+    if name == b"unbundle":
+        return _run_unbundle(entry, view, proto, args)
+    return _guarded(entry, view, proto, name, args)
+
+
+def _guarded(
+    entry: Any, view: Any, proto: V1Protocol, name: bytes, args: Mapping[bytes, ArgValue]
+) -> V1Result:
+    """Run the command; Mercurial's user-facing errors become out-of-band errors."""
     try:
         if name == b"batch":
             cmds = args.get(b"cmds")

@@ -20,7 +20,10 @@ from typing import IO, Any, Literal
 
 from hgwire_tw.core.v1 import ArgValue, parse_arg_spec, parse_protocaps
 
-__all__ = ["PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
+__all__ = ["BUNDLE2_MAGIC", "PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
+
+#: The first bytes of a bundle2 (``HG20``); bundle1 payloads start ``HG10``.
+BUNDLE2_MAGIC = b"HG20"
 
 #: Size of the pieces a spooled payload is read back in.
 PAYLOAD_CHUNK = 64 * 1024
@@ -29,17 +32,27 @@ TransportName = Literal["http", "https", "ssh"]
 
 
 def file_payload(fileobj: IO[bytes], offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """Read a spooled payload back from ``fileobj`` in pieces (on a worker thread)."""
-    fileobj.seek(offset)
-    left = length
-    while left is None or left > 0:
-        want = PAYLOAD_CHUNK if left is None else min(PAYLOAD_CHUNK, left)
-        data = fileobj.read(want)
-        if not data:
-            return
-        if left is not None:
-            left -= len(data)
-        yield data
+    """Read a spooled payload back from ``fileobj`` in pieces (on a worker thread).
+
+    The transport closes the file when the client goes away; reading then raises
+    ``ConnectionAbortedError`` (not the ``ValueError`` of a closed file, which would
+    look like a bug).
+    """
+    try:
+        fileobj.seek(offset)
+        left = length
+        while left is None or left > 0:
+            want = PAYLOAD_CHUNK if left is None else min(PAYLOAD_CHUNK, left)
+            data = fileobj.read(want)
+            if not data:
+                return
+            if left is not None:
+                left -= len(data)
+            yield data
+    except ValueError:
+        if fileobj.closed:
+            raise ConnectionAbortedError("the client went away; its push is gone") from None
+        raise
 
 
 def _no_payload() -> Iterator[bytes]:
@@ -117,6 +130,26 @@ class V1Protocol:
     def getpayload(self) -> Iterator[bytes]:
         """The pushed data, in pieces."""
         return self._payload()
+
+    def payload_is_bundle2(self) -> bool:
+        """Whether the pushed data is a bundle2 (so the client expects a bundle2 reply).
+
+        Reads the first piece of the spooled payload again (worker thread).
+        """
+        pieces = self._payload()
+        head = b""
+        try:
+            for piece in pieces:
+                head += piece[: 4 - len(head)]
+                if len(head) >= 4:
+                    break
+        except ConnectionAbortedError:
+            return False  # nobody is left to read the answer
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        return head[:4] == BUNDLE2_MAGIC
 
     @contextlib.contextmanager
     def mayberedirectstdio(self) -> Iterator[io.BytesIO | None]:
