@@ -32,6 +32,10 @@ DEFAULT_TCP = "tcp:8023:interface=127.0.0.1"
 
 #: Transports and the modules that build their factories, in listening.json order.
 TRANSPORTS = ("http", "ssh", "tcp")
+#: hgweb styles ``--web-style`` accepts (Mercurial's HTML template sets).
+WEB_STYLES = ("paper", "coal", "gitweb", "monoblue", "spartan")
+#: Config keys of the web pages and metrics.
+WEB_SETTINGS = ("web", "web_style", "web_archives", "metrics")
 
 # -- raw TCP limits: option -> (TCPLimits field, type, help); TOML keys use "_" --------
 TCP_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
@@ -162,6 +166,16 @@ class Options(usage.Options):
             "used (default 604800, a week; 0 keeps blobs forever).",
             float,
         ],
+        # -- web pages and metrics (hgwire_tw.web, hgwire_tw.metrics)
+        ["web", None, None, "Web pages: hgweb (default; Mercurial's hgweb and an index) or none."],
+        ["web-style", None, None, f"hgweb style: {', '.join(WEB_STYLES)} (default paper)."],
+        [
+            "metrics",
+            None,
+            None,
+            "Prometheus metrics: http (default: /metrics on the HTTP listeners), none, "
+            "or a Twisted endpoint of their own.",
+        ],
     ]
     optFlags = [
         ["allow-push-over-http", None, "Accept pushes over plain (non-TLS) HTTP."],
@@ -171,6 +185,7 @@ class Options(usage.Options):
             None,
             "Answer cached v2 responses with redirects to the blob store (target 'hgwire').",
         ],
+        ["web-archives", None, "Offer archive downloads (zip, tar.gz, tar.bz2) on web pages."],
     ]
 
     def __init__(self) -> None:
@@ -251,6 +266,7 @@ class Options(usage.Options):
             "redirects",
             "redirect",
             "blob_retention",
+            *WEB_SETTINGS,
             *TRANSPORTS,
             *(name.replace("-", "_") for name in TCP_LIMIT_OPTIONS),
         }
@@ -277,7 +293,7 @@ class Options(usage.Options):
                     self["ssh-host-keys"] = [value] if isinstance(value, str) else list(value)
             elif key == "redirect":
                 self._redirect_config(value)
-            elif opt in ("allow-push-over-http", "no-v2", "redirects"):
+            elif opt in ("allow-push-over-http", "no-v2", "redirects", "web-archives"):
                 self[opt] = self[opt] or bool(value)
             elif self.get(opt) is None:
                 self[opt] = value
@@ -334,6 +350,19 @@ class Options(usage.Options):
                 ) from None
             if not self["blob-retention"] >= 0:
                 raise usage.UsageError("--blob-retention: must not be negative")
+        self._check_web()
+
+    def _check_web(self) -> None:
+        """--web, --web-style, --metrics."""
+        self["web"] = self["web"] or "hgweb"
+        if self["web"] not in ("hgweb", "none"):
+            raise usage.UsageError(f"--web: must be hgweb or none, not {self['web']!r}")
+        self["web-style"] = self["web-style"] or "paper"
+        if self["web-style"] not in WEB_STYLES:
+            raise usage.UsageError(
+                f"--web-style: {self['web-style']!r} is not one of {', '.join(WEB_STYLES)}"
+            )
+        self["metrics"] = self["metrics"] or "http"
 
     def _check_mirrors(self) -> None:
         from hgwire_tw.client.peer import parse_url
@@ -385,6 +414,8 @@ class Options(usage.Options):
         s.redirect_targets = tuple(self["redirect-targets"])
         if self["blob-retention"] is not None:
             s.blob_retention = float(self["blob-retention"])
+        s.web, s.web_style, s.metrics = self["web"], self["web-style"], self["metrics"]
+        s.web_archives = bool(self["web-archives"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 
@@ -403,17 +434,24 @@ class Options(usage.Options):
 class ListeningService(service.Service):
     """Listens on one endpoint while running; records the bound port."""
 
-    def __init__(self, transport: str, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self, transport: str, description: str, endpoint: Any, factory: Any, metrics: Any = None
+    ) -> None:
         self.transport = transport
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
+        #: ``ServerMetrics`` counting this listener's connections and bytes, if any.
+        self.metrics = metrics
         self.port: Any = None
         self.ready: Deferred[Any] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        d = self.endpoint.listen(self.factory)
+        factory = self.factory
+        if self.metrics is not None:
+            factory = self.metrics.counting_factory(self.transport, factory)
+        d = self.endpoint.listen(factory)
 
         def listening(port: Any) -> Any:
             self.port = port
@@ -503,7 +541,7 @@ class HgwireService(service.MultiService):
         ports: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
         for s in self.listeners:
             if s.port is not None:
-                ports[s.transport].append(s.port.getHost().port)
+                ports.setdefault(s.transport, []).append(s.port.getHost().port)
                 if s.transport == "http" and self.context.embedded_blob_base is None:
                     self.context.embedded_blob_base = embedded_blob_base(s)
         path = self.state_dir / "listening.json"
@@ -612,11 +650,39 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         for description in options[transport]:
             factory = _factory(transport, ctx, state_dir)
             endpoint = endpoints.serverFromString(reactor, description)
-            listener = ListeningService(transport, description, endpoint, factory)
+            listener = ListeningService(transport, description, endpoint, factory, ctx.metrics)
             listener.setServiceParent(top)
             top.listeners.append(listener)
+    _add_web(top, ctx, reactor)
     _add_mirror_syncs(top, options, mirrors, reactor)
     return top
+
+
+def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
+    """The hgweb pages' thread pool, metrics wiring and a ``--metrics ENDPOINT`` listener."""
+    ctx.metrics.watch(ctx)
+    ctx.metrics.watch_pool("repo", ctx.pool.threadpool)
+    if hasattr(reactor, "getThreadPool"):
+        ctx.metrics.watch_pool("reactor", reactor.getThreadPool)
+    if ctx.settings.web != "none":
+        from hgwire_tw.web.resource import WebFrontEnd
+
+        ctx.web = WebFrontEnd(ctx)
+        ctx.metrics.watch_pool("web", ctx.web.threadpool)
+        PoolService(ctx.web).setServiceParent(top)
+    if ctx.settings.metrics not in ("http", "none"):
+        from twisted.web.server import Site
+
+        from hgwire_tw.web.metricspage import MetricsResource
+
+        try:
+            endpoint = endpoints.serverFromString(reactor, ctx.settings.metrics)
+        except ValueError as e:
+            raise usage.UsageError(f"--metrics {ctx.settings.metrics}: {e}") from e
+        site = Site(MetricsResource(ctx))
+        listener = ListeningService("metrics", ctx.settings.metrics, endpoint, site)
+        listener.setServiceParent(top)
+        top.listeners.append(listener)
 
 
 # -- mirrors (--mirror NAME=URL): served read-only, synced by a child service ------------

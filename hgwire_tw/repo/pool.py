@@ -142,6 +142,11 @@ class RepositoryPool:
         self._streams: set[_Stream] = set()
         self.size = size
 
+    @property
+    def threadpool(self) -> ThreadPool:
+        """The worker threads (for metrics: queue depth, busy threads)."""
+        return self._threadpool
+
     def start(self) -> None:
         """Start the worker threads."""
         self._threadpool.start()

@@ -82,6 +82,8 @@ from hgwire_tw.v1.dispatch import (
     run_v1_command,
 )
 from hgwire_tw.v1.protocol import V1Protocol, file_payload
+from hgwire_tw.web import metricspage
+from hgwire_tw.web.resource import is_web_request
 
 __all__ = ["HgRequest", "HgResource", "HgSite", "make_site"]
 
@@ -203,14 +205,21 @@ class HgResource(Resource):
         """Route one request (any method) to a repository's v1 command or v2 API."""
         if httpblobs.is_blob_request(request):
             return httpblobs.render_blob(self.ctx, request)
+        if metricspage.is_metrics_request(self.ctx, request):  # web: /metrics
+            return metricspage.render_metrics(self.ctx, request)
         segments = _path_segments(request)
+        web = self.ctx.web if self.ctx.web is not None and is_web_request(request) else None
         try:
             served, rest = self.ctx.registry.match(segments)
         except UnknownRepository as e:
+            if web is not None:  # web: the index, nested indexes, their static files
+                return web.render(request, segments, None, segments)
             return plain(request, 404, f"{e}\n")
         if rest and rest[0] == "api":
             result: bytes | int = http_v2.render_api(self.ctx, request, served, rest)
             return result
+        if web is not None:  # web: every other request without a wire command is hgweb's
+            return web.render(request, segments, served, rest)
         try:
             query = parse_urlencoded(_query(request), where="query string")
         except RemoteProtocolError as e:
@@ -473,6 +482,9 @@ class _V1Request:
                 server_salt(),
             ),
             response.deliver,
+        )
+        iteration.addBoth(
+            self.ctx.metrics.command(self.served.name, "http", "v1", self.name, self.args)
         )
         response.attach(iteration)
 

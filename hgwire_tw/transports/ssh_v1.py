@@ -275,6 +275,7 @@ class V1SSHSession:
         self._started_output = False
         cargs = (name, args, self.proto, None, self.ctx.cache, b"ssh", server_salt())
         d = self.ctx.pool.iterate(self.served, cached_v1_response, cargs, self._deliver)
+        d.addBoth(self.ctx.metrics.command(self.served.name, "ssh", "v1", name, args))
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
         d.addErrback(self._internal_error)
