@@ -124,12 +124,14 @@ class _Counting(ProtocolWrapper):
     factory: _CountingFactory
 
     def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
-        # The reactor asks the protocol itself whether it takes half-closes (raw TCP does:
-        # a client's EOF must not cut the responses still being written).
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
+        # ProtocolWrapper takes on the transport's interfaces (ISSLTransport: HTTPS stays
+        # secure); the reactor asks the protocol whether it takes half-closes (raw TCP
+        # does: a client's EOF must not cut the responses still being written).
         super().makeConnection(transport)
+        if self.wrappedProtocol is not None and IHalfCloseableProtocol.providedBy(
+            self.wrappedProtocol
+        ):
+            alsoProvides(self, IHalfCloseableProtocol)
 
     def write(self, data: bytes) -> None:
         self.factory.sent.inc(len(data))

@@ -138,7 +138,9 @@ def test_index_lists_exactly_the_readable_repositories(site: tuple[RunningServer
     for name in ("rich", "team/proj", "solo"):
         assert f'href="/{name}/"' in page
     assert "private" not in page and "vault" not in page
-    assert "private/vault" not in text(get(server.http_url + "/", user="bob", password="hunter2")[2])
+    assert "private/vault" not in text(
+        get(server.http_url + "/", user="bob", password="hunter2")[2]
+    )
     status, _, body = get(server.http_url + "/", user="alice", password="secret")
     assert status == 200 and 'href="/private/vault/"' in text(body)
     # a nested index: /team/ lists team/proj only
