@@ -89,6 +89,8 @@ class Settings:
     web_archives: bool = False
     #: Threads rendering hgweb pages (never the repository workers).
     web_threads: int = 2
+    #: While clones/pulls run, the share of one CPU all web threads together may use.
+    web_cpu_share: float = 0.1
     #: ``http`` (``/metrics`` on the HTTP listeners), ``none``, or an endpoint of its own.
     metrics: str = "http"
 

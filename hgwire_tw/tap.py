@@ -35,7 +35,7 @@ TRANSPORTS = ("http", "ssh", "tcp")
 #: hgweb styles ``--web-style`` accepts (Mercurial's HTML template sets).
 WEB_STYLES = ("paper", "coal", "gitweb", "monoblue", "spartan")
 #: Config keys of the web pages and metrics.
-WEB_SETTINGS = ("web", "web_style", "web_archives", "metrics")
+WEB_SETTINGS = ("web", "web_style", "web_archives", "metrics", "web_cpu_share")
 
 # -- raw TCP limits: option -> (TCPLimits field, type, help); TOML keys use "_" --------
 TCP_LIMIT_OPTIONS: dict[str, tuple[str, type, str]] = {
@@ -363,6 +363,9 @@ class Options(usage.Options):
                 f"--web-style: {self['web-style']!r} is not one of {', '.join(WEB_STYLES)}"
             )
         self["metrics"] = self["metrics"] or "http"
+        share = self.get("web-cpu-share")  # config file only
+        if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
+            raise usage.UsageError(f"--config: web_cpu_share must be in (0, 1], not {share!r}")
 
     def _check_mirrors(self) -> None:
         from hgwire_tw.client.peer import parse_url
@@ -416,6 +419,8 @@ class Options(usage.Options):
             s.blob_retention = float(self["blob-retention"])
         s.web, s.web_style, s.metrics = self["web"], self["web-style"], self["metrics"]
         s.web_archives = bool(self["web-archives"])
+        if self.get("web-cpu-share") is not None:
+            s.web_cpu_share = float(self["web-cpu-share"])
         assert {f.name for f in fields(s)} >= {"v1_compression", "workers"}
         return s
 

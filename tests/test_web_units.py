@@ -17,7 +17,7 @@ from hgwire_tw.access import AccessPolicy
 from hgwire_tw.context import ServerContext, Settings
 from hgwire_tw.repo.registry import RepositoryRegistry, ServedRepository
 from hgwire_tw.tap import Options
-from hgwire_tw.web.app import ClientGone, HgwebApplication, Route, WriteGate
+from hgwire_tw.web.app import ClientGone, HgwebApplication, Route, WireFirst, WriteGate
 from hgwire_tw.web.resource import WebFrontEnd, is_web_request, page_name
 from tests.repobuilders import init_repo
 
@@ -228,3 +228,62 @@ def test_web_options(tmp_path: Path) -> None:
     for bad in (["--web", "apache"], ["--web-style", "../paper"], ["--web-style", "raw"]):
         with pytest.raises(usage.UsageError):
             parse("--repo", repo, *bad)
+
+
+class FakeClocks:
+    """thread_time advances only when told; sleep records (and may end the busy spell)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.slept: list[float] = []
+        self.busy = True
+        self.idle_after: int | None = None
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        if self.idle_after is not None and len(self.slept) >= self.idle_after:
+            self.busy = False
+
+
+def pacer(clocks: FakeClocks, share: float) -> WireFirst:
+    return WireFirst(lambda: clocks.busy, share, thread_time=clocks.thread_time, sleep=clocks.sleep)
+
+
+def test_wire_first_paces_pages_only_while_the_wire_protocol_works() -> None:
+    """With share 0.2, 10 ms of page CPU costs 40 ms of sleep, paid in 50 ms slices
+    between chunks and before the next page, capped, and never once the wire is idle."""
+    clocks = FakeClocks()
+    pace = pacer(clocks, 0.2)
+    pace.begin()
+    clocks.cpu += 0.010
+    pace.step()  # owes 0.04: less than a slice, carried
+    assert clocks.slept == []
+    clocks.cpu += 0.010
+    pace.step()  # owes 0.08: paid now
+    assert sum(clocks.slept) == pytest.approx(0.08)
+    assert max(clocks.slept) <= 0.05
+    clocks.cpu += 0.010
+    pace.end()  # owes 0.04, paid before this thread's next page
+    clocks.slept.clear()
+    pace.begin()
+    assert clocks.slept == [0.04]
+    clocks.slept.clear()
+    clocks.cpu += 10.0
+    pace.end()
+    pace.begin()  # 40 s owed, capped at max_pause (2 s)
+    assert sum(clocks.slept) == pytest.approx(2.0)
+    clocks.slept.clear()
+    clocks.cpu += 1.0
+    pace.end()
+    clocks.idle_after = 2  # the clone ends during the second slice
+    pace.begin()
+    assert len(clocks.slept) == 2
+    clocks.slept.clear()
+    clocks.cpu += 1.0
+    pace.step()
+    pace.end()
+    pace.begin()
+    assert clocks.slept == []  # idle wire: pages run flat out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,69 @@ class WriteGate:
             raise ClientGone()
 
 
+class WireFirst:
+    """Keeps web threads to a small share of the CPU while the wire protocol is busy.
+
+    All of the server's threads share one GIL (and here, often, few cores), so a page
+    rendering loop would take half the interpreter from a running clone. While ``busy()``
+    (the repository workers or the reactor's pool have work), each web thread, after
+    spending ``t`` seconds of CPU (``time.thread_time``) on a page, sleeps
+    ``t * (1 - share) / share`` before it goes on: between the chunks of a long page
+    (archives, huge files), and before its next page. ``share`` is per thread. When the
+    wire protocol is idle, pages run flat out.
+    """
+
+    def __init__(
+        self,
+        busy: Callable[[], bool],
+        share: float,
+        *,
+        thread_time: Callable[[], float] = time.thread_time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_pause: float = 2.0,
+        slice_: float = 0.05,
+    ) -> None:
+        self.busy = busy
+        self.factor = (1.0 - share) / share
+        self.thread_time = thread_time
+        self.sleep = sleep
+        self.max_pause = max_pause
+        self.slice = slice_
+        self._local = threading.local()
+
+    def _pay(self) -> None:
+        debt = min(getattr(self._local, "debt", 0.0), self.max_pause)
+        self._local.debt = 0.0
+        # In slices, so that pages speed up again as soon as the clone is over.
+        while debt > 0 and self.busy():
+            step = min(debt, self.slice)
+            self.sleep(step)
+            debt -= step
+
+    def _account(self) -> None:
+        now = self.thread_time()
+        used = now - getattr(self._local, "mark", now)
+        self._local.mark = now
+        if used > 0 and self.busy():
+            self._local.debt = getattr(self._local, "debt", 0.0) + used * self.factor
+
+    def begin(self) -> None:
+        """Before a page: sleep off what earlier pages on this thread owe."""
+        self._pay()
+        self._local.mark = self.thread_time()
+
+    def step(self) -> None:
+        """Between two chunks of a page."""
+        self._account()
+        if getattr(self._local, "debt", 0.0) >= self.slice:
+            self._pay()
+            self._local.mark = self.thread_time()
+
+    def end(self) -> None:
+        """After a page: what it owes is paid before this thread's next page."""
+        self._account()
+
+
 def _wsgi_str(data: bytes) -> str:
     # PEP 3333: environ values are bytes decoded as latin-1.
     return data.decode("latin-1")
@@ -114,6 +178,7 @@ class HgwebApplication:
         style: str = "paper",
         archives: bool = False,
         ui_factory: Callable[[], Any] = make_ui,
+        wire_first: WireFirst | None = None,
     ) -> None:
         """``pool`` is the ``RepositoryPool`` whose per-thread repositories hgweb reuses;
         the index lists ``registry``'s repositories that ``access`` lets the user read."""
@@ -123,6 +188,7 @@ class HgwebApplication:
         self.style = style.encode("ascii")
         self.archives = archives
         self.ui_factory = ui_factory
+        self.wire_first = wire_first
         self._local = threading.local()
 
     # -- configuration forced on everything hgweb sees -----------------------------------
@@ -186,6 +252,9 @@ class HgwebApplication:
 
             return gated_write
 
+        pacer = self.wire_first
+        if pacer is not None:
+            pacer.begin()
         environ["PATH_INFO"] = _path_info(route.segments)
         environ["SCRIPT_NAME"] = ""
         environ.pop("REPO_NAME", None)
@@ -200,6 +269,8 @@ class HgwebApplication:
             body = self._hgweb(route.served)(environ, gated_start_response)
         try:
             for chunk in body:
+                if pacer is not None:
+                    pacer.step()
                 gate.wait()
                 yield chunk
         except ClientGone:
@@ -208,6 +279,8 @@ class HgwebApplication:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+            if pacer is not None:
+                pacer.end()
 
     # -- the index --------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import finish, is_gone, plain
 from hgwire_tw.v1.dispatch import is_command
-from hgwire_tw.web.app import HgwebApplication, Route, WriteGate
+from hgwire_tw.web.app import HgwebApplication, Route, WireFirst, WriteGate
 
 __all__ = ["DEFAULT_MAX_WAITING", "WebFrontEnd", "is_web_request", "page_name"]
 
@@ -127,14 +127,29 @@ class WebFrontEnd:
             ctx.access,
             style=settings.web_style,
             archives=settings.web_archives,
+            wire_first=WireFirst(
+                self._wire_busy, settings.web_cpu_share / max(1, settings.web_threads)
+            ),
         )
         self.max_pages = self.threadpool.max + max_waiting
         #: Pages accepted and not finished yet.
         self.pages = 0
         self._gates: set[WriteGate] = set()
+        self._wire_pools: list[ThreadPool] = []
+
+    def _wire_busy(self) -> bool:
+        # A thread of the repository pool or of the reactor's pool (v2 encoding jobs) is
+        # running: a clone or pull is in progress. Read from web threads: plain attribute
+        # reads, approximate by nature.
+        return any(pool.working for pool in self._wire_pools)
 
     def start(self) -> None:
         """Start the web threads."""
+        pools = [getattr(self.ctx.pool, "threadpool", None)]
+        get_pool = getattr(self.ctx.reactor, "getThreadPool", None)
+        if get_pool is not None:
+            pools.append(get_pool())
+        self._wire_pools = [p for p in pools if p is not None]
         self.threadpool.start()
 
     def stop(self) -> None:
