@@ -99,12 +99,18 @@ def hgwire(*args: str) -> None:
 def site(
     tmp_path_factory: pytest.TempPathFactory, rich_repo_template: Path
 ) -> Iterator[tuple[RunningServer, Path]]:
-    """repos/rich (public), repos/team/proj (public), repos/private/vault (alice only),
-    --repo solo=..., users alice and bob; also raw TCP for a v2 clone."""
+    """repos/rich, repos/team/proj (with a description), repos/hidden (web.hidden),
+    repos/private/vault (alice only), --repo solo=...; users alice (may push) and bob;
+    raw TCP too, for a v2 clone."""
     base = tmp_path_factory.mktemp("web")
     repos = base / "repos"
     shutil.copytree(rich_repo_template, repos / "rich", symlinks=True)
-    rb.make_linear_repo(repos / "team" / "proj", commits=3)
+    proj = rb.make_linear_repo(repos / "team" / "proj", commits=3)
+    (proj / ".hg" / "hgrc").write_text(
+        "[web]\ndescription = The team project\ncontact = Team Lead <lead@example.com>\n"
+    )
+    hidden = rb.make_linear_repo(repos / "hidden", commits=1)
+    (hidden / ".hg" / "hgrc").write_text("[web]\nhidden = true\n")
     vault = rb.make_linear_repo(repos / "private" / "vault", commits=2)
     (vault / "classified.txt").write_text(SECRET_WORD + "\n")
     rb.hg("commit", "-A", "-q", "-m", f"add {SECRET_WORD}", cwd=vault)
@@ -114,13 +120,13 @@ def site(
         f'[users.alice]\npassword = "{hash_password("secret")}"\n'
         f'[users.bob]\npassword = "{hash_password("hunter2")}"\n'
         '[[rules]]\nrepos = "private/*"\nread = ["alice"]\n'
-        '[[rules]]\nrepos = "*"\nread = ["anonymous", "*"]\n',
+        '[[rules]]\nrepos = "*"\nread = ["anonymous", "*"]\nwrite = ["alice"]\n',
         encoding="utf-8",
     )
     with running_server(
         base,
         "--repos-dir", str(repos), "--repo", f"solo={solo}", "--access", str(access),
-        "--tcp", "tcp:0:interface=127.0.0.1",
+        "--tcp", "tcp:0:interface=127.0.0.1", "--allow-push-over-http",
     ) as server:  # fmt: skip
         yield server, repos
 
@@ -138,6 +144,9 @@ def test_index_lists_exactly_the_readable_repositories(site: tuple[RunningServer
     for name in ("rich", "team/proj", "solo"):
         assert f'href="/{name}/"' in page
     assert "private" not in page and "vault" not in page
+    # descriptions and contacts from each repository's hgrc; web.hidden keeps it out
+    assert "The team project" in page and "Team Lead" in page
+    assert 'href="/hidden/"' not in page and get(server.url("hidden") + "/shortlog")[0] == 200
     assert "private/vault" not in text(
         get(server.http_url + "/", user="bob", password="hunter2")[2]
     )
@@ -260,28 +269,36 @@ def test_private_repository_refused_on_every_route(site: tuple[RunningServer, Pa
 def test_clones_on_the_same_url_are_counted(
     site: tuple[RunningServer, Path], tmp_path: Path
 ) -> None:
-    """hg clone of the page URL works; /metrics (parsed by prometheus_client) counts the
-    v1 clone over HTTP, a v2 hgwire clone over raw TCP, and a pull as a pull."""
+    """hg clone of the page URL works; /metrics (parsed by prometheus_client) counts
+    clones (v1 and v2 over HTTP, v2 over raw TCP), a push and a pull as such."""
     server, repos = site
+    proj = repos / "team" / "proj"
+    url = server.url("team/proj")
     before = samples(server)
-    rb.hg("clone", "-q", server.url("team/proj"), tmp_path / "c1")
-    assert rb.log_nodes(tmp_path / "c1") == rb.log_nodes(repos / "team" / "proj")
+    rb.hg("clone", "-q", url, tmp_path / "c1")
+    assert rb.log_nodes(tmp_path / "c1") == rb.log_nodes(proj)
     tcp = server.ports["tcp"][0]
     hgwire("clone", f"hgwire://127.0.0.1:{tcp}/team/proj", str(tmp_path / "c2"))
-    assert rb.log_nodes(tmp_path / "c2") == rb.log_nodes(repos / "team" / "proj")
+    assert rb.log_nodes(tmp_path / "c2") == rb.log_nodes(proj)
+    v2 = ("--config", "experimental.httppeer.advertise-v2=true")
+    rb.hg(*v2, "clone", "-q", "-U", url, tmp_path / "c3", exe=rb.HG_603)
+    assert rb.log_nodes(tmp_path / "c3") == rb.log_nodes(proj)
     (tmp_path / "c1" / "more").write_text("more\n")
     rb.hg("commit", "-A", "-q", "-m", "more", cwd=tmp_path / "c1")
-    rb.hg("push", "-q", "-R", tmp_path / "c1", repos / "team" / "proj")
-    rb.hg("pull", "-q", "-R", tmp_path / "c2", server.url("team/proj"))
+    alice = url.replace("http://", "http://alice:secret@")
+    rb.hg("push", "-q", "-R", tmp_path / "c1", alice)
+    rb.hg("pull", "-q", "-R", tmp_path / "c2", url)
+    assert rb.log_nodes(tmp_path / "c2") == rb.log_nodes(proj)
     after = samples(server)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("hgwire_clones_total", repo="team/proj", transport="http") == 1
+    assert delta("hgwire_clones_total", repo="team/proj", transport="http") == 2
     assert delta("hgwire_clones_total", repo="team/proj", transport="tcp") == 1
     assert delta("hgwire_pulls_total", repo="team/proj", transport="http") == 1
     assert delta("hgwire_pulls_total", repo="team/proj", transport="tcp") == 0
+    assert delta("hgwire_pushes_total", repo="team/proj", transport="http") == 1
     assert delta("hgwire_bytes_sent_total", transport="tcp") > 0
     assert delta("hgwire_bytes_sent_total", transport="http") > 0
     assert delta("hgwire_connections_total", transport="tcp") >= 1

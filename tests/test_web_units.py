@@ -40,6 +40,8 @@ def request_for(uri: bytes, method: bytes = b"GET") -> DummyRequest:
         (b"/rich?cmd=branches", False),  # a wire command and a web command: wire wins
         (b"/rich?cmd=nosuch", False),  # the v1 path answers "no such method"
         (b"/rich?style=raw&cmd=getbundle", False),
+        (b"/rich?cmd=shortlog&cmd=capabilities", False),  # hgweb would act on the last
+        (b"/rich?cmd=capabilities&cmd=shortlog", False),
     ],
 )
 def test_is_web_request(uri: bytes, page: bool) -> None:

@@ -55,23 +55,24 @@ DEFAULT_MAX_WAITING = 32
 _WEB_COMMANDS = frozenset(webcommands.__all__)
 
 
-def _query_cmd(request: IRequest) -> bytes | None:
+def _query_cmds(request: IRequest) -> list[bytes]:
+    """Every ``cmd`` value of the query string (hgweb acts on the last one)."""
     _, _, query = request.uri.partition(b"?")
     if b"cmd" not in query:
-        return None
-    # Loose parsing on purpose: this only decides the route; the v1 path parses strictly.
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == b"cmd":
-            return value
-    return None
+        return []
+    # Loose parsing, as hgweb's: this only decides the route; the v1 path parses strictly.
+    return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == b"cmd"]
 
 
 def is_web_request(request: IRequest) -> bool:
     """Whether a request (already known not to be ``<repo>/api/...`` nor a blob) is a
-    page: it has no ``cmd`` query parameter, or one naming an hgweb command that is not
-    also a wire command (``?cmd=branches`` is the wire command, as in hgweb)."""
-    cmd = _query_cmd(request)
-    return cmd is None or (cmd.decode("latin-1") in _WEB_COMMANDS and not is_command(cmd))
+    page: every ``cmd`` query parameter, if any, names an hgweb command that is not also
+    a wire command (``?cmd=branches`` is the wire command, as in hgweb). hgweb itself
+    would answer wire commands, with its own rules: it never sees one."""
+    return all(
+        cmd.decode("latin-1") in _WEB_COMMANDS and not is_command(cmd)
+        for cmd in _query_cmds(request)
+    )
 
 
 def page_name(
@@ -176,7 +177,8 @@ class WebFrontEnd:
             request.setHeader(b"Retry-After", b"1")
             return plain(request, 503, "too many web pages in progress, try again\n")
         started = time.monotonic()
-        page = page_name(served, rest, _query_cmd(request))
+        cmds = _query_cmds(request)
+        page = page_name(served, rest, cmds[-1] if cmds else None)
         d = authenticate(self.ctx, request)
         d.addCallback(self._authorized, request, segments, served, rest, page, started)
         d.addErrback(self._refused, request, page, started)
