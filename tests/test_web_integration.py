@@ -363,3 +363,46 @@ def test_root_repository_archives_style_and_metrics_endpoint(
         (port,) = server.ports["metrics"]
         found = samples(server, port)
         assert value(found, "hgwire_web_request_duration_seconds_count", page="archive") == 1
+
+
+def test_https_pages_and_push_through_the_counting_listener(tmp_path: Path) -> None:
+    """Over TLS the listener's byte counter sits inside TLS and the request still knows it
+    is secure: hgweb's feed links are https, a push needs no --allow-push-over-http."""
+    import ssl
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    src = rb.make_linear_repo(tmp_path / "src", commits=2)
+    access = tmp_path / "access.toml"
+    access.write_text(
+        f'[users.alice]\npassword = "{hash_password("secret")}"\n'
+        '[[rules]]\nrepos = "*"\nread = ["anonymous"]\nwrite = ["alice"]\n',
+        encoding="utf-8",
+    )
+    endpoint = (
+        f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
+        f":certKey={tmp_path / 'cert.pem'}"
+    )
+    with running_server(tmp_path, "--repo", f"src={src}", "--access", str(access),
+                        http=endpoint) as server:  # fmt: skip
+        url = f"https://127.0.0.1:{server.http_port}/src"
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(url + "/atom-log", timeout=60, context=context) as resp:
+            feed = ET.fromstring(resp.read())
+        links = [link.get("href", "") for link in feed.iter(f"{ATOM}link")]
+        assert links and all(
+            link.startswith(f"https://127.0.0.1:{server.http_port}/") for link in links
+        )
+        rb.hg("clone", "-q", "--insecure", url, tmp_path / "c")
+        (tmp_path / "c" / "new").write_text("new\n")
+        rb.hg("commit", "-A", "-q", "-m", "over tls", cwd=tmp_path / "c")
+        alice = url.replace("https://", "https://alice:secret@")
+        rb.hg("push", "-q", "--insecure", "-R", tmp_path / "c", alice)
+        assert rb.log_nodes(src) == rb.log_nodes(tmp_path / "c")
