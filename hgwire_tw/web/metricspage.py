@@ -14,6 +14,7 @@ in a plain ``Site``), readable by whoever can connect: choose the interface acco
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -21,10 +22,12 @@ from twisted.web.server import NOT_DONE_YET
 
 from hgwire_tw.context import ServerContext
 from hgwire_tw.metrics import CONTENT_TYPE, is_loopback
-from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, deny
-from hgwire_tw.transports.httpreplies import finish, plain
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, refuse
+from hgwire_tw.transports.httpreplies import fail, finish, plain
 
 __all__ = ["METRICS_PATH", "MetricsResource", "is_metrics_request", "render_metrics"]
+
+log = Logger()
 
 METRICS_PATH = b"/metrics"
 
@@ -66,10 +69,13 @@ def render_metrics(ctx: ServerContext, request: IRequest) -> bytes | int:
 
     def refused(f: Failure) -> None:
         f.trap(HTTPDenied)
-        denied: HTTPDenied = f.value  # type: ignore[assignment]
-        finish(request, deny(ctx, request, denied, f"{denied.message}\n".encode()))
+        refuse(ctx, request, f.value)  # type: ignore[arg-type]
 
-    d.addCallback(allowed).addErrback(refused)
+    def failed(f: Failure) -> None:
+        log.failure("/metrics failed", f)
+        fail(request)
+
+    d.addCallback(allowed).addErrback(refused).addErrback(failed)
     return NOT_DONE_YET
 
 

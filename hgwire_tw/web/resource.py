@@ -41,8 +41,8 @@ from zope.interface import implementer
 
 from hgwire_tw.context import ServerContext
 from hgwire_tw.repo.registry import ServedRepository
-from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
-from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, refuse
+from hgwire_tw.transports.httpreplies import fail, is_gone, plain
 from hgwire_tw.v1.dispatch import is_command
 from hgwire_tw.web.app import HgwebApplication, Route, WireFirst, WriteGate
 
@@ -260,18 +260,11 @@ class WebFrontEnd:
 
     def _refused(self, f: Failure, request: IRequest, page: str, started: float) -> None:
         f.trap(HTTPDenied)
-        denied: HTTPDenied = f.value  # type: ignore[assignment]
         if is_gone(request):
             return
-        body = f"{denied.message}\n".encode()
-        finish(request, deny(self.ctx, request, denied, body))
+        refuse(self.ctx, request, f.value)  # type: ignore[arg-type]
         self._done(request, page, started)
 
     def _internal_error(self, f: Failure, request: IRequest) -> None:
         log.failure("web page failed", f)
-        if is_gone(request):
-            return
-        if not getattr(request, "startedWriting", False):
-            finish(request, plain(request, 500, "internal server error\n"))
-        else:
-            request.loseConnection()
+        fail(request)
