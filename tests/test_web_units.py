@@ -42,6 +42,7 @@ def request_for(uri: bytes, method: bytes = b"GET") -> DummyRequest:
         (b"/rich?style=raw&cmd=getbundle", False),
         (b"/rich?cmd=shortlog&cmd=capabilities", False),  # hgweb would act on the last
         (b"/rich?cmd=capabilities&cmd=shortlog", False),
+        (b"/.hgwire/anything", False),  # our own endpoints
     ],
 )
 def test_is_web_request(uri: bytes, page: bool) -> None:

@@ -53,6 +53,8 @@ log = Logger()
 #: Pages waiting for a web thread before new ones are refused with 503.
 DEFAULT_MAX_WAITING = 32
 _WEB_COMMANDS = frozenset(webcommands.__all__)
+#: Paths of hgwire_tw's own endpoints (blobs), never pages.
+HGWIRE_PREFIX = b"/.hgwire/"
 
 
 def _query_cmds(request: IRequest) -> list[bytes]:
@@ -67,8 +69,11 @@ def _query_cmds(request: IRequest) -> list[bytes]:
 def is_web_request(request: IRequest) -> bool:
     """Whether a request (already known not to be ``<repo>/api/...`` nor a blob) is a
     page: every ``cmd`` query parameter, if any, names an hgweb command that is not also
-    a wire command (``?cmd=branches`` is the wire command, as in hgweb). hgweb itself
-    would answer wire commands, with its own rules: it never sees one."""
+    a wire command (``?cmd=branches`` is the wire command, as in hgweb), and it is not
+    under ``/.hgwire/`` (our own endpoints). hgweb itself would answer wire commands,
+    with its own rules: it never sees one."""
+    if request.path.startswith(HGWIRE_PREFIX):
+        return False
     return all(
         cmd.decode("latin-1") in _WEB_COMMANDS and not is_command(cmd)
         for cmd in _query_cmds(request)
