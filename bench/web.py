@@ -1,6 +1,7 @@
 """Web pages beside clones: hgweb's /NAME/shortlog under load while `hg clone` runs.
 
     .venv/bin/python bench/web.py [--commits 3000] [--rounds 3] [--loaders 1]
+                                  [--web-cpu-share S] [--no-pin]
 
 Uses the benchmark repository of bench/clone.py (built once, cached in bench/out/) and
 one server (`--cache none`, so every clone does its full work). Each round times
@@ -13,7 +14,10 @@ one server (`--cache none`, so every clone does its full work). Each round times
 alternating the order from round to round. It reports the median clone wall time with
 and without the page load, the slowdown (target: at most 10 %: pages run on their own
 web threads, never on the repository workers), the pages per second during the clones,
-and the pages per second with no clone running. Every clone is checked to hold the
+and the pages per second with no clone running; also the server's own time in
+`getbundle` per clone (its `hgwire_request_duration_seconds`, read from /metrics) with
+and without pages. `--web-cpu-share 1` turns the server's pacing of web threads off
+(docs/web.md, "Clones first") for comparison. Every clone is checked to hold the
 source's changesets.
 
 With two or more CPUs the server runs on the first one and the hg client and the page
@@ -135,6 +139,7 @@ def main() -> int:
     repo = bench_repo(opts.commits)
     expected = len(log_nodes(repo))
     server_secs: list[float] = []
+    server_loaded: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hgwire-bench-web-") as tmp:
         work = Path(tmp)
         args = ["--repo", f"bench={repo}", "--cache", "none"]
@@ -165,10 +170,12 @@ def main() -> int:
                         server_secs.append(getbundle_seconds(server.http_url) - before)
                         continue
                     with PageLoad(server.http_port, "/bench/shortlog", opts.loaders) as load:
+                        before = getbundle_seconds(server.http_url)
                         t0 = time.perf_counter()
                         wall = clone(url, work / "c", expected)
                         pages = load.pages
                         rates.append(pages / (time.perf_counter() - t0))
+                        server_loaded.append(getbundle_seconds(server.http_url) - before)
                     loaded.append(wall)
                 print(
                     f"  round {i + 1}: clone alone {alone[-1]:.3f}s, with pages "
@@ -189,7 +196,11 @@ def main() -> int:
     print(f"clone alone (median)             {a:8.3f} s")
     print(f"clone with shortlog load         {b:8.3f} s   slowdown {slowdown:+.1f} %")
     print(f"  median of per-round ratios: {paired:+.1f} %  (target: at most +10 %)")
-    print(f"server getbundle per clone       {statistics.median(server_secs):8.3f} s")
+    sa, sb = statistics.median(server_secs), statistics.median(server_loaded)
+    print(
+        f"server's getbundle (median)      {sa:8.3f} s alone, {sb:.3f} s with pages "
+        f"({(sb / sa - 1) * 100:+.1f} %)"
+    )
     print(f"/bench/shortlog during clones    {statistics.median(rates):8.1f} pages/s")
     print(f"/bench/shortlog, no clone        {idle_rate:8.1f} pages/s")
     return 0
