@@ -1,7 +1,7 @@
 """Web pages beside clones: hgweb's /NAME/shortlog under load while `hg clone` runs.
 
     .venv/bin/python bench/web.py [--commits 3000] [--rounds 3] [--loaders 1]
-                                  [--web-cpu-share S] [--no-pin]
+                                  [--web-cpu-share S] [--pin]
 
 Uses the benchmark repository of bench/clone.py (built once, cached in bench/out/) and
 one server (`--cache none`, so every clone does its full work). Each round times
@@ -20,13 +20,12 @@ and without pages. `--web-cpu-share 1` turns the server's pacing of web threads 
 (docs/web.md, "Clones first") for comparison. Every clone is checked to hold the
 source's changesets.
 
-With two or more CPUs the server runs on the first one and the hg client and the page
-loaders on the others (`--no-pin` to let them float): a real client clones from another
-machine, and what the figure is about is what pages do to the *server's* side of a
-clone (its threads share one GIL and, here, one CPU). It also reports the median of the
-per-round ratios (each round's two clones run back to back, so a change in the
-machine's background load shifts both). Run it on a quiet machine; a busy one makes
-single clones vary by tens of percent.
+With `--pin` (and two or more CPUs) the server runs on the first CPU and the hg client
+and the page loaders on the others: a real client clones from another machine, and the
+figure is about what pages do to the *server's* side of a clone. It also reports the
+median of the per-round ratios (each round's two clones run back to back, so a change in
+the machine's background load shifts both). Run it on a quiet machine; on a busy one
+single clones vary by tens of percent and the figures mean little.
 """
 
 from __future__ import annotations
@@ -128,7 +127,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loaders", type=int, default=1, help="page-loading client threads")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="page rate alone")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin server/clients")
+    parser.add_argument(
+        "--pin", action="store_true", help="server on the first CPU, clients on the others"
+    )
     parser.add_argument(
         "--web-cpu-share",
         type=float,
@@ -148,7 +149,7 @@ def main() -> int:
             config.write_text(f"web_cpu_share = {opts.web_cpu_share}\n", encoding="utf-8")
             args += ["--config", str(config)]
         cpus = sorted(os.sched_getaffinity(0))
-        pin = not opts.no_pin and len(cpus) >= 2
+        pin = opts.pin and len(cpus) >= 2
         if pin:  # the server (started now) inherits the first CPU
             os.sched_setaffinity(0, {cpus[0]})
         with running_server(work, *args) as server:
