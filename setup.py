@@ -24,6 +24,7 @@ setup(
         "service-identity>=21.1",
         "pyopenssl>=23.0",
         "mercurial>=6.5,<7.3",
+        "prometheus-client>=0.17,<1",
     ],
     extras_require={
         "test": [

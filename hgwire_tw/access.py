@@ -237,6 +237,8 @@ class AccessPolicy:
     users: dict[str, User] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
+    #: Who may read ``/metrics`` from another machine (top-level ``metrics = [...]``).
+    metrics: frozenset[str] = frozenset()
     _login_cache: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -260,7 +262,7 @@ class AccessPolicy:
     ) -> AccessPolicy:
         """Build a policy from already-parsed TOML."""
         where = str(source or "access file")
-        unknown = set(data) - {"users", "rules"}
+        unknown = set(data) - {"users", "rules", "metrics"}
         if unknown:
             raise AccessFileError(f"{where}: unknown section(s): {', '.join(sorted(unknown))}")
         users: dict[str, User] = {}
@@ -319,7 +321,11 @@ class AccessPolicy:
                     repos=tuple(_as_str_list(spec["repos"], where, "repos")), read=read, write=write
                 )
             )
-        return cls(users, tuple(rules), source)
+        metrics = frozenset(_as_str_list(data.get("metrics", []), where, "metrics"))
+        for principal in metrics:
+            if principal not in users and principal not in (ANONYMOUS, EVERY_USER):
+                raise AccessFileError(f"{where}: metrics names unknown user {principal!r}")
+        return cls(users, tuple(rules), source, metrics)
 
     # -- authentication ------------------------------------------------------------------
 
@@ -379,6 +385,10 @@ class AccessPolicy:
         """Whether ``user`` (None: anonymous) may push to ``repo_name``."""
         rule = self._rule_for(repo_name)
         return rule is not None and _admits(rule.write, user, self.users)
+
+    def can_read_metrics(self, user: str | None) -> bool:
+        """Whether ``user`` (None: anonymous) may read ``/metrics`` from afar."""
+        return _admits(self.metrics, user, self.users)
 
     def requires_login(self, repo_name: str) -> bool:
         """Whether an anonymous client is refused reading, but some user could read."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hgwire_tw.access import AccessPolicy
     from hgwire_tw.blobstore import BlobStore
+    from hgwire_tw.metrics import ServerMetrics
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
     from hgwire_tw.transports.httpsite import HTTPLimits
@@ -85,6 +86,25 @@ class Settings:
     # -- blob retention (``hgwire_tw.blobsweep``)
     #: Seconds a ``.cbor`` redirect blob is kept after its last use (0: forever).
     blob_retention: float = 7 * 24 * 3600.0
+    # -- web pages and metrics (``hgwire_tw.web``, ``hgwire_tw.metrics``)
+    #: ``hgweb`` (Mercurial's web pages for every non-wire-protocol request) or ``none``.
+    web: str = "hgweb"
+    #: hgweb style (template set): paper, gitweb, coal, monoblue, spartan.
+    web_style: str = "paper"
+    #: Whether hgweb offers archive downloads (``/NAME/archive/REV.tar.gz``).
+    web_archives: bool = False
+    #: Threads rendering hgweb pages (never the repository workers).
+    web_threads: int = 2
+    #: While clones/pulls run, the share of one CPU all web threads together may use.
+    web_cpu_share: float = 0.1
+    #: ``http`` (``/metrics`` on the HTTP listeners), ``none``, or an endpoint of its own.
+    metrics: str = "http"
+
+
+def _new_metrics() -> ServerMetrics:
+    from hgwire_tw.metrics import ServerMetrics
+
+    return ServerMetrics()
 
 
 @dataclass
@@ -108,3 +128,7 @@ class ServerContext:
     cache: Any = None
     #: Failed HTTP logins per address (``httpauth.LoginGuard``), made on first use.
     http_logins: Any = None
+    #: This service's Prometheus metrics (``hgwire_tw.metrics.ServerMetrics``).
+    metrics: ServerMetrics = field(default_factory=_new_metrics)
+    #: The hgweb front end (``hgwire_tw.web.WebFrontEnd``), None with ``--web none``.
+    web: Any = None

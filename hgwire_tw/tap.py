@@ -113,6 +113,7 @@ class ListeningService(service.Service):
         factory: Any,
         *,
         tracker: ConnectionTracker | None = None,
+        metrics: Any = None,
     ) -> None:
         self.transport = transport
         self.description = description
@@ -120,6 +121,8 @@ class ListeningService(service.Service):
         self.tls = reloadable_tls(endpoint)
         self.tracker = tracker or ConnectionTracker(IDLE_CLOSERS[transport])
         self.factory = self.tracker.watch(factory)
+        #: ``ServerMetrics`` counting this listener's connections and bytes, if any.
+        self.metrics = metrics
         self.port: Any = None
         self.failure: Failure | None = None
         self.ready: Deferred[Any] = Deferred()
@@ -136,7 +139,10 @@ class ListeningService(service.Service):
     def _listen(self) -> None:
         if self._listening is not None:
             return
-        self._listening = self.endpoint.listen(self.factory)
+        factory = self.factory
+        if self.metrics is not None:
+            factory = self.metrics.counting_factory(self.transport, factory)
+        self._listening = self.endpoint.listen(factory)
         self._listening.addCallbacks(self._bound, self._failed)
 
     def _bound(self, port: Any) -> None:
@@ -362,7 +368,7 @@ class HgwireService(service.MultiService):
         ports: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
         for s in self.listeners:
             if s.port is not None:
-                ports[s.transport].append(getattr(s.port.getHost(), "port", 0))
+                ports.setdefault(s.transport, []).append(getattr(s.port.getHost(), "port", 0))
                 if s.transport == "http" and self.context.embedded_blob_base is None:
                     self.context.embedded_blob_base = embedded_blob_base(s)
         path = self.state_dir / "listening.json"
@@ -600,11 +606,41 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
                 factory = _factory(transport, ctx, state_dir)
             except Exception as e:  # e.g. an SSH host key that cannot be read
                 raise usage.UsageError(describe_error(e)) from None
-            listener = ListeningService(transport, description, endpoint, factory)
+            listener = ListeningService(
+                transport, description, endpoint, factory, metrics=ctx.metrics
+            )
             listener.setServiceParent(top)
             top.listeners.append(listener)
+    _add_web(top, ctx, reactor)
     _add_mirror_syncs(top, options, mirrors, reactor)
     return top
+
+
+def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
+    """The hgweb pages' thread pool, metrics wiring and a ``--metrics ENDPOINT`` listener."""
+    ctx.metrics.watch(ctx)
+    ctx.metrics.watch_pool("repo", ctx.pool.threadpool)
+    if hasattr(reactor, "getThreadPool"):
+        ctx.metrics.watch_pool("reactor", reactor.getThreadPool)
+    if ctx.settings.web != "none":
+        from hgwire_tw.web.resource import WebFrontEnd
+
+        ctx.web = WebFrontEnd(ctx)
+        ctx.metrics.watch_pool("web", ctx.web.threadpool)
+        PoolService(ctx.web).setServiceParent(top)
+    if ctx.settings.metrics not in ("http", "none"):
+        from twisted.web.server import Site
+
+        from hgwire_tw.web.metricspage import MetricsResource
+
+        try:
+            endpoint = endpoints.serverFromString(reactor, ctx.settings.metrics)
+        except ValueError as e:
+            raise usage.UsageError(f"--metrics {ctx.settings.metrics}: {e}") from e
+        site = Site(MetricsResource(ctx))
+        listener = ListeningService("metrics", ctx.settings.metrics, endpoint, site)
+        listener.setServiceParent(top)
+        top.listeners.append(listener)
 
 
 # -- mirrors (--mirror NAME=URL): served read-only, synced by a child service ------------

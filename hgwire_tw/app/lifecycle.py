@@ -141,6 +141,7 @@ def wait_for_client(protocol: Any) -> bool:
 #: Transport name -> how its idle connections are closed.
 IDLE_CLOSERS: dict[str, Callable[[Any], bool]] = {
     "http": close_idle_http,
+    "metrics": close_idle_http,
     "tcp": close_idle_frames,
     "ssh": wait_for_client,
 }

@@ -288,6 +288,23 @@ HTTP = "HTTP limits"
 CACHE = "Response cache, redirects and blobs"
 BUNDLES = "Clone bundles"
 MIRRORS = "Mirrors"
+WEB = "Web pages and metrics"
+
+#: hgweb styles ``--web-style`` accepts (Mercurial's HTML template sets).
+WEB_STYLES = ("paper", "coal", "gitweb", "monoblue", "spartan")
+
+
+def _metrics_place(value: Any) -> Any:
+    if not str(value).strip():
+        raise ValueError("expected http, none or a Twisted endpoint")
+    return str(value).strip()
+
+
+def _share(value: Any) -> Any:
+    if not 0 < value <= 1:
+        raise ValueError("must be more than 0 and at most 1")
+    return value
+
 
 DEFAULT_HTTP = "tcp:8000:interface=127.0.0.1"
 DEFAULT_SSH = "tcp:8022:interface=127.0.0.1"
@@ -723,6 +740,59 @@ TABLE: tuple[Setting, ...] = (
         field="clonebundles_grace",
         check=non_negative,
         help="Seconds a superseded bundle stays downloadable.",
+    ),
+    # -- web pages and metrics (hgwire_tw.web, hgwire_tw.metrics)
+    setting(
+        name="web",
+        group=WEB,
+        metavar="MODE",
+        default=FIELD,
+        field="web",
+        check=one_of("hgweb", "none"),
+        see="docs/web.md",
+        help="Web pages for every request that is not wire protocol: hgweb (Mercurial's own "
+        "pages and a repository index, under the access rules) or none.",
+    ),
+    setting(
+        name="web-style",
+        group=WEB,
+        metavar="STYLE",
+        default=FIELD,
+        field="web_style",
+        check=one_of(*WEB_STYLES),
+        help="hgweb style: " + ", ".join(WEB_STYLES) + ".",
+    ),
+    setting(
+        name="web-archives",
+        kind=Kind.FLAG,
+        group=WEB,
+        field="web_archives",
+        help="Offer archive downloads (zip, tar.gz, tar.bz2) on the web pages.",
+    ),
+    setting(
+        name="web-cpu-share",
+        type=float,
+        cli=False,
+        group=WEB,
+        metavar="SHARE",
+        default=FIELD,
+        field="web_cpu_share",
+        check=_share,
+        see="docs/web.md",
+        help="While clones or pulls run, the share of one CPU the web threads together may "
+        "use (0 to 1; 1 turns the pacing off).",
+    ),
+    setting(
+        name="metrics",
+        group=WEB,
+        metavar="ENDPOINT",
+        default=FIELD,
+        field="metrics",
+        check=_metrics_place,
+        see="docs/metrics.md",
+        help="Prometheus metrics: http (/metrics on the HTTP listeners, readable from this "
+        "machine or by the access file's metrics principals), none, or a Twisted endpoint "
+        "of their own.",
     ),
     # -- mirrors
     setting(

@@ -170,6 +170,11 @@ class RepositoryPool:
         self.size = size
         self.lock_timeout = lock_timeout
 
+    @property
+    def threadpool(self) -> ThreadPool:
+        """The worker threads (for metrics: queue depth, busy threads)."""
+        return self._threadpool
+
     def start(self) -> None:
         """Start the worker threads."""
         self._threadpool.start()

@@ -120,6 +120,9 @@ class FrameSession:
     ``on_activity`` is called when input arrives or a command finishes.
     """
 
+    #: The transport label of this session's metrics (the SSH subsystem says ``ssh``).
+    transport = "tcp"
+
     def __init__(
         self,
         ctx: ServerContext,
@@ -295,6 +298,11 @@ class FrameSession:
             redirect=action.redirect,
         )
         self.running[action.request_id] = d
+        d.addBoth(
+            self.ctx.metrics.command(
+                self.served.name, self.transport, "v2", action.name, action.args
+            )
+        )
         d.addBoth(self._command_over, action.request_id)
 
     def _command_over(self, result: object, request_id: int) -> None:

@@ -87,6 +87,8 @@ from hgwire_tw.v1.dispatch import (
     run_v1_command,
 )
 from hgwire_tw.v1.protocol import V1Protocol, file_payload
+from hgwire_tw.web import metricspage
+from hgwire_tw.web.resource import is_web_request
 
 __all__ = ["HgRequest", "HgResource", "HgSite", "make_site"]
 
@@ -143,13 +145,22 @@ class HgResource(Resource):
         """Route one request (any method) to a repository's v1 command or v2 API."""
         if httpblobs.is_blob_request(request):
             return httpblobs.render_blob(self.ctx, request)
+        if metricspage.is_metrics_request(self.ctx, request):  # web: /metrics
+            return metricspage.render_metrics(self.ctx, request)
+        segments = _path_segments(request)
+        web = self.ctx.web if self.ctx.web is not None and is_web_request(request) else None
         try:
             served, rest = visible_match(self.ctx, request)
         except UnknownRepository as e:
+            if web is not None and self._is_index(request, segments):
+                # web: the index, nested indexes, their static files
+                return web.render(request, segments, None, segments)
             return self._not_found(request, e)
         if rest and rest[0] == "api":
             result: bytes | int = http_v2.render_api(self.ctx, request, served, rest)
             return result
+        if web is not None:  # web: every other request without a wire command is hgweb's
+            return web.render(request, segments, served, rest)
         try:
             query = parse_urlencoded(_query(request), where="query string")
         except RemoteProtocolError as e:
@@ -162,6 +173,20 @@ class HgResource(Resource):
                 request, 200, f"Mercurial repository {served.name or '/'} (served by hgwire_tw)\n"
             )
         return _V1Request(self.ctx, request, served, rest, cmd[0], query).render()
+
+    def _is_index(self, request: IRequest, segments: list[str]) -> bool:
+        """Whether a path that names no repository is an index page (or its static
+        files): the root, or a directory holding a repository this client may read.
+        Anything else gets ``_not_found``'s answer, the same as a private repository."""
+        prefix = segments[: segments.index("static")] if "static" in segments else segments
+        if not prefix:
+            return True
+        _, user = _known_user(request)
+        below = "/".join(prefix) + "/"
+        return any(
+            name.startswith(below) and self.ctx.access.can_read(user, name)
+            for name in self.ctx.registry.names()
+        )
 
     def _not_found(self, request: IRequest, e: UnknownRepository) -> bytes:
         """The one answer for a path naming no repository this client may read (a
@@ -530,6 +555,9 @@ class _V1Request:
             ),
             response.deliver,
             write=command_permission(self.name) == b"push",
+        )
+        iteration.addBoth(
+            self.ctx.metrics.command(self.served.name, "http", "v1", self.name, self.args)
         )
         response.attach(iteration)
 

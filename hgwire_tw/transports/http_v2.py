@@ -333,6 +333,7 @@ class _V2Response:
             redirect=run.redirect,
         )
         self.running = (run.request_id, d)
+        d.addBoth(self.ctx.metrics.command(self.served.name, "http", "v2", run.name, run.args))
         d.addBoth(self._command_over)
 
     def _command_over(self, result: object) -> None:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from hgwire_tw.context import ServerContext
-from hgwire_tw.transports.httpreplies import TEXT, plain
+from hgwire_tw.transports.httpreplies import TEXT, finish, is_gone, plain
 
 log = Logger()
 
@@ -228,3 +228,9 @@ def deny(ctx: ServerContext, request: IRequest, denied: HTTPDenied, body: bytes)
         realm = ctx.settings.realm.replace('"', "")
         request.setHeader(b"WWW-Authenticate", f'Basic realm="{realm}"'.encode())
     return plain(request, denied.status, body, reason=denied.message.encode(), content_type=TEXT)
+
+
+def refuse(ctx: ServerContext, request: IRequest, denied: HTTPDenied) -> None:
+    """Answer and finish a refused request (``deny`` with the message as the body)."""
+    if not is_gone(request):
+        finish(request, deny(ctx, request, denied, denied.message.encode() + b"\n"))

@@ -37,8 +37,8 @@ from zope.interface import implementer
 
 from hgwire_tw.blobstore import MEDIA_TYPES, BlobStore
 from hgwire_tw.context import BLOBS_PATH, ServerContext
-from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, deny
-from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, refuse
+from hgwire_tw.transports.httpreplies import fail, finish, is_gone, plain
 
 __all__ = [
     "BLOBS_PREFIX",
@@ -113,18 +113,11 @@ def render_blob(ctx: ServerContext, request: IRequest) -> bytes | int:
 
     def refused(f: Failure) -> None:
         f.trap(HTTPDenied)
-        denied: HTTPDenied = f.value  # type: ignore[assignment]
-        if not is_gone(request):
-            finish(request, deny(ctx, request, denied, denied.message.encode() + b"\n"))
+        refuse(ctx, request, f.value)  # type: ignore[arg-type]
 
     def failed(f: Failure) -> None:
         log.failure("serving blob {name} failed", f, name=name)
-        if is_gone(request):
-            return
-        if not getattr(request, "startedWriting", False):
-            finish(request, plain(request, 500, "internal server error\n"))
-        else:
-            request.loseConnection()
+        fail(request)
 
     d = authenticate(ctx, request)
     d.addCallback(authorized)

@@ -39,3 +39,14 @@ def finish(request: IRequest, body: bytes) -> None:
         return
     request.write(body)
     request.finish()
+
+
+def fail(request: IRequest) -> None:
+    """After an internal error: a 500 if nothing was sent yet, else cut the connection
+    (a response that broke half-way must not look complete)."""
+    if is_gone(request):
+        return
+    if not getattr(request, "startedWriting", False):
+        finish(request, plain(request, 500, "internal server error\n"))
+    else:
+        request.loseConnection()

@@ -29,6 +29,8 @@ __all__ = ["FrameSubsystemSession"]
 class FrameSubsystemSession(FrameSession):
     """One ``hgwire`` subsystem session for ``user`` on an SSH channel."""
 
+    transport = "ssh"
+
     def __init__(
         self, ctx: ServerContext, output: SessionOutput, user: str, peer_host: str = ""
     ) -> None:

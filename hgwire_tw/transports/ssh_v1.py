@@ -295,6 +295,7 @@ class V1SSHSession:
             self._deliver,
             write=command_permission(name) == b"push",
         )
+        d.addBoth(self.ctx.metrics.command(self.served.name, "ssh", "v1", name, args))
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
         d.addErrback(self._internal_error)
