@@ -127,6 +127,8 @@ def site(
         base,
         "--repos-dir", str(repos), "--repo", f"solo={solo}", "--access", str(access),
         "--tcp", "tcp:0:interface=127.0.0.1", "--allow-push-over-http",
+        # the refusal tests try a wrong password on every route from one address
+        "--http-login-failures", "1000",
     ) as server:  # fmt: skip
         yield server, repos
 
@@ -156,7 +158,8 @@ def test_index_lists_exactly_the_readable_repositories(site: tuple[RunningServer
     status, _, body = get(server.http_url + "/team/")
     assert status == 200 and 'href="/team/proj/"' in text(body) and "/rich/" not in text(body)
     status, _, _ = get(server.http_url + "/private/")
-    assert status == 404  # anonymous: no index of a directory holding nothing readable
+    # anonymous: a directory holding nothing readable answers like a missing repository
+    assert status == 401
     # static files of the index
     status, headers, body = get(server.http_url + "/static/style-paper.css")
     assert status == 200 and headers["Content-Type"] == "text/css" and b"body" in body
@@ -248,7 +251,8 @@ PRIVATE_ROUTES = (
 
 def test_private_repository_refused_on_every_route(site: tuple[RunningServer, Path]) -> None:
     """Anonymous: 401 with a Basic challenge on every hgweb route of the private
-    repository, nothing of it in the body; bob (may not read): 403; alice: the pages."""
+    repository, nothing of it in the body; bob (may not read): 404, as for a repository that
+    does not exist; alice: the pages."""
     server, _ = site
     url = server.url("private/vault")
     for route in PRIVATE_ROUTES:
@@ -257,7 +261,9 @@ def test_private_repository_refused_on_every_route(site: tuple[RunningServer, Pa
         assert headers["WWW-Authenticate"].startswith("Basic realm="), route
         assert SECRET_WORD.encode() not in body and b"vault" not in body, route
         status, _, body = get(url + route, user="bob", password="hunter2")
-        assert status == 403 and SECRET_WORD.encode() not in body, route
+        assert status == 404 and SECRET_WORD.encode() not in body, route
+        missing = get(server.url("nothing/here") + route, user="bob", password="hunter2")[2]
+        assert body.replace(b"private/vault", b"nothing/here") == missing, route
         status, _, _ = get(url + route, user="alice", password="wrong")
         assert status == 401, route
     status, _, body = get(url + "/raw-file/tip/classified.txt", user="alice", password="secret")
