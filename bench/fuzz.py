@@ -76,6 +76,8 @@ class Stats:
     frame_connections: int = 0
     ssh_subsystem_sessions: int = 0
     http_requests: int = 0
+    #: HTTP answers "500 Internal Server Error" (a bug: bad input gets a protocol error)
+    http_500: int = 0
     ssh_v1_sessions: int = 0
     stuck: int = 0
     batches: int = 0
@@ -442,9 +444,10 @@ def ssh_v1_session(rng: random.Random, corpus: Corpus, commands: int) -> bytes:
 # -- talking to the server ---------------------------------------------------------------
 
 
-def exchange_tcp(port: int, data: bytes, timeout: float) -> bool:
+def exchange_tcp(port: int, data: bytes, timeout: float, head: bytearray | None = None) -> bool:
     """Send ``data`` on a new TCP connection, close our side, read until the server
-    closes. False when it did not close within ``timeout``."""
+    closes. False when it did not close within ``timeout``. The first bytes of the
+    answer are kept in ``head`` when given."""
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -456,15 +459,25 @@ def exchange_tcp(port: int, data: bytes, timeout: float) -> bool:
             while time.monotonic() < deadline:
                 s.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
-                    if not s.recv(65536):
-                        return True
+                    chunk = s.recv(65536)
                 except TimeoutError:
                     return False
                 except OSError:
                     return True
+                if not chunk:
+                    return True
+                if head is not None and len(head) < 64:
+                    head += chunk[: 64 - len(head)]
             return False
     except OSError:
         return True
+
+
+def _http_exchange(port: int, request: bytes, timeout: float) -> tuple[bool, bool]:
+    """(ended, answered 500) for one raw HTTP request."""
+    head = bytearray()
+    ended = exchange_tcp(port, request, timeout, head)
+    return ended, head.startswith(b"HTTP/1.1 500") or head.startswith(b"HTTP/1.0 500")
 
 
 class SSHMaster:
@@ -646,7 +659,7 @@ def run_batch(
             jobs.append(("tcp", lambda b=blob: exchange_tcp(tcp_port, b, io_timeout)))
     for _ in range(max(4, frames // 100)):
         req = http_v1_request(rng, corpus)
-        jobs.append(("http", lambda r=req: exchange_tcp(site.server.http_port, r, io_timeout)))
+        jobs.append(("http", lambda r=req: _http_exchange(site.server.http_port, r, io_timeout)))
     stdio = ["fuzz@127.0.0.1", "hg -R r serve --stdio"]
     for _ in range(max(1, frames // 1000)):
         session = ssh_v1_session(rng, corpus, rng.randrange(1, 8))
@@ -654,7 +667,11 @@ def run_batch(
     rng.shuffle(jobs)
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(lambda job: (job[0], job[1]()), jobs))
-    for kind, ended in outcomes:
+    for kind, outcome in outcomes:
+        ended = outcome
+        if kind == "http":
+            ended, failed = outcome
+            stats.http_500 += failed
         if kind == "tcp":
             stats.frame_connections += 1
         elif kind == "ssh-subsystem":
@@ -732,7 +749,8 @@ def main() -> int:
     def report(s: Stats) -> None:
         print(
             f"batch {s.batches}: {s.frames} frames, {s.http_requests} HTTP v1, "
-            f"{s.ssh_v1_sessions} SSH v1, {s.stuck} stuck, RSS peak {s.peak_rss_mib} MiB, "
+            f"{s.ssh_v1_sessions} SSH v1, {s.stuck} stuck, {s.http_500} HTTP 500, "
+            f"RSS peak {s.peak_rss_mib} MiB, "
             f"{s.seconds}s",
             file=sys.stderr,
             flush=True,
@@ -755,6 +773,13 @@ def main() -> int:
         print("interrupted", file=sys.stderr)
     except AssertionError as e:
         print(f"FAILED: {e}", file=sys.stderr)
+        status = 1
+    if stats.tracebacks_logged or stats.http_500:
+        print(
+            f"FAILED: {stats.tracebacks_logged} tracebacks in the server log, "
+            f"{stats.http_500} HTTP 500 answers (keep the log with --keep-log)",
+            file=sys.stderr,
+        )
         status = 1
     print(json.dumps(asdict(stats), indent=2))
     if args.json:

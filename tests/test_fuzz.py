@@ -18,10 +18,12 @@ pytestmark = [
 
 
 def test_mutated_inputs_on_every_transport_leave_the_server_serving() -> None:
-    """Seed 1, 2,000 frames in two batches: no crash, no stuck connection, RSS bounded,
-    a real clone after each batch, ``hg verify`` clean at the end."""
+    """Seed 1, 2,000 frames in two batches: no crash, no stuck connection, no 500 and no
+    traceback, RSS bounded, a real clone after each batch, ``hg verify`` clean at the end."""
     stats = fuzz(seed=1, frames=2000, batch=1000, rss_bound_mib=512)
     assert stats.frames >= 2000 and stats.batches == 2 == stats.clones
     assert stats.crashes == 0 and stats.stuck == 0
+    # bad input gets a protocol error: never a 500, never a traceback in the log
+    assert stats.http_500 == 0 and stats.tracebacks_logged == 0
     assert stats.http_requests >= 15 and stats.ssh_v1_sessions >= 2
     assert stats.by_transport["tcp"] > 0 and stats.by_transport["ssh-subsystem"] > 0

@@ -43,6 +43,8 @@ def request_for(uri: bytes, method: bytes = b"GET") -> DummyRequest:
         (b"/rich?cmd=shortlog&cmd=capabilities", False),  # hgweb would act on the last
         (b"/rich?cmd=capabilities&cmd=shortlog", False),
         (b"/.hgwire/anything", False),  # our own endpoints
+        (b"/rich?cmd=%FF", False),  # any escape decodes (it once raised: a 500)
+        (b"/rich?cmd=%73hortlog", True),
     ],
 )
 def test_is_web_request(uri: bytes, page: bool) -> None:

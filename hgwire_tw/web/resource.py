@@ -63,7 +63,9 @@ def _query_cmds(request: IRequest) -> list[bytes]:
     if b"cmd" not in query:
         return []
     # Loose parsing, as hgweb's: this only decides the route; the v1 path parses strictly.
-    return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == b"cmd"]
+    # Latin-1 maps every byte to one character and back, so any %XX escape is harmless.
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    return [value.encode("latin-1") for key, value in pairs if key == "cmd"]
 
 
 def is_web_request(request: IRequest) -> bool:
