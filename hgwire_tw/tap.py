@@ -419,8 +419,9 @@ class HgwireService(service.MultiService):
         """Re-read the access file and TLS certificates, rescan ``--repos-dir``.
 
         The new access rules and certificates are read and checked on a worker thread
-        and then replace the old ones all at once; if anything fails, nothing is
-        replaced and the reason is logged. Open connections are not touched.
+        and then replace the old ones all at once, and the context's reload hooks run
+        (``ServerContext.on_reload``); if anything fails, nothing is replaced, no hook
+        runs and the reason is logged. Open connections are not touched.
         """
         reactor = self.context.reactor
         log.info("reloading the access file, TLS certificates and --repos-dir")
@@ -442,6 +443,7 @@ class HgwireService(service.MultiService):
                 log.info(
                     "TLS certificate reloaded for {description}", description=listener.description
                 )
+            self._tell_components()
 
         def failed(f: Failure) -> None:
             log.error(
@@ -453,6 +455,14 @@ class HgwireService(service.MultiService):
         d.addCallback(lambda _: deferToThreadPool(reactor, reactor.getThreadPool(), self._survey))
         d.addCallbacks(self._reannounce, lambda f: log.failure("cannot rescan the repositories", f))
         return d
+
+    def _tell_components(self) -> None:
+        """Run the context's reload hooks (``ServerContext.on_reload``)."""
+        for hook in list(self.context.reload_hooks):
+            try:
+                hook(self.context)
+            except Exception:
+                log.failure("a reload hook failed: {hook!r}", hook=hook)
 
     def _read_new_config(self) -> tuple[Any, list[tuple[ListeningService, Any]]]:
         """Worker thread: the new access policy and TLS context factories (or raise)."""

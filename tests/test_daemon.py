@@ -151,7 +151,18 @@ def test_start_up_lines_warnings_and_skipped_repositories(tmp_path: Path) -> Non
         server.proc.send_signal(signal.SIGHUP)
         wait_for_log(server, "serving 2 repositories: a, b")
         assert server.log().count("not serving x/y/z") == 1
+        # A repository added to the directory is served after the next SIGHUP.
+        make_linear_repo(root / "c", commits=2)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for_log(server, "serving 3 repositories: a, b, c")
+        hg("clone", "-q", "-U", server.url("c"), tmp_path / "c-clone")
+        assert _tip(tmp_path / "c-clone") == _tip(root / "c")
+        assert server.log().count("not serving x/y/z") == 1
     assert server.proc.returncode == 0
+
+
+def _tip(repo: Path) -> bytes:
+    return hg("log", "-r", "tip", "-T", "{node}", cwd=repo).stdout
 
 
 def test_warnings_when_nothing_can_be_served(tmp_path: Path) -> None:
@@ -226,9 +237,19 @@ ACCESS_OPEN = '[[rules]]\nrepos = "*"\nread = ["anonymous"]\n'
 ACCESS_B_CLOSED = '[[rules]]\nrepos = "b"\nread = []\n' + ACCESS_OPEN
 
 
+def index_links(server: RunningServer) -> set[str]:
+    """The repositories the web index at / lists for an anonymous visitor."""
+    import re
+
+    with urllib.request.urlopen(server.http_url + "/", timeout=30) as r:
+        page = r.read().decode("utf-8")
+    return set(re.findall(r'<a href="/([^"?]+)/">', page))
+
+
 def test_sighup_reloads_the_access_file_without_dropping_a_clone(tmp_path: Path) -> None:
-    """SIGHUP after an access-file edit: the next request follows the new rule while a
-    clone in flight completes; a broken file is refused and the old rules stay."""
+    """SIGHUP after an access-file edit: the next request follows the new rule (wire
+    protocol, web pages and the index's list) while a clone in flight completes; a
+    broken file is refused and the old rules stay."""
     repo_a = _big_repo(tmp_path / "a")
     init_repo(tmp_path / "b")
     gate = gatehook.install(repo_a, tmp_path / "gate")
@@ -238,12 +259,16 @@ def test_sighup_reloads_the_access_file_without_dropping_a_clone(tmp_path: Path)
     with running_server(tmp_path, *args) as server:
         b_heads = server.url("b") + "?cmd=heads"
         assert status(b_heads) == 200
+        assert status(server.url("b") + "/shortlog") == 200
+        assert index_links(server) == {"a", "b"}
         clone = _clone(server.url("a"), tmp_path / "dst")
         gatehook.wait_started(gate)
         access.write_text(ACCESS_B_CLOSED, encoding="utf-8")
         server.proc.send_signal(signal.SIGHUP)
         wait_for_log(server, "0 user(s), 2 rule(s)")
         assert status(b_heads) in (401, 403, 404)
+        assert status(server.url("b") + "/shortlog") in (401, 403, 404)
+        assert index_links(server) == {"a"}
         gatehook.release(gate)
         out = clone.communicate(timeout=120)[0]
         assert clone.returncode == 0, out
@@ -252,6 +277,7 @@ def test_sighup_reloads_the_access_file_without_dropping_a_clone(tmp_path: Path)
         log = wait_for_log(server, "reload failed, keeping the previous configuration: ")
         assert str(access) in log.split("reload failed")[-1].splitlines()[0]
         assert status(b_heads) in (401, 403, 404)
+        assert index_links(server) == {"a"}
         assert status(server.url("a") + "?cmd=heads") == 200
     hg("verify", "-q", cwd=tmp_path / "dst")
 

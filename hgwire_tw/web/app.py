@@ -173,7 +173,7 @@ class HgwebApplication:
         self,
         pool: Any,
         registry: RepositoryRegistry,
-        access: AccessPolicy,
+        access: Callable[[], AccessPolicy],
         *,
         style: str = "paper",
         archives: bool = False,
@@ -181,7 +181,9 @@ class HgwebApplication:
         wire_first: WireFirst | None = None,
     ) -> None:
         """``pool`` is the ``RepositoryPool`` whose per-thread repositories hgweb reuses;
-        the index lists ``registry``'s repositories that ``access`` lets the user read."""
+        the index lists ``registry``'s repositories that the policy ``access()`` returns
+        lets the user read. It is asked on every index request, never kept: a reload
+        (SIGHUP) replaces the service's policy, and the next index must follow it."""
         self.pool = pool
         self.registry = registry
         self.access = access
@@ -295,9 +297,10 @@ class HgwebApplication:
 
     def readable(self, user: str | None) -> list[tuple[bytes, bytes]]:
         """(name, path) of every served repository ``user`` may read, sorted by name."""
+        access = self.access()  # one policy for the whole list, even across a reload
         entries = []
         for name in sorted(self.registry.names()):
-            if not name or not self.access.can_read(user, name):
+            if not name or not access.can_read(user, name):
                 continue
             try:
                 served = self.registry.resolve(name)

@@ -132,7 +132,8 @@ class WebFrontEnd:
         self.app = HgwebApplication(
             ctx.pool,
             ctx.registry,
-            ctx.access,
+            # Read at each request: ``HgwireService.reload`` replaces ``ctx.access``.
+            lambda: ctx.access,
             style=settings.web_style,
             archives=settings.web_archives,
             wire_first=WireFirst(
