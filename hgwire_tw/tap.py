@@ -659,6 +659,7 @@ def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
     """The hgweb pages' thread pool, metrics wiring and a ``--metrics ENDPOINT`` listener."""
     ctx.metrics.watch(ctx)
     ctx.metrics.watch_pool("repo", ctx.pool.threadpool)
+    ctx.metrics.watch_pool("write", ctx.pool.write_threadpool)
     if hasattr(reactor, "getThreadPool"):
         ctx.metrics.watch_pool("reactor", reactor.getThreadPool)
     if ctx.settings.web != "none":

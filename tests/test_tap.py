@@ -303,3 +303,30 @@ def test_reload_hooks_run_after_a_reload_that_succeeded(tmp_path: Path) -> None:
         top.reload()
     assert len(seen) == 2  # nothing replaced, nobody told
     assert any("reload failed" in e.get("log_format", "") for e in events)
+
+
+def test_push_jobs_waiting_show_in_the_write_pool_series(tmp_path: Path) -> None:
+    """A push job (write=True) waiting for a thread is in
+    hgwire_threadpool_queue_depth{pool="write"}, not in the read workers' series."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.tap import makeService
+
+    init_repo(tmp_path / "r")
+    opts = parse(
+        "--repo", f"r={tmp_path / 'r'}", "--http", "none", "--ssh", "none", "--tcp", "none",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    ctx = makeService(opts, reactor=MemoryReactor()).context
+    served = ctx.registry.resolve("r")
+    # The pool is not started: the jobs wait in its queue.
+    ctx.pool.run(served, lambda repo: None, write=True)
+    ctx.pool.run(served, lambda repo: None, write=True)
+    depth = {
+        s.labels["pool"]: s.value
+        for family in text_string_to_metric_families(ctx.metrics.exposition().decode())
+        for s in family.samples
+        if s.name == "hgwire_threadpool_queue_depth"
+    }
+    assert depth["write"] == 2 and depth["repo"] == 0
