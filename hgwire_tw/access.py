@@ -25,6 +25,7 @@ import fnmatch
 import hashlib
 import hmac
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -251,10 +252,17 @@ class AccessPolicy:
         """Read an access file; raise ``AccessFileError`` naming what is wrong."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as e:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise AccessFileError(f"{path}: {e}") from e
-        return cls.from_mapping(data, base=path.parent, source=path)
+        try:
+            return cls.from_mapping(data, base=path.parent, source=path)
+        except AccessFileError as e:
+            located = _with_line(str(e), str(path), text)
+            if located is None:
+                raise
+            raise AccessFileError(located) from e
 
     @classmethod
     def from_mapping(
@@ -285,7 +293,8 @@ class AccessPolicy:
                     f"{where}: [users.{name}] password must be a hash made by `hgwire passwd`"
                 )
             keys: list[AuthorizedKey] = []
-            for i, line in enumerate(_as_str_list(spec.get("keys", []), where, name)):
+            listed = _as_str_list(spec.get("keys", []), where, f"[users.{name}] keys")
+            for i, line in enumerate(listed):
                 key = parse_authorized_key(line, where=f"{where}: users.{name}.keys[{i}]")
                 if key is not None:
                     keys.append(key)
@@ -318,7 +327,9 @@ class AccessPolicy:
                     raise AccessFileError(f"{where}: rules[{i}] names unknown user {principal!r}")
             rules.append(
                 Rule(
-                    repos=tuple(_as_str_list(spec["repos"], where, "repos")), read=read, write=write
+                    repos=tuple(_as_str_list(spec["repos"], where, f"rules[{i}].repos")),
+                    read=read,
+                    write=write,
                 )
             )
         metrics = frozenset(_as_str_list(data.get("metrics", []), where, "metrics"))
@@ -409,6 +420,71 @@ def _as_str_list(value: object, where: str, what: str) -> list[str]:
     if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         return list(value)  # type: ignore[arg-type]
     raise AccessFileError(f"{where}: {what} must be a string or a list of strings")
+
+
+# The place a message of ``from_mapping`` names, right after its ``FILE: ``
+# (``[users.NAME] KEY``, ``users.NAME.KEY[...]``, ``rules[I].KEY``, ``rules[I] unknown
+# key(s): ['KEY'``, ``metrics``), and the key when the message implies it.
+_PLACES: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    (re.compile(r"\[users\.(?P<user>[^\]]+)\] (?P<key>password|keys|authorized_keys)\b"), None),
+    (re.compile(r"\[users\.(?P<user>[^\]]+)\] unknown key\(s\): \['(?P<key>[^']+)'"), None),
+    (re.compile(r"\[users\.(?P<user>[^\]]+)\]"), None),
+    (re.compile(r"users\.(?P<user>[^.:\s]+)\.(?P<key>keys)\b"), None),
+    (re.compile(r"users\.(?P<user>[^.:\s]+): "), "authorized_keys"),
+    (re.compile(r"rules\[(?P<rule>\d+)\]\.(?P<key>repos|read|write)\b"), None),
+    (re.compile(r"rules\[(?P<rule>\d+)\] unknown key\(s\): \['(?P<key>[^']+)'"), None),
+    (re.compile(r"rules\[(?P<rule>\d+)\]"), None),
+    (re.compile(r"(?P<key>metrics) "), None),
+)
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")
+
+
+def _with_line(message: str, where: str, text: str) -> str | None:
+    """``message`` (``WHERE: problem``) as ``WHERE:LINE: problem`` when the line of the
+    table or key the problem names can be found in ``text``; else None."""
+    prefix = f"{where}: "
+    if not message.startswith(prefix):
+        return None
+    problem = message[len(prefix) :]
+    for pattern, implied in _PLACES:
+        m = pattern.match(problem)
+        if m is None:
+            continue
+        found = m.groupdict()
+        table: tuple[str | int, ...] = ()
+        if found.get("user"):
+            table = ("users", found["user"])
+        elif found.get("rule"):
+            table = ("rules", int(found["rule"]))
+        key = found.get("key") or implied
+        line = _line_of(text, table, key)
+        if line is None and key is None and table and isinstance(table[-1], str):
+            line = _line_of(text, table[:-1], table[-1])  # ``[users]`` then ``bob = ...``
+        return f"{where}:{line}: {problem}" if line else None
+    return None
+
+
+def _line_of(text: str, table: tuple[str | int, ...], key: str | None) -> int | None:
+    """The line of ``key`` in ``table`` (``("users", "bob")``, ``("rules", 0)`` for the
+    first ``[[rules]]``, ``()`` for the top level), or of the table's header when ``key``
+    is None. Only plain ``[a.b]`` headers and ``key = ...`` lines are recognised."""
+    current: tuple[str | int, ...] = ()
+    seen: dict[tuple[str, ...], int] = {}
+    key_line = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=") if key else None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            name = tuple(part.strip().strip("\"'") for part in header.group(2).split("."))
+            if header.group(1) == "[[":
+                seen[name] = seen.get(name, -1) + 1
+                current = (*name, seen[name])
+            else:
+                current = name
+            if current == table and key_line is None:
+                return number
+        elif current == table and key_line is not None and key_line.match(line):
+            return number
+    return None
 
 
 _DUMMY_HASH = hash_password("hgwire dummy", salt=b"\0" * 16)

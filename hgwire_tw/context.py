@@ -7,6 +7,7 @@ which compression the server prefers) is decided in one place for every transpor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,3 +133,18 @@ class ServerContext:
     metrics: ServerMetrics = field(default_factory=_new_metrics)
     #: The hgweb front end (``hgwire_tw.web.WebFrontEnd``), None with ``--web none``.
     web: Any = None
+    #: What ``on_reload`` registered, in order.
+    reload_hooks: list[Callable[[ServerContext], object]] = field(default_factory=list)
+
+    def on_reload(self, hook: Callable[[ServerContext], object]) -> None:
+        """Call ``hook(ctx)`` after every reload (SIGHUP) that succeeded.
+
+        It runs on the reactor thread once the new configuration is in place
+        (``ctx.access`` is the new policy, new TLS certificates are in use), before the
+        next event, so the next connection or request already sees what the hook did.
+        It is for components that derive state from the policy (an index of keys, a
+        copy handed to a library); a component that can read ``ctx.access`` when it
+        decides should do that instead. A reload that fails changes nothing and calls
+        no hook; a hook that raises is logged and the others still run.
+        """
+        self.reload_hooks.append(hook)

@@ -20,7 +20,8 @@ whose ``common`` nodes are all null (or absent), a v1 ``stream_out``, a v2
 ``changesetdata`` over a ``changesetdagrange`` with no non-null roots (what ``hgwire
 clone`` and Mercurial 6.0's v2 peer send after discovery found nothing in common), or a
 v2 ``rawstorefiledata`` (a stream clone). Any other ``getbundle``/``changesetdagrange``
-is a pull; ``unbundle`` is a push.
+is a pull; ``unbundle`` is a push. A clone from a clone bundle is therefore a pull (of
+what is newer than the bundle) or nothing: the bundle itself comes from the blob store.
 """
 
 from __future__ import annotations
@@ -209,8 +210,8 @@ class _StateCollector(Collector):
         )
         depth = GaugeMetricFamily(
             "hgwire_threadpool_queue_depth",
-            "Jobs waiting for a thread, per pool (repo: wire protocol; web: hgweb pages; "
-            "reactor: compression jobs and password checks).",
+            "Jobs waiting for a thread, per pool (repo: wire protocol; write: pushes; "
+            "web: hgweb pages; reactor: compression jobs and password checks).",
             labels=["pool"],
         )
         busy = GaugeMetricFamily(

@@ -47,6 +47,7 @@ __all__ = [
     "Options",
     "default_state_dir",
     "makeService",
+    "parse_endpoint",
 ]
 
 log = Logger()
@@ -196,6 +197,37 @@ def describe_error(error: BaseException) -> str:
     return str(error).strip() or type(error).__name__
 
 
+def parse_endpoint(reactor: Any, option: str, description: str) -> Any:
+    """The server endpoint ``description`` given to ``--OPTION``, or a one-line
+    ``UsageError`` naming both and what is wrong (a missing TLS file, an unknown type,
+    a systemd socket that was not passed)."""
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        problem = describe_error(e)
+        if isinstance(e, (KeyError, IndexError)) and description.strip().startswith("systemd:"):
+            problem = _missing_systemd_socket(e)
+        raise usage.UsageError(f"--{option} {description}: {problem}") from None
+
+
+def _missing_systemd_socket(error: LookupError) -> str:
+    from twisted.python.systemd import ListenFDs
+
+    # Twisted reads (and clears) systemd's LISTEN_* variables once, when its systemd
+    # endpoint parser is imported; what it found is only on that parser.
+    parser = getattr(endpoints, "_SystemdParser", None)
+    passed = getattr(parser, "_sddaemon", None) or ListenFDs.fromEnvironment()
+    if isinstance(error, KeyError):
+        wanted = f"no socket named {error.args[0]!r}"
+        have = ", ".join(repr(n) for n in passed.inheritedNamedDescriptors())
+    else:
+        wanted = "no socket at that index"
+        have = f"{len(passed.inheritedDescriptors())} socket(s)"
+    if not passed.inheritedDescriptors():
+        return f"systemd passed {wanted} (none at all: is the service started by its .socket unit?)"
+    return f"systemd passed {wanted} (it passed {have})"
+
+
 class PoolService(service.Service):
     """Starts and stops the worker pool with the service; once started, the pool rolls
     back transactions a crash abandoned in the ``registry``'s repositories."""
@@ -317,7 +349,8 @@ class HgwireService(service.MultiService):
     # -- what is served ------------------------------------------------------------------
 
     def _announce(self) -> None:
-        if not self.listeners:
+        # A --metrics listener of its own serves no repository: it does not count.
+        if not any(s.transport in TRANSPORTS for s in self.listeners):
             log.warn("every listener is 'none' (--http, --ssh, --tcp): nothing can connect")
         if any(s.transport == "ssh" for s in self.listeners) and not self.access_path:
             log.warn("SSH is listening but there is no --access file: no one can log in")
@@ -419,8 +452,9 @@ class HgwireService(service.MultiService):
         """Re-read the access file and TLS certificates, rescan ``--repos-dir``.
 
         The new access rules and certificates are read and checked on a worker thread
-        and then replace the old ones all at once; if anything fails, nothing is
-        replaced and the reason is logged. Open connections are not touched.
+        and then replace the old ones all at once, and the context's reload hooks run
+        (``ServerContext.on_reload``); if anything fails, nothing is replaced, no hook
+        runs and the reason is logged. Open connections are not touched.
         """
         reactor = self.context.reactor
         log.info("reloading the access file, TLS certificates and --repos-dir")
@@ -442,6 +476,7 @@ class HgwireService(service.MultiService):
                 log.info(
                     "TLS certificate reloaded for {description}", description=listener.description
                 )
+            self._tell_components()
 
         def failed(f: Failure) -> None:
             log.error(
@@ -453,6 +488,14 @@ class HgwireService(service.MultiService):
         d.addCallback(lambda _: deferToThreadPool(reactor, reactor.getThreadPool(), self._survey))
         d.addCallbacks(self._reannounce, lambda f: log.failure("cannot rescan the repositories", f))
         return d
+
+    def _tell_components(self) -> None:
+        """Run the context's reload hooks (``ServerContext.on_reload``)."""
+        for hook in list(self.context.reload_hooks):
+            try:
+                hook(self.context)
+            except Exception:
+                log.failure("a reload hook failed: {hook!r}", hook=hook)
 
     def _read_new_config(self) -> tuple[Any, list[tuple[ListeningService, Any]]]:
         """Worker thread: the new access policy and TLS context factories (or raise)."""
@@ -597,11 +640,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         sweeper.setServiceParent(top)
     for transport in TRANSPORTS:
         for description in options[transport]:
-            try:
-                endpoint = endpoints.serverFromString(reactor, description)
-            except Exception as e:
-                problem = f"--{transport} {description}: {describe_error(e)}"
-                raise usage.UsageError(problem) from None
+            endpoint = parse_endpoint(reactor, transport, description)
             try:
                 factory = _factory(transport, ctx, state_dir)
             except Exception as e:  # e.g. an SSH host key that cannot be read
@@ -620,6 +659,7 @@ def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
     """The hgweb pages' thread pool, metrics wiring and a ``--metrics ENDPOINT`` listener."""
     ctx.metrics.watch(ctx)
     ctx.metrics.watch_pool("repo", ctx.pool.threadpool)
+    ctx.metrics.watch_pool("write", ctx.pool.write_threadpool)
     if hasattr(reactor, "getThreadPool"):
         ctx.metrics.watch_pool("reactor", reactor.getThreadPool)
     if ctx.settings.web != "none":
@@ -633,10 +673,7 @@ def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
 
         from hgwire_tw.web.metricspage import MetricsResource
 
-        try:
-            endpoint = endpoints.serverFromString(reactor, ctx.settings.metrics)
-        except ValueError as e:
-            raise usage.UsageError(f"--metrics {ctx.settings.metrics}: {e}") from e
+        endpoint = parse_endpoint(reactor, "metrics", ctx.settings.metrics)
         site = Site(MetricsResource(ctx))
         listener = ListeningService("metrics", ctx.settings.metrics, endpoint, site)
         listener.setServiceParent(top)

@@ -49,8 +49,11 @@ def running_server(
     http: str | None = "tcp:0:interface=127.0.0.1",
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    log_level: str | None = "debug",
 ) -> Iterator[RunningServer]:
     """Run ``hgwire serve ARGS`` until the block ends; yields its ports and paths.
+
+    ``log_level`` None leaves ``--log-level`` at the server's default.
 
     Ports are chosen by the OS (``tcp:0``) and read back from ``listening.json``.
     On exit the server gets SIGTERM (a clean shutdown) and is killed if it lingers.
@@ -74,7 +77,9 @@ def running_server(
     if http is not None:
         argv += ["--http", http]
     # Tests read the per-command debug lines; a later --log-level in ARGS wins.
-    argv += ["--log-level", "debug", *args]
+    if log_level is not None:
+        argv += ["--log-level", log_level]
+    argv += args
     run_env = hg_env(env)
     run_env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "wb") as log_file:

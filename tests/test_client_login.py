@@ -106,8 +106,68 @@ def test_clear_errors_for_untrusted_certificate_and_missing_login(
     assert "s3cret" not in proc.stderr
     proc = hgwire("clone", "--cacerts", str(cert), _url(server), str(tmp_path / "y"))
     assert proc.returncode == 1
-    assert "asks for a login" in proc.stderr or "HTTP 404" in proc.stderr, proc.stderr
+    # Anonymous: a private repository answers 401, and the client says how to log in.
+    assert (
+        f"{_url(server)} asks for a login: give it in the URL (https://USER:PASSWORD@...), "
+        "with --user, or in the [auth] section of ~/.hgrc"
+    ) in proc.stderr, proc.stderr
     assert not (tmp_path / "y").exists()
+    proc = hgwire(
+        "clone", "--cacerts", str(cert), _url(server, "alice:wrong@"), str(tmp_path / "z")
+    )
+    assert proc.returncode == 1
+    assert f"{_url(server)} refused the login of 'alice' (HTTP 401)" in proc.stderr, proc.stderr
+    assert "wrong" not in proc.stderr and not (tmp_path / "z").exists()
+
+
+def test_password_prompt_on_a_terminal(
+    https: tuple[RunningServer, Path, Path], tmp_path: Path
+) -> None:
+    """hgwire clone --user alice on a terminal with no password anywhere: it asks
+    'password for alice at HOST: ' without echoing what is typed, and that password
+    logs in."""
+    import os
+    import pty
+    import select
+    import time
+
+    server, repo, cert = https
+    dest = tmp_path / "t"
+    argv = [sys.executable, "-m", "hgwire_tw", "clone", "-q", "-U", "--cacerts", str(cert),
+            "--user", "alice", _url(server), str(dest)]  # fmt: skip
+    env = hg_env()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child, on the new terminal
+        try:
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    shown = b""
+    typed = False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if not typed and b"password for alice at 127.0.0.1: " in shown:
+                os.write(fd, b"s3cret\n")
+                typed = True
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert typed, shown
+    assert os.waitstatus_to_exitcode(status) == 0, shown
+    assert b"s3cret" not in shown  # getpass turned echo off
+    tip = hg("log", "-r", "tip", "-T", "{node}", cwd=dest).stdout
+    assert tip == hg("log", "-r", "tip", "-T", "{node}", cwd=repo).stdout
 
 
 def test_hgwire_url_default_port_is_the_servers() -> None:

@@ -59,12 +59,44 @@ def test_one_access_line_per_request_with_the_user_and_refused_pushes(tmp_path: 
     assert " v1 r heads " not in log  # the per-command detail is a debug line
 
 
-def test_debug_level_adds_command_lines(tmp_path: Path) -> None:
+#: Requests of every kind the HTTP listener answers: wire protocol, web pages (a
+#: repository's, the index, a static file), a refusal, /metrics.
+DEFAULT_LEVEL_PATHS = (
+    "/r?cmd=heads",
+    "/r/shortlog",
+    "/",
+    "/static/style-paper.css",
+    "/nope/shortlog",
+    "/metrics",
+)
+
+
+def test_default_level_one_access_line_per_request_and_no_debug(tmp_path: Path) -> None:
+    """With --log-level left at its default: each request is one access line (a web page
+    has no second line of its own) and nothing below info is written."""
+    repo = make_linear_repo(tmp_path / "r", commits=1)
+    with running_server(tmp_path, "--repo", f"r={repo}", log_level=None) as server:
+        for path in DEFAULT_LEVEL_PATHS:
+            _get(server.http_url + path)
+        log = wait_for_log(server, '"GET /metrics HTTP/1.1" 200')
+    assert "--log-level" not in " ".join(server.proc.args)  # type: ignore[arg-type]
+    for path in DEFAULT_LEVEL_PATHS:
+        lines = [line for line in log.splitlines() if f" {path} " in line or f" {path}?" in line]
+        assert len(lines) == 1 and f'"GET {path} HTTP/1.1" ' in lines[0], (path, log)
+    assert '"GET /nope/shortlog HTTP/1.1" 404' in log
+    assert "#debug]" not in log and " v1 r heads " not in log, log
+    assert "#info]" in log  # the level marker the line above looks for
+
+
+def test_debug_level_adds_command_and_page_lines(tmp_path: Path) -> None:
     repo = make_linear_repo(tmp_path / "r", commits=1)
     with running_server(tmp_path, "--repo", f"r={repo}", "--log-level", "debug") as server:
         assert _get(server.url("r") + "?cmd=heads") == 200
-        log = wait_for_log(server, '"GET /r?cmd=heads HTTP/1.1" 200')
+        assert _get(server.url("r") + "/shortlog") == 200
+        log = wait_for_log(server, '"GET /r/shortlog HTTP/1.1" 200')
     assert "v1 r heads 200" in log and '"GET /r?cmd=heads HTTP/1.1" 200' in log
+    (page,) = [line for line in log.splitlines() if "web 200 GET /r/shortlog " in line]
+    assert "#debug]" in page
 
 
 @pytest.mark.parametrize("scheme", ["hgwire", "http", "ssh"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.python import usage
@@ -239,3 +240,93 @@ def test_blob_retention_option_toml_and_service(tmp_path: Path) -> None:
     config.write_text('blob_retention = "a week"\n', encoding="utf-8")
     with pytest.raises(usage.UsageError, match="blob-retention"):
         parse(*base, "--config", str(config))
+
+
+class _SyncPool:
+    """A thread pool that runs each job at once, on the calling thread."""
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
+        try:
+            result = f(*args, **kw)
+        except Exception:
+            from twisted.python.failure import Failure
+
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+def test_reload_hooks_run_after_a_reload_that_succeeded(tmp_path: Path) -> None:
+    """ServerContext.on_reload: after SIGHUP's reload the hooks see the new policy in
+    ctx.access, in the order they were added; one that raises is logged and the next
+    still runs; a reload that fails (broken access file) calls none."""
+    from twisted.internet.testing import MemoryReactor
+    from twisted.logger import capturedLogs
+
+    from hgwire_tw.tap import makeService
+
+    class Reactor(MemoryReactor):
+        pool = _SyncPool()
+
+        def getThreadPool(self) -> _SyncPool:
+            return self.pool
+
+        def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+            f(*args, **kw)
+
+    init_repo(tmp_path / "r")
+    access = tmp_path / "access.toml"
+    access.write_text('[[rules]]\nrepos = "*"\nread = ["anonymous"]\n', encoding="utf-8")
+    opts = parse(
+        "--repo", f"r={tmp_path / 'r'}", "--access", str(access), "--http", "none",
+        "--ssh", "none", "--tcp", "none", "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    top = makeService(opts, reactor=Reactor())
+    ctx = top.context
+    assert ctx.access.can_read(None, "r")
+    seen: list[tuple[str, bool]] = []
+
+    def broken(c: Any) -> None:
+        seen.append(("broken", c.access.can_read(None, "r")))
+        raise RuntimeError("hook bug")
+
+    ctx.on_reload(broken)
+    ctx.on_reload(lambda c: seen.append(("second", c.access.can_read(None, "r"))))
+    access.write_text('[[rules]]\nrepos = "*"\nread = []\n', encoding="utf-8")
+    with capturedLogs() as events:
+        top.reload()
+    assert seen == [("broken", False), ("second", False)]
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+    access.write_text("[[rules]\nbroken", encoding="utf-8")
+    with capturedLogs() as events:
+        top.reload()
+    assert len(seen) == 2  # nothing replaced, nobody told
+    assert any("reload failed" in e.get("log_format", "") for e in events)
+
+
+def test_push_jobs_waiting_show_in_the_write_pool_series(tmp_path: Path) -> None:
+    """A push job (write=True) waiting for a thread is in
+    hgwire_threadpool_queue_depth{pool="write"}, not in the read workers' series."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.tap import makeService
+
+    init_repo(tmp_path / "r")
+    opts = parse(
+        "--repo", f"r={tmp_path / 'r'}", "--http", "none", "--ssh", "none", "--tcp", "none",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    ctx = makeService(opts, reactor=MemoryReactor()).context
+    served = ctx.registry.resolve("r")
+    # The pool is not started: the jobs wait in its queue.
+    ctx.pool.run(served, lambda repo: None, write=True)
+    ctx.pool.run(served, lambda repo: None, write=True)
+    depth = {
+        s.labels["pool"]: s.value
+        for family in text_string_to_metric_families(ctx.metrics.exposition().decode())
+        for s in family.samples
+        if s.name == "hgwire_threadpool_queue_depth"
+    }
+    assert depth["write"] == 2 and depth["repo"] == 0

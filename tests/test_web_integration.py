@@ -412,3 +412,76 @@ def test_https_pages_and_push_through_the_counting_listener(tmp_path: Path) -> N
         alice = url.replace("https://", "https://alice:secret@")
         rb.hg("push", "-q", "--insecure", "-R", tmp_path / "c", alice)
         assert rb.log_nodes(src) == rb.log_nodes(tmp_path / "c")
+
+
+# --------------------------------------------------------------------------- threads, hgrc
+
+#: A Mercurial extension for the served repository: an hgweb permission hook (the
+#: extension point hgweb calls for every non-static page) that records the thread
+#: running it and lets the page go on.
+THREAD_RECORDER = """
+import threading
+
+from mercurial.hgweb import common
+
+
+def record(hgweb, req, op):
+    path = hgweb.repo.ui.config(b"threadrecorder", b"file")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(threading.current_thread().name + "\\n")
+
+
+def extsetup(ui):
+    if record not in common.permhooks:
+        common.permhooks.append(record)
+"""
+
+
+def test_hgweb_runs_on_web_threads_and_the_repository_hgrc_decides_nothing(
+    tmp_path: Path,
+) -> None:
+    """Pages run on the web pool's threads (not the reactor's, not the repository
+    workers'); the repository's own [web] allow_read/deny_read, allow_push, push_ssl
+    neither hide a readable repository nor open a push: the access file decides, and a
+    POST never reaches hgweb."""
+    repo = rb.make_linear_repo(tmp_path / "r", commits=2)
+    (tmp_path / "recorder.py").write_text(THREAD_RECORDER, encoding="utf-8")
+    threads = tmp_path / "threads.txt"
+    (repo / ".hg" / "hgrc").write_text(
+        f"[extensions]\nrecorder = {tmp_path / 'recorder.py'}\n"
+        f"[threadrecorder]\nfile = {threads}\n"
+        "[web]\nallow_read = nobody\ndeny_read = *\n"
+        "allow_push = *\nallow-push = *\npush_ssl = false\ndeny_push =\n",
+        encoding="utf-8",
+    )
+    access = tmp_path / "access.toml"
+    access.write_text(
+        f'[users.alice]\npassword = "{hash_password("secret")}"\n'
+        '[[rules]]\nrepos = "*"\nread = ["anonymous", "*"]\nwrite = ["alice"]\n',
+        encoding="utf-8",
+    )
+    with running_server(tmp_path, "--repo", f"r={repo}", "--access", str(access)) as server:
+        for route in ("/shortlog", "/graph", "/file/tip/a.txt"):
+            status, _, body = get(server.url("r") + route)
+            assert status == 200 and b"read not authorized" not in body, route
+        assert get(server.url("r") + "/shortlog", user="alice", password="secret")[0] == 200
+        assert 'href="/r/"' in text(get(server.http_url + "/")[2])
+        # hgweb would take a push here (allow_push = *, push_ssl = false); it never sees it
+        assert get(server.url("r") + "/", method="POST")[0] == 405
+        # the v1 path: anonymous may not push (access file), alice needs TLS (no
+        # --allow-push-over-http), whatever the hgrc allows
+        rb.hg("clone", "-q", server.url("r"), tmp_path / "w")
+        (tmp_path / "w" / "new.txt").write_text("new\n")
+        rb.hg("commit", "-A", "-q", "-m", "new", cwd=tmp_path / "w")
+        anonymous = rb.hg("push", "-R", tmp_path / "w", server.url("r"), check=False)
+        assert anonymous.returncode != 0
+        alice = server.url("r").replace("http://", "http://alice:secret@")
+        plain = rb.hg("push", "-R", tmp_path / "w", alice, check=False)
+        assert plain.returncode != 0 and b"ssl required" in plain.stderr + plain.stdout
+        log = server.log()
+    assert len(rb.log_nodes(repo)) == 2  # nothing was pushed
+    assert "push to r refused for anonymous over HTTP" in log
+    names = threads.read_text(encoding="utf-8").split()
+    assert len(names) == 4, names  # one per page (static files need no permission)
+    assert all(n.startswith("PoolThread-hgwire-web-") for n in names), names

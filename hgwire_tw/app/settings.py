@@ -446,8 +446,9 @@ TABLE: tuple[Setting, ...] = (
         metavar="LEVEL",
         default="info",
         check=one_of("debug", "info", "warn", "error"),
-        help="Least important log lines written: debug (adds a line per v1 command and "
-        "more), info (one line per HTTP request, start-up and shutdown), warn or error. "
+        help="Least important log lines written: debug (adds a line per v1 command, per "
+        "web page and more), info (one line per HTTP request, start-up and shutdown), "
+        "warn or error. "
         "Applies to hgwire serve; twistd has its own logging options.",
     ),
     setting(

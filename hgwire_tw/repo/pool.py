@@ -175,6 +175,11 @@ class RepositoryPool:
         """The worker threads (for metrics: queue depth, busy threads)."""
         return self._threadpool
 
+    @property
+    def write_threadpool(self) -> ThreadPool:
+        """The threads of ``write=True`` jobs (pushes), for metrics like ``threadpool``."""
+        return self._write_threadpool
+
     def start(self) -> None:
         """Start the worker threads."""
         self._threadpool.start()

@@ -13,9 +13,12 @@ the URL's path segments and the user.
   registry's repositories that the user may read (never a ``[paths]`` config); its rows
   come from each repository's ``.hg/hgrc`` and changelog mtime, without opening it.
 
-hgweb's own settings that could widen access are overridden on every repository object
-it gets: no push (``allow-push`` empty, ``deny_push = *``: pushes never reach hgweb
-anyway), archives only when the service enables them, the service's style.
+hgweb's own access settings are overridden on every repository object it gets, so that
+the service's access file alone decides, whatever a repository's ``.hg/hgrc`` says: no
+``allow_read``/``deny_read`` (our rules were applied before hgweb runs, and a clone of
+the same repository never asks them), no push (``allow-push`` empty, ``deny_push = *``:
+pushes never reach hgweb anyway), archives only when the service enables them, the
+service's style.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ class HgwebApplication:
         self,
         pool: Any,
         registry: RepositoryRegistry,
-        access: AccessPolicy,
+        access: Callable[[], AccessPolicy],
         *,
         style: str = "paper",
         archives: bool = False,
@@ -181,7 +184,9 @@ class HgwebApplication:
         wire_first: WireFirst | None = None,
     ) -> None:
         """``pool`` is the ``RepositoryPool`` whose per-thread repositories hgweb reuses;
-        the index lists ``registry``'s repositories that ``access`` lets the user read."""
+        the index lists ``registry``'s repositories that the policy ``access()`` returns
+        lets the user read. It is asked on every index request, never kept: a reload
+        (SIGHUP) replaces the service's policy, and the next index must follow it."""
         self.pool = pool
         self.registry = registry
         self.access = access
@@ -200,6 +205,8 @@ class HgwebApplication:
             (b"web", b"allow-archive", archives),
             (b"web", b"allow-push", b""),
             (b"web", b"deny_push", b"*"),
+            (b"web", b"allow_read", b""),
+            (b"web", b"deny_read", b""),
         ]
         # The legacy per-type switches (allowgz, allowzip, allowbz2) would re-enable them.
         config += [(b"web", b"allow" + t.encode(), b"false") for t in ARCHIVE_TYPES]
@@ -295,9 +302,10 @@ class HgwebApplication:
 
     def readable(self, user: str | None) -> list[tuple[bytes, bytes]]:
         """(name, path) of every served repository ``user`` may read, sorted by name."""
+        access = self.access()  # one policy for the whole list, even across a reload
         entries = []
         for name in sorted(self.registry.names()):
-            if not name or not self.access.can_read(user, name):
+            if not name or not access.can_read(user, name):
                 continue
             try:
                 served = self.registry.resolve(name)
@@ -318,8 +326,11 @@ def index_rows(
     """hgwebdir's index rows (``rawindexentries``) for ``repos``, without opening them.
 
     Each repository's ``.hg/hgrc`` supplies its name, description, contact, labels and
-    ``web.hidden``/``allow_read``/``deny_read`` (which can only hide it further); the
-    last change is the changelog's mtime, as in hgwebdir.
+    ``web.hidden`` (a row it leaves out; its pages stay reachable); the last change is
+    the changelog's mtime, as in hgwebdir. Who may see a row was decided before (the
+    caller's readable repositories): ``ui`` carries the overrides of ``_web_config``,
+    which reading the hgrc keeps, so hgwebdir's ``allow_read``/``deny_read`` never hide
+    one.
     """
     for name, path in repos:
         if not name.startswith(subdir):
@@ -337,8 +348,6 @@ def index_rows(
             return u.config(section, item, default, untrusted=True)
 
         if u.configbool(b"web", b"hidden", untrusted=True):
-            continue
-        if not hgwebdir_mod.readallowed(u, req):
             continue
         try:
             lastchange = (get_mtime(_store_path(path)), dateutil.makedate()[1])

@@ -17,8 +17,9 @@ command, not ``<repo>/api/...``, not under ``/.hgwire/``. Here, on the reactor t
    workers, so a slow page never delays a clone). A push producer registered on the
    request pauses the web thread while the client is not reading.
 
-Each page ends with a log line ``web <status> <method> <path> <secs>`` and a metrics
-observation (``ServerMetrics.page``).
+Each page ends with a metrics observation (``ServerMetrics.page``) and a debug line
+``web <status> <method> <path> <secs>`` (the HTTP access line, at info, already says
+what was asked and answered; this one adds the page's own time).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class WebFrontEnd:
         self.app = HgwebApplication(
             ctx.pool,
             ctx.registry,
-            ctx.access,
+            # Read at each request: ``HgwireService.reload`` replaces ``ctx.access``.
+            lambda: ctx.access,
             style=settings.web_style,
             archives=settings.web_archives,
             wire_first=WireFirst(
@@ -257,7 +259,7 @@ class WebFrontEnd:
         status = int(getattr(request, "code", 200))
         secs = time.monotonic() - started
         self.ctx.metrics.page(page, status, secs)
-        log.info(
+        log.debug(
             "web {status} {method} {path} {secs:.3f}s",
             status=status,
             method=request.method.decode("latin-1"),
