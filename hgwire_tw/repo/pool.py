@@ -299,8 +299,9 @@ class RepositoryPool:
         worker builds the next batch while one is being delivered, and waits for that
         delivery (and for the Deferred ``deliver`` returns) before handing over another:
         at most one batch is in flight and one is being built. The result fires with
-        None when the generator is exhausted and everything was delivered; it fails with the generator's exception, or with the
-        failure of ``deliver``. Cancelling it stops the generator at its next object.
+        None when the generator is exhausted and everything was delivered; it fails
+        with the generator's exception, or with the failure of ``deliver``. Cancelling
+        it stops the generator at its next object.
         In every case the generator is ``close()``d on the worker and the worker freed.
         ``write`` says the generator writes to the repository (see ``repository``).
         """
