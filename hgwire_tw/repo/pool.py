@@ -127,14 +127,16 @@ class _Stream:
 
 
 def _approx_size(obj: object) -> int:
-    """A cheap estimate of the encoded size of ``obj`` for batching decisions."""
+    """A cheap estimate of the encoded size of ``obj`` for batching decisions.
+
+    Byte strings (revision data, file chunks) carry the bulk and count by length; any
+    other object counts as a small record. Walking records recursively cost an eighth of
+    a full clone's server time in the profile, for batches that are bounded by their
+    item count anyway.
+    """
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return len(obj) + 9
-    if isinstance(obj, dict):
-        return 16 + sum(_approx_size(k) + _approx_size(v) for k, v in obj.items())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return 8 + sum(_approx_size(v) for v in obj)
-    return 9
+    return 96
 
 
 class RepositoryPool:
