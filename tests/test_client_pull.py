@@ -215,3 +215,22 @@ def test_interrupted_store_clone_leaves_nothing(
     local_pull(dest, src)
     assert repo_summary(dest) == _reference(src, tmp_path / "ref")
     verify(dest)
+
+
+def test_obsolete_changesets_take_the_revision_path(rich_repo: Path, tmp_path: Path) -> None:
+    """Obsolescence markers are not part of a store copy: a server with any offers no
+    store files, and the hidden changeset stays hidden in the clone."""
+    src = _streamable(rich_repo, publishing=False)
+    with open(src / ".hg" / "hgrc", "a", encoding="utf-8") as f:
+        f.write("[experimental]\nevolution = all\n")
+    hg("debugobsolete", hg("log", "-r", "tip", "-T", "{node}", cwd=src).stdout.decode(), cwd=src)
+    remote = LocalRemote(src)
+    assert b"rawstorefiledata" not in remote.capabilities()[b"commands"]
+    dest = tmp_path / "dest"
+    pull(open_or_create(dest, create=True), remote)
+    assert b"rawstorefiledata" not in remote.calls
+    visible = hg("log", "-r", "all()", "-T", "{node}\n", cwd=src).stdout.split()
+    assert sorted(hg("log", "-r", "all()", "-T", "{node}\n", cwd=dest).stdout.split()) == sorted(
+        visible
+    )
+    verify(dest)

@@ -50,9 +50,20 @@ def stream_allowed(repo: Any, configured: bool = True) -> bool:
 
     Mercurial refuses stream clones when ``server.uncompressed`` is off and when the
     repository has secret changesets (raw revlogs would include them) unless
-    ``server.uncompressedallowsecret`` is set.
+    ``server.uncompressedallowsecret`` is set. A repository with obsolescence markers is
+    refused too: this command does not send them, so the copy would show the changesets
+    they hide (the revision path sends only the served view).
     """
-    return configured and bool(streamclone.allowservergeneration(repo))
+    return (
+        configured and bool(streamclone.allowservergeneration(repo)) and not _has_obsmarkers(repo)
+    )
+
+
+def _has_obsmarkers(repo: Any) -> bool:
+    try:
+        return bool(repo.svfs.stat(b"obsstore").st_size)
+    except FileNotFoundError:
+        return False
 
 
 def rawstore_caps(repo: Any) -> Mapping[bytes, object]:
