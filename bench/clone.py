@@ -1,7 +1,7 @@
 """Clone benchmark: hgwire_tw against Mercurial's own servers, same repository, same run.
 
-    .venv/bin/python bench/clone.py [--commits 3000] [--rounds 3] [--no-ssh]
-                                    [--sections http,ssh,client,streams] [--streams 4]
+    .venv/bin/python bench/clone.py [--commits 3000 | --repo PATH] [--rounds 3] [--no-ssh]
+                                    [--sections http,ssh,client,stream,streams] [--streams 4]
 
 Builds (once, cached in bench/out/) a benchmark repository and times full `hg clone` runs
 (hg 7.2.4 client, wire protocol v1):
@@ -17,12 +17,14 @@ hgwire_tw / Mercurial. Every clone is checked to hold the source's changesets. O
 runs with `--cache none` here, as Mercurial's servers have no response cache;
 `bench/cache.py` measures the cache.
 
-Two more sections:
+Three more sections:
 
-* client: hgwire_tw's own v2 client (`hgwire clone`) over raw TCP (`hgwire://`) and over
-  HTTP v2, against `hg clone` (7.x, v1, zstd) from `hg serve`: wall time and client+server
-  CPU (the client's from getrusage of the reaped child), and over our SSH subsystem
-  (`ssh://`).
+* client: hgwire_tw's own v2 client (`hgwire clone -U`) over raw TCP (`hgwire://`), HTTP
+  v2 and our SSH subsystem (`ssh://`), against `hg clone -U` (7.x, v1, zstd) from
+  `hg serve`: wall time, client and server CPU (the client's from wait4 of the reaped
+  child) and peak RSS of both; plus `hgwire clone --no-stream` (the revision path).
+* stream: `hg clone --stream -U` from hgwire_tw and from Mercurial's servers, over HTTP
+  (hg serve) and SSH (sshd + hg serve --stdio).
 * streams: one TCP connection carrying several big `filesdata` requests at once, with
   `--tcp-streams 1` versus `--tcp-streams N`: the server compresses each stream on its
   own worker thread, so with N > 1 its CPU% (CPU time / wall time) can exceed 100.
@@ -276,25 +278,38 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory of live process ``pid`` so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def timed_client(
     argv: list[str], pid: int, dest: Path, expected: int
-) -> tuple[float, float, float]:
-    """Run one clone command; (wall, client cpu, server cpu)."""
+) -> tuple[float, float, float, float]:
+    """Run one clone command; (wall, client cpu, server cpu, client peak RSS MiB)."""
     shutil.rmtree(dest, ignore_errors=True)
-    cpu0, child0, t0 = cpu_seconds(pid), children_cpu(), time.perf_counter()
-    subprocess.run(argv, env=hg_env(), check=True, stdout=subprocess.DEVNULL)
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    proc = subprocess.Popen(argv, env=hg_env(), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    client, server = children_cpu() - child0, cpu_seconds(pid) - cpu0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, argv)
+    client, server = usage.ru_utime + usage.ru_stime, cpu_seconds(pid) - cpu0
     got = len(log_nodes(dest))
     if got != expected:
         raise AssertionError(f"{argv} made {got} changesets, expected {expected}")
-    return wall, client, server
+    return wall, client, server, usage.ru_maxrss / 1024
 
 
 def measure_client(
     label: str, argv: list[str], pid: int, rounds: int, work: Path, expected: int
 ) -> dict[str, float]:
-    """Median wall, client CPU and server CPU of ``argv`` cloning into its last argument."""
+    """Median wall, client CPU and server CPU of ``argv`` cloning into its last argument;
+    the client's and the server's peak RSS (the server's since it started)."""
     dest = Path(argv[-1])
     timed_client(argv, pid, dest, expected)  # warm-up
     runs = [timed_client(argv, pid, dest, expected) for _ in range(rounds)]
@@ -302,11 +317,14 @@ def measure_client(
         "wall": statistics.median(r[0] for r in runs),
         "client": statistics.median(r[1] for r in runs),
         "server": statistics.median(r[2] for r in runs),
+        "client_rss": max(r[3] for r in runs),
+        "server_rss": peak_rss_mib(pid),
     }
     result["cpu"] = result["client"] + result["server"]
     print(
         f"  {label:<34} wall {result['wall']:7.3f}s  client cpu {result['client']:7.3f}s"
-        f"  server cpu {result['server']:7.3f}s",
+        f"  server cpu {result['server']:7.3f}s  peak RSS client {result['client_rss']:.0f}"
+        f" MiB, server {result['server_rss']:.0f} MiB",
         file=sys.stderr,
     )
     return result
@@ -326,6 +344,7 @@ def hgwire_ssh_client_case(repo: Path, work: Path, rounds: int, expected: int) -
             [
                 *HGWIRE,
                 "clone",
+                "-U",
                 "--ssh-key",
                 str(key),
                 "--no-ssh-agent",
@@ -343,9 +362,11 @@ def hgwire_ssh_client_case(repo: Path, work: Path, rounds: int, expected: int) -
 
 
 def client_section(
-    repo: Path, work: Path, rounds: int, expected: int
+    repo: Path, work: Path, rounds: int, expected: int, revisions: bool = True
 ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
-    """hgwire clone (TCP, HTTP v2[, SSH]) against hg clone v1 from hg serve."""
+    """hgwire clone (TCP, HTTP v2, SSH; all without a working copy) against
+    ``hg clone -U`` (v1) from hg serve; with ``revisions`` also the forced revision path
+    over TCP."""
     with hg_serve(repo, work, "zstd") as (url, pid):
         theirs = measure_client(
             "hg clone, hg serve (HTTP v1)",
@@ -362,7 +383,7 @@ def client_section(
         tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
         ours = measure_client(
             "hgwire clone (TCP)",
-            [*HGWIRE, "clone", tcp_url, str(work / "hwt")],
+            [*HGWIRE, "clone", "-U", tcp_url, str(work / "hwt")],
             server.proc.pid,
             rounds,
             work,
@@ -371,7 +392,7 @@ def client_section(
         rows.append(("hgwire tcp", ours, theirs))
         ours = measure_client(
             "hgwire clone (HTTP v2)",
-            [*HGWIRE, "clone", server.url("bench"), str(work / "hwh")],
+            [*HGWIRE, "clone", "-U", server.url("bench"), str(work / "hwh")],
             server.proc.pid,
             rounds,
             work,
@@ -379,6 +400,51 @@ def client_section(
         )
         rows.append(("hgwire v2", ours, theirs))
     rows.append(("hgwire ssh", hgwire_ssh_client_case(repo, work, rounds, expected), theirs))
+    if revisions:
+        # The revision path (what a server with secret changesets gets), on a fresh server.
+        with running_server(
+            work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
+        ) as server:
+            tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
+            ours = measure_client(
+                "hgwire clone --no-stream (TCP)",
+                [*HGWIRE, "clone", "-U", "--no-stream", tcp_url, str(work / "hwr")],
+                server.proc.pid,
+                rounds,
+                work,
+                expected,
+            )
+            rows.append(("revs tcp", ours, theirs))
+    return rows
+
+
+def stream_section(
+    repo: Path, work: Path, rounds: int, expected: int
+) -> list[tuple[str, dict[str, float], dict[str, float]]]:
+    """``hg clone --stream -U`` (Mercurial 7.2) from us and from Mercurial's servers: HTTP
+    (hgwire_tw vs hg serve) and SSH (our Conch server vs sshd + hg serve --stdio)."""
+    rows = []
+    with running_server(work, "--repo", f"bench={repo}", *NO_CACHE) as server:
+        ours = measure(
+            "hgwire_tw (HTTP v1)", server.url("bench"), server.proc.pid, "strm", rounds,
+            work, expected, ["--stream"],
+        )  # fmt: skip
+    with hg_serve(repo, work, "zstd") as (url, pid):
+        theirs = measure(
+            "hg serve (HTTP v1)", url, pid, "strm", rounds, work, expected, ["--stream"]
+        )
+    rows.append(("http", ours, theirs))
+    with hgwire_ssh(repo, work) as (url, pid, extra):
+        ours = measure(
+            "hgwire_tw (SSH, Conch)", url, pid, "strm", rounds, work, expected,
+            [*extra, "--stream"],
+        )  # fmt: skip
+    with openssh_hg_stdio(repo, work) as (url, pid, extra):
+        theirs = measure(
+            "sshd + hg serve --stdio", url, pid, "strm", rounds, work, expected,
+            [*extra, "--stream"],
+        )  # fmt: skip
+    rows.append(("ssh", ours, theirs))
     return rows
 
 
@@ -506,16 +572,24 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--engines", default="zstd,zlib")
     ap.add_argument("--no-ssh", action="store_true", help="skip the SSH comparison")
-    ap.add_argument("--sections", default="http,ssh,client,streams")
+    ap.add_argument("--sections", default="http,ssh,client,stream,streams")
+    ap.add_argument(
+        "--repo",
+        type=Path,
+        help="benchmark this existing repository instead of building one (e.g. "
+        "bench/out/big-24000 from bench/bigrepo.py)",
+    )
+    ap.add_argument("--no-revisions", action="store_true", help="skip hgwire clone --no-stream")
     ap.add_argument("--streams", type=int, default=4, help="streams (and requests) to compare")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     if args.no_ssh:
         sections.discard("ssh")
-    repo = bench_repo(args.commits)
+    repo = args.repo.resolve() if args.repo else bench_repo(args.commits)
     expected = len(log_nodes(repo))
     rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
     client_rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
+    stream_clone_rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
     stream_rows: list[tuple[int, dict[str, float]]] = []
     print(f"load before: {os.getloadavg()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="hgwire-bench-") as tmp:
@@ -550,7 +624,11 @@ def main() -> int:
                 )
             rows.append(("ssh", ours, theirs))
         if "client" in sections:
-            client_rows = client_section(repo, work, args.rounds, expected)
+            client_rows = client_section(
+                repo, work, args.rounds, expected, revisions=not args.no_revisions
+            )
+        if "stream" in sections:
+            stream_clone_rows = stream_section(repo, work, args.rounds, expected)
         if "streams" in sections:
             stream_rows = streams_section(repo, work, args.rounds, args.streams)
     print(
@@ -569,18 +647,28 @@ def main() -> int:
         )
     if client_rows:
         print(
-            "\nclients: hgwire clone (v2) / hg clone from hg serve (v1, zstd); "
-            "cpu = client + server"
+            "\nclients: hgwire clone -U (v2) / hg clone -U from hg serve (v1, zstd); "
+            "server cpu = the server process's; peak RSS in MiB"
         )
         print(
             f"{'case':<12}{'wall ours':>11}{'wall hg':>10}{'ratio':>8}"
-            f"{'cpu ours':>11}{'cpu hg':>9}{'ratio':>8}"
+            f"{'srv cpu ours':>14}{'srv cpu hg':>12}{'ratio':>8}"
+            f"{'rss client':>12}{'rss server':>12}"
         )
         for case, ours, theirs in client_rows:
             print(
                 f"{case:<12}{ours['wall']:>10.3f}s{theirs['wall']:>9.3f}s"
-                f"{ours['wall'] / theirs['wall']:>8.2f}{ours['cpu']:>10.3f}s"
-                f"{theirs['cpu']:>8.3f}s{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}"
+                f"{ours['wall'] / theirs['wall']:>8.2f}{ours['server']:>13.3f}s"
+                f"{theirs['server']:>11.3f}s{ours['server'] / max(theirs['server'], 1e-9):>8.2f}"
+                f"{ours['client_rss']:>12.0f}{ours['server_rss']:>12.0f}"
+            )
+    if stream_clone_rows:
+        print("\nhg clone --stream -U (7.2 client): from hgwire_tw / from Mercurial's server")
+        print(f"{'case':<10}{'wall ours':>11}{'wall hg':>10}{'ratio':>8}")
+        for case, ours, theirs in stream_clone_rows:
+            print(
+                f"{case:<10}{ours['wall']:>10.3f}s{theirs['wall']:>9.3f}s"
+                f"{ours['wall'] / theirs['wall']:>8.2f}"
             )
     if stream_rows:
         print(f"\none TCP connection, {args.streams} filesdata requests at once (full texts)")

@@ -551,7 +551,7 @@ def _new_factory(transport: str, ctx: ServerContext, state_dir: Path) -> Any:
 def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
     """The v2 runner with the configured response cache and redirect targets."""
     from hgwire_tw.cache import make_store
-    from hgwire_tw.commands.registry import COMMANDS, CommandOptions, build_commands
+    from hgwire_tw.commands.registry import CommandOptions, build_commands
     from hgwire_tw.commands.runner import CommandRunner
     from hgwire_tw.redirects import REDIRECT_HASHES, AdvertisedTargets, Redirector
     from hgwire_tw.transports.httpblobs import blob_access
@@ -562,7 +562,7 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
         s.cache, size=s.cache_size or default_size, directory=str(state_dir / "cache")
     )
     redirector = None
-    commands = COMMANDS
+    options = CommandOptions(stream_clone_allowed=s.stream_clone)
     if ctx.cache is not None and ctx.blobs is not None and (s.redirects or s.redirect_targets):
         redirector = Redirector(
             ctx.blobs,
@@ -572,12 +572,14 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
             public_blobs=lambda: blob_access(ctx, None) is None,
             public_repo=lambda name: ctx.access.can_read(None, name),
         )
-        commands = build_commands(
-            CommandOptions(
-                redirect_targets=AdvertisedTargets(redirector), redirect_hashes=REDIRECT_HASHES
-            )
+        options = CommandOptions(
+            redirect_targets=AdvertisedTargets(redirector),
+            redirect_hashes=REDIRECT_HASHES,
+            stream_clone_allowed=s.stream_clone,
         )
-    return CommandRunner(pool, commands, cache=ctx.cache, redirector=redirector)
+    # Built from the settings every time: ``stream_clone=False`` must reach the v2
+    # commands (capabilities and rawstorefiledata itself), not only the HTTP upgrade.
+    return CommandRunner(pool, build_commands(options), cache=ctx.cache, redirector=redirector)
 
 
 def makeService(options: Options, reactor: Any = None) -> HgwireService:

@@ -85,7 +85,8 @@ def test_iterate_batches_in_order(
 def test_iterate_back_pressure(
     pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
 ) -> None:
-    """The generator does not run ahead while a delivery Deferred is pending."""
+    """While a delivery Deferred is pending, the generator builds one more batch and
+    then waits: it never runs further ahead."""
     produced: list[int] = []
 
     def gen(repo: Any) -> Iterator[object]:
@@ -105,7 +106,8 @@ def test_iterate_back_pressure(
     import time
 
     time.sleep(0.2)  # give the worker every chance to run ahead
-    assert len(produced) <= 6  # one batch handed over, at most one more object pulled
+    assert len(produced) == 10  # one batch handed over, the next one built, then a wait
+    assert len(pending) == 1  # the second batch waits for the first delivery
     for k in range(20):
         pump_reactor.pump_until(lambda k=k: len(pending) == k + 1)
         pending[k].callback(None)

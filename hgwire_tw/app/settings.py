@@ -489,6 +489,15 @@ TABLE: tuple[Setting, ...] = (
         to_field=lambda off: not off,
         help="Do not serve the frame-based v2 API over HTTP.",
     ),
+    setting(
+        name="no-stream-clone",
+        kind=Kind.FLAG,
+        group=SERVICE,
+        field="stream_clone",
+        to_field=lambda off: not off,
+        help="Refuse stream clones on every transport (hg clone --stream over HTTP and "
+        "SSH, v2 rawstorefiledata); clients fall back to changegroups.",
+    ),
     # -- raw TCP limits
     setting(
         name="tcp-max-connections",

@@ -35,13 +35,15 @@ def start_pull(
     options: ClientOptions | None = None,
     progress: ProgressFn = _nothing,
     threadpool: Any = None,
+    stream: bool = True,
 ) -> Deferred[PullStats]:
     """Pull ``url`` into the repository ``open_repo()`` returns (called on the worker).
 
     Reactor thread only. ``threadpool`` defaults to the reactor's. The result fires with
     the ``PullStats``, or fails with what stopped the pull (``CancelledError`` once
     cancelled; the worker then still finishes aborting its transaction in the
-    background).
+    background). ``stream``: an empty repository may be filled from the server's store
+    files (see ``pull``).
     """
     peer = make_peer(reactor, url, options)
     remote = ThreadedRemote(reactor, peer)
@@ -52,7 +54,7 @@ def start_pull(
     result: Deferred[PullStats] = Deferred(cancel)
 
     def work() -> PullStats:
-        return pull(open_repo(), remote, progress)
+        return pull(open_repo(), remote, progress, stream=stream)
 
     def done(outcome: PullStats | Failure) -> None:
         peer.close()

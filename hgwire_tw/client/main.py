@@ -99,8 +99,11 @@ def run_pull(
     create: bool,
     quiet: bool = False,
     options: ClientOptions | None = None,
+    stream: bool = True,
 ) -> PullStats:
     """Pull ``url`` into ``dest`` (created empty first when ``create``); runs the reactor.
+
+    ``stream``: an empty ``dest`` may be filled by copying the server's store files.
 
     Raises whatever stopped the pull. Uses (and stops) the global Twisted reactor, so it
     can run once per process.
@@ -130,6 +133,7 @@ def run_pull(
             open_repo,
             options=options,
             progress=progress if not quiet else lambda _: None,
+            stream=stream,
         )
         # Ctrl-C stops the reactor: cancelling closes the peer, so the worker's
         # transaction aborts (and the thread pool can be joined).
@@ -189,6 +193,11 @@ def clone_main(argv: Sequence[str]) -> int:
         "-U", "--noupdate", action="store_true", help="do not check out a working copy"
     )
     parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="fetch revision by revision even where the server offers its store files",
+    )
+    parser.add_argument(
         "url", help="http(s)://host/repo, hgwire://host:port/repo or ssh://user@host:port/repo"
     )
     parser.add_argument("dest", type=Path, help="directory to create")
@@ -210,7 +219,14 @@ def clone_main(argv: Sequence[str]) -> int:
     existed = dest.exists()
     try:
         options = connection_options(args, args.url)
-        stats = run_pull(args.url, dest, create=create, quiet=args.quiet, options=options)
+        stats = run_pull(
+            args.url,
+            dest,
+            create=create,
+            quiet=args.quiet,
+            options=options,
+            stream=not args.no_stream,
+        )
     except BaseException as exc:
         if create and _holds_nothing(dest):
             # Nothing arrived (e.g. the server was unreachable): leave no empty clone.

@@ -49,6 +49,13 @@ class PullStats:
 
     def summary(self) -> str:
         """One line for the terminal."""
+        streamed = self.extra.get("store files")
+        if streamed:
+            return (
+                f"added {self.changesets} changesets by copying {streamed} store files, "
+                f"then {self.manifests} manifests and {self.files} file revisions "
+                f"({self.bytes} bytes)"
+            )
         return (
             f"added {self.changesets} changesets with {self.manifests} manifests and "
             f"{self.files} file revisions ({self.bytes} bytes)"
@@ -166,9 +173,18 @@ def _batches(items: Sequence[bytes], size: int) -> Iterator[list[bytes]]:
         yield list(items[i : i + size])
 
 
-def pull(repo: Any, remote: Remote, progress: ProgressFn = _nothing) -> PullStats:
-    """Bring ``repo`` up to date with ``remote``; returns what was added."""
+def pull(
+    repo: Any, remote: Remote, progress: ProgressFn = _nothing, *, stream: bool = True
+) -> PullStats:
+    """Bring ``repo`` up to date with ``remote``; returns what was added.
+
+    An empty ``repo`` is first filled from the server's store files when the server
+    offers them and ``stream`` is set (:mod:`hgwire_tw.client.storeclone`); the
+    revision-by-revision pull then brings bookmarks and anything newer.
+    """
     from mercurial import bookmarks, phases
+
+    from hgwire_tw.client.storeclone import store_clone, store_clone_plan
 
     repo = repo.unfiltered()
     stats = PullStats()
@@ -176,6 +192,14 @@ def pull(repo: Any, remote: Remote, progress: ProgressFn = _nothing) -> PullStat
     commands = caps.get(b"commands", {})
     manifest_batch = int(commands.get(b"manifestdata", {}).get(b"recommendedbatchsize", 100000))
     files_batch = int(commands.get(b"filesdata", {}).get(b"recommendedbatchsize", 50000))
+
+    plan = store_clone_plan(repo, caps) if stream else None
+    if plan is not None:
+
+        def fetch_files(repo: Any, tr: Any, csets: list[bytes]) -> None:
+            _apply_files(repo, tr, remote, csets, files_batch, stats, progress)
+
+        store_clone(repo, remote, caps, plan, stats, progress, fetch_files)
 
     stats.topic = "discovery"
     progress(stats)

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mercurial import error
-from mercurial.node import hex
+from mercurial.node import hex, nullrev
 
 from hgwire_tw.commands.common import (
     check_nodes,
@@ -69,6 +69,28 @@ def served_file_revisions(
     return store, nodes, linknodes
 
 
+def _touched_file_nodes(mstore: Any, ctx: Any) -> list[tuple[bytes, bytes]]:
+    """``(path, file node)`` of the files ``ctx`` touched that its manifest has.
+
+    Reading a whole manifest per changeset was most of a full clone's server time: for a
+    changeset with one parent whose manifest is stored as a delta against the parent's,
+    that delta alone holds every entry that changed, so it is read instead (a touched
+    file missing from it was removed, or kept its parent's file node, which a client
+    with the parents already has). Otherwise the whole manifest is read.
+    """
+    paths = ctx.files()
+    if not paths:
+        return []
+    p1, p2 = ctx.p1(), ctx.p2()
+    if p1.rev() != nullrev and p2.rev() == nullrev:
+        base = mstore.rev(p1.manifestnode())
+        used, delta = ctx.manifestctx().read_any_fast_delta({base})
+        if used == base:
+            return [(path, delta[path]) for path in paths if path in delta]
+    manifest = ctx.manifest()
+    return [(path, manifest[path]) for path in paths if path in manifest]
+
+
 def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     """Stream the file revisions a set of changesets needs.
 
@@ -85,15 +107,16 @@ def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
 
     # path -> {file node: linknode}; metadata only, the data itself is streamed below.
     wanted: dict[bytes, dict[bytes, bytes]] = {}
+    mstore = repo.manifestlog.getstorage(b"")
     for node in nodes:
         ctx = repo[node]
-        manifest = ctx.manifest()
-        paths = ctx.files() if haveparents else manifest.keys()
-        for path in paths:
-            fnode = manifest.get(path)
-            if fnode is None or not matcher(path):
-                continue
-            wanted.setdefault(path, {}).setdefault(fnode, node)
+        if haveparents:
+            found = _touched_file_nodes(mstore, ctx)
+        else:
+            found = list(ctx.manifest().items())
+        for path, fnode in found:
+            if matcher(path):
+                wanted.setdefault(path, {}).setdefault(fnode, node)
 
     yield {
         b"totalpaths": len(wanted),

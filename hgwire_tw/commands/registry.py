@@ -377,6 +377,7 @@ def build_commands(options: CommandOptions | None = None) -> dict[bytes, Command
             {b"files": ArgSpec(b"list"), b"pathfilter": ArgSpec(b"list", None)},
             PULL,
             functools.partial(rawstore.rawstorefiledata, configured=options.stream_clone_allowed),
+            extra_capabilities=rawstore.rawstore_caps,
         )
     )
     return table
