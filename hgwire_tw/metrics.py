@@ -20,7 +20,10 @@ whose ``common`` nodes are all null (or absent), a v1 ``stream_out``, a v2
 ``changesetdata`` over a ``changesetdagrange`` with no non-null roots (what ``hgwire
 clone`` and Mercurial 6.0's v2 peer send after discovery found nothing in common), or a
 v2 ``rawstorefiledata`` (a stream clone). Any other ``getbundle``/``changesetdagrange``
-is a pull; ``unbundle`` is a push. A clone from a clone bundle is therefore a pull (of
+is a pull, except a ``changesetdagrange`` whose heads are all among its roots (it asks
+for nothing new: ``hgwire clone`` sends one after copying the store, and ``hgwire pull``
+when it finds nothing, where ``hg pull`` sends no ``getbundle`` at all); ``unbundle`` is
+a push. A clone from a clone bundle is therefore a pull (of
 what is newer than the bundle) or nothing: the bundle itself comes from the blob store.
 """
 
@@ -95,8 +98,20 @@ def classify(protocol: str, name: bytes, args: Mapping[bytes, Any]) -> str | Non
         if not ranges:
             return None
         roots = [n for r in ranges for n in (r.get(b"roots") or ())]
-        return "clone" if _all_null(roots) else "pull"
+        heads = [n for r in ranges for n in (r.get(b"heads") or ())]
+        if _all_null(roots):
+            return "clone"
+        # Every head already among the roots: nothing but bookmarks and phases is sent
+        # (what follows a store copy, or a pull that finds nothing; v1 clients do not
+        # even ask then).
+        if _hashable(roots) and _hashable(heads) and set(heads) <= set(roots):
+            return None
+        return "pull"
     return None
+
+
+def _hashable(values: list[Any]) -> bool:
+    return all(isinstance(v, bytes) for v in values)
 
 
 def is_loopback(host: str) -> bool:

@@ -25,6 +25,7 @@ from hgwire_tw.web.metricspage import MetricsResource, render_metrics
 
 NODE = b"1234567890abcdef1234567890abcdef12345678"
 RAW = bytes.fromhex(NODE.decode())
+OTHER = bytes(reversed(RAW))
 
 
 def scrape(metrics: ServerMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -66,8 +67,15 @@ def scrape(metrics: ServerMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]
         (
             "v2",
             b"changesetdata",
-            {b"revisions": [{b"type": b"changesetdagrange", b"roots": [RAW], b"heads": [RAW]}]},
+            {b"revisions": [{b"type": b"changesetdagrange", b"roots": [RAW], b"heads": [OTHER]}]},
             "pull",
+        ),
+        # nothing new asked for (after a store copy, or a pull that finds nothing)
+        (
+            "v2",
+            b"changesetdata",
+            {b"revisions": [{b"type": b"changesetdagrange", b"roots": [RAW], b"heads": [RAW]}]},
+            None,
         ),
         (
             "v2",
