@@ -118,6 +118,16 @@ def _query(request: IRequest) -> bytes:
     return query
 
 
+#: Longest error text written in a log line about bad input.
+MAX_LOGGED_ERROR = 300
+
+
+def one_line(text: str, limit: int = MAX_LOGGED_ERROR) -> str:
+    """``text`` on one line, at most ``limit`` characters (a client chose it)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 def _body_size(content: IO[bytes] | None) -> int:
     if content is None:
         return 0
@@ -328,6 +338,7 @@ class _V1Request:
                 return b"0\nNot Found\n"
             return plain(request, 404, "Not Found\n")
         if not is_command(name):
+            self._bad_input("no such command")
             return plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
         refusal = getattr(request, "hg_refusal", None)
         if refusal is not None:
@@ -338,8 +349,10 @@ class _V1Request:
         try:
             self.args = self._decode_args(content)
         except RemoteProtocolError as e:
+            self._bad_input(str(e))
             return plain(request, 400, f"bad request: {e}\n")
         except CommandError as e:
+            self._bad_input(e.render())
             return self._oob(e.render().encode("utf-8") + b"\n")
 
         d = authenticate(self.ctx, request)
@@ -484,6 +497,20 @@ class _V1Request:
         self._log(200, MEDIA_TYPE_ERROR, "-")
         return message
 
+    def _bad_input(self, error: str | bytes) -> None:
+        """One info line for an answer to bad client input, naming the command and what
+        was wrong (the error names the argument). Never louder: any anonymous client can
+        send bad input, and must not be able to fill the log with critical lines."""
+        if isinstance(error, bytes):
+            error = error.decode("utf-8", "replace")
+        log.info(
+            "v1 {repo} {cmd} from {host}: bad input: {error}",
+            repo=self.served.name or "/",
+            cmd=self.name.decode("utf-8", "replace")[:100],
+            host=getattr(self.request.getClientAddress(), "host", "-"),
+            error=one_line(error),
+        )
+
     def _log(self, status: int, media_type: bytes, engine: str) -> None:
         # Details of the command; the request's access line is HgSite.log.
         log.debug(
@@ -574,6 +601,7 @@ class _V1Request:
         elif isinstance(result, V1OutOfBandError):
             body = result.message
             media_type = MEDIA_TYPE_ERROR
+            self._bad_input(body)
         else:
             raise TypeError(f"unexpected v1 result {type(result).__name__}")
         request.setResponseCode(200, OK_REASON)
