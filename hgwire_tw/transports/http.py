@@ -70,7 +70,7 @@ from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
-from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.httpreplies import finish, internal_error, is_gone, plain
 from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimits
 from hgwire_tw.transports.pausegate import PauseGate
 from hgwire_tw.v1.cache import cached_v1_response
@@ -128,6 +128,11 @@ def one_line(text: str, limit: int = MAX_LOGGED_ERROR) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
+def _logged_path(request: IRequest) -> str:
+    path = request.path.decode("latin-1")
+    return path if len(path) <= 200 else path[:200] + "..."
+
+
 def _body_size(content: IO[bytes] | None) -> int:
     if content is None:
         return 0
@@ -152,7 +157,34 @@ class HgResource(Resource):
         self.ctx = ctx
 
     def render(self, request: IRequest) -> bytes | int:
-        """Route one request (any method) to a repository's v1 command or v2 API."""
+        """Route one request (any method) to a repository's v1 command or v2 API.
+
+        A bug raised while routing or rendering is answered ``internal_error``'s way (an
+        incident id, the traceback logged once), never twisted.web's bare 500 page."""
+        try:
+            return self._render(request)
+        except Exception:
+            body = internal_error(
+                request,
+                Failure(),
+                f"HTTP {request.method.decode('latin-1')} {_logged_path(request)}",
+                hg_error=self.wants_hg_error(request),
+            )
+            return NOT_DONE_YET if body is None else body
+
+    def wants_hg_error(self, request: IRequest) -> bool:
+        """Whether ``request`` looks like a v1 command, whose client reads an internal
+        error best as an out-of-band ``application/hg-error``."""
+        try:
+            if self.ctx.web is not None and is_web_request(request):
+                return False
+            if "api" in _path_segments(request):
+                return False
+            return b"cmd" in parse_urlencoded(_query(request), where="query string")
+        except Exception:
+            return False
+
+    def _render(self, request: IRequest) -> bytes | int:
         if httpblobs.is_blob_request(request):
             return httpblobs.render_blob(self.ctx, request)
         if metricspage.is_metrics_request(self.ctx, request):  # web: /metrics

@@ -56,6 +56,7 @@ from twisted.web.server import Request, Site
 
 from hgwire_tw.context import MiB, ServerContext
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate
+from hgwire_tw.transports.httpreplies import finish, internal_error
 
 __all__ = [
     "LINGER",
@@ -421,6 +422,21 @@ class HgRequest(Request):
             if site is None or not self._to_file(site):
                 return
         self.content.write(data)
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """A bug outside the resource's own guard (``HgResource.render``): the same
+        incident answer (``httpreplies.internal_error``), never twisted.web's page."""
+        judge = getattr(getattr(self._site(), "resource", None), "wants_hg_error", None)
+        try:
+            hg_error = bool(judge(self)) if judge is not None else False
+        except Exception:
+            hg_error = False
+        path = self.path.decode("latin-1")[:200]
+        what = f"HTTP {self.method.decode('latin-1')} {path}"
+        body = internal_error(self, reason, what, hg_error=hg_error)
+        if body is not None:
+            finish(self, body)
+        return reason
 
     def process(self) -> None:
         if self._deciding:
