@@ -87,14 +87,16 @@ def big_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_channel(repo_path: Path, settings: Settings | None = None) -> tuple[Any, Any, SyncPool]:
+def make_channel(
+    repo_path: Path, settings: Settings | None = None, access: AccessPolicy | None = None
+) -> tuple[Any, Any, SyncPool]:
     repo = hg.repository(make_ui(), bytes(repo_path))
     pool = SyncPool(repo)
     ctx = ServerContext(
         reactor=None,
         registry=RepositoryRegistry({"r": repo_path}),
         pool=pool,  # type: ignore[arg-type]
-        access=AccessPolicy.default(),
+        access=access or AccessPolicy.default(),
         settings=settings or Settings(),
     )
     site = HgSite(HgResource(ctx), ctx, reactor=Clock())
@@ -201,7 +203,11 @@ def test_secret_head_is_an_out_of_band_error(rich_repo: Path) -> None:
 
 def test_body_over_limit_is_413_and_not_stored(rich_repo: Path) -> None:
     """A push bigger than max_push_bytes is answered 413 before anything runs."""
-    channel, transport, pool = make_channel(rich_repo, Settings(max_push_bytes=10))
+    anyone = AccessPolicy.from_mapping(
+        {"rules": [{"repos": "*", "read": ["anonymous"], "write": ["anonymous"]}]}, base=rich_repo
+    )
+    settings = Settings(max_push_bytes=10, allow_push_over_http=True)
+    channel, transport, pool = make_channel(rich_repo, settings, anyone)
     request(channel, b"/r?cmd=unbundle", {b"X-HgArg-1": b"heads=666f726365"}, b"POST", b"x" * 50)
     head, body = split_response(transport.value())
     assert head.startswith(b"HTTP/1.1 413")

@@ -241,8 +241,13 @@ class HgResource(Resource):
 
     def admit(self, request: IRequest, user: str | None) -> Admission:
         """What ``request`` may send, from its headers alone (``httpsite.HgSite`` asks
-        before reading the body): ``max_push_bytes`` for ``unbundle``, the HTTP body
-        bound otherwise, and the refusal it will get (its body is then dropped)."""
+        before reading the body), and the refusal it will get.
+
+        Only ``unbundle`` carries a payload (up to ``max_push_bytes``, spooled to a file
+        when large) and a v2 API request its frames (up to the HTTP body bound). Any
+        other v1 command's body holds at most its ``X-HgArgs-Post`` arguments (none
+        without that header), and every other request's at most ``MAX_SMALL_BODY``
+        bytes: such bodies stay in memory, never in a spool file."""
         ctx = self.ctx
         small = (ctx.settings.http_limits or HTTPLimits()).max_body
         if httpblobs.is_blob_request(request):
@@ -251,7 +256,8 @@ class HgResource(Resource):
             served, rest = visible_match(ctx, request, user=user)
         except UnknownRepository:
             anonymous = user is None and ctx.access.users
-            return Admission(small, NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND)
+            refusal = NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND
+            return Admission(MAX_SMALL_BODY, refusal, spool=False)
         if rest and rest[0] == "api":
             try:
                 write = len(rest) > 2 and rest[2] == "rw"
@@ -262,13 +268,31 @@ class HgResource(Resource):
         try:
             cmd = parse_urlencoded(_query(request), where="query string").get(b"cmd")
         except RemoteProtocolError:
-            return Admission(small)
+            return Admission(MAX_SMALL_BODY, spool=False)
         if rest or not cmd or not is_command(cmd[0]):
-            return Admission(small)
+            return Admission(MAX_SMALL_BODY, spool=False)
         denied = v1_denial(ctx, request, served.name, user, command_permission(cmd[0]))
         if cmd[0] == b"unbundle":
             return Admission(ctx.settings.max_push_bytes, denied, push=denied is None)
-        return Admission(small, denied)
+        return Admission(_post_args_bound(request), denied, spool=False)
+
+
+#: Largest body of a request that carries no payload: ``X-HgArgs-Post`` arguments
+#: (hg sends a few KB; a big discovery some hundreds), or anything sent to a web page.
+MAX_SMALL_BODY = 1024 * 1024
+
+
+def _post_args_bound(request: IRequest) -> int:
+    """The body a v1 command other than ``unbundle`` may send: its ``X-HgArgs-Post``
+    arguments, at most ``MAX_SMALL_BODY``; nothing without the header. A malformed
+    header is let through (up to the bound) to get its precise 400 from the command."""
+    raw = request.getHeader(b"X-HgArgs-Post")
+    if raw is None:
+        return 0
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 12:
+        return MAX_SMALL_BODY
+    return min(int(text), MAX_SMALL_BODY)
 
 
 #: The refusals of a path naming no repository the client may read (``_not_found``).
