@@ -155,6 +155,49 @@ def test_bad_v1_arguments_are_errors_naming_them(served: tuple[RunningServer, Pa
     assert "critical" not in server.log() and "Traceback" not in server.log()
 
 
+def test_bad_pushkeys_are_errors_naming_them(served: tuple[RunningServer, Path]) -> None:
+    """pushkey by a writer with a bookmark target that is no node (a ProgrammingError
+    upstream), a phase that is no number, a secret changeset's phase, a bookmark name
+    with a newline, empty obsolescence data: over v1 and over the v2 HTTP API an error
+    naming the argument, one info line, nothing changed."""
+    server, repo = served
+    secret = rb.log_nodes(repo, "secret()")[0]
+    public = rb.log_nodes(repo, "max(public())")[0]
+    cases = [
+        ({"namespace": "bookmarks", "key": "fz", "old": "", "new": "\xc2\xc2F"}, b"new"),
+        ({"namespace": "bookmarks", "key": "a\nb", "old": "", "new": public}, b"key"),
+        ({"namespace": "phases", "key": public, "old": "x", "new": "0"}, b"old"),
+        ({"namespace": "phases", "key": secret, "old": "2", "new": "0"}, b"key"),
+        ({"namespace": "obsolete", "key": "dump0", "old": "", "new": ""}, b"new"),
+    ]
+    before = rb.repo_summary(repo)
+    watch = LogWatch(server)
+    for args, named in cases:
+        status, media, body = v1(server, "pushkey", args, headers=ALICE)
+        assert (status, media) == (200, "application/hg-error"), (args, body)
+        assert b"invalid argument " + named in body or b"argument " + named in body, body
+        assert_one_bad_input_line(watch.new(), "v1 r pushkey from 127.0.0.1", named)
+        if secret in args.values():  # the same words as for a node that never existed
+            unknown = {**args, "key": "1" * 40}
+            _, _, other = v1(server, "pushkey", unknown, headers=ALICE)
+            assert body.replace(secret.encode(), b"1" * 40) == other, (body, other)
+            watch.new()
+
+        client = ClientFrameReactor(encodings=(b"identity",))
+        frames, ids = _call_all(
+            client, [(b"pushkey", {k.encode(): v.encode() for k, v in args.items()})]
+        )
+        status, _, data = post_frames(
+            server, "r/api/exp-http-v2-0003/rw/pushkey", frames, headers=ALICE
+        )
+        assert status == 200
+        answer = _answers(client, data, ids)[ids[0]]
+        assert isinstance(answer, tuple) and answer[0] == "error", (args, answer)
+        assert b"argument " + named in answer[1] % tuple(answer[2]), answer
+        assert_one_bad_input_line(watch.new(), "v2 r pushkey:", named)
+    assert rb.repo_summary(repo) == before
+
+
 def v2_cases(repo: Path) -> list[tuple[bytes, dict[bytes, object], bytes]]:
     """manifestdata tree=../.. (an AssertionError upstream), an ambiguous lookup, a
     200 KB path and a 200 KB path filter, with the words the error must contain."""
