@@ -657,7 +657,8 @@ class _V1Request:
         elif isinstance(result, V1OutOfBandError):
             body = result.message
             media_type = MEDIA_TYPE_ERROR
-            self._bad_input(body)
+            if not body.startswith(_LOGGED_BY_DISPATCH):
+                self._bad_input(body)
         else:
             raise TypeError(f"unexpected v1 result {type(result).__name__}")
         request.setResponseCode(200, OK_REASON)
@@ -665,6 +666,11 @@ class _V1Request:
         request.setHeader(b"Content-Length", b"%d" % len(body))
         self._log(200, media_type, "-")
         request.write(body)
+
+
+#: Out-of-band answers that are no bad input, whose cause ``v1.dispatch`` logged already
+#: (a push that hit a bug, or a lock held past the timeout).
+_LOGGED_BY_DISPATCH = (b"internal server error (incident ", b"the repository is locked by ")
 
 
 def _abort(request: IRequest) -> None:
