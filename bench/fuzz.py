@@ -18,7 +18,22 @@ fuzz user may read and push to) gets, batch after batch:
   ``X-HgArg-N`` and ``X-HgArgs-Post`` arguments, ``X-HgProto``, an ``unbundle`` with a
   real bundle) with mutated arguments, headers, methods, paths, lengths and bytes; and
   ``hg serve --stdio`` sessions over SSH exec with mutated command names, argument
-  counts, lengths and push payload framing.
+  counts, lengths and push payload framing;
+* mutated v2 requests over HTTP: one command's frames (mutated as above) POSTed to
+  ``/r/api/exp-http-v2-0003/ro/<command>`` (sometimes ``rw``, ``multirequest`` or a
+  wrong command name, sometimes without the framing headers);
+* the bad inputs of the security review among the valid ones, before mutation: v1
+  ``getbundle`` with ``heads=zz``, a 41-digit head, no ``bundlecaps`` (bundle1),
+  100,000 bundlecaps or ``includepats=path:../../etc``; ``changegroupsubset`` with
+  thousands of random bases; ``unbundle`` with ``heads=zz`` or a garbage ``HG10GZ``
+  payload; v2 ``manifestdata`` with ``tree=../..``, ambiguous ``lookup`` keys and
+  200 KB paths (``filedata``, ``manifestdata`` trees, ``filesdata`` path filters).
+
+The served repository holds a secret changeset on top of its public ones. No request
+ever names it in full, but some ask for its hex prefix, its revision number or ``tip``;
+every answer on every transport is searched for its node (hex and binary), and any
+hit is counted as a leak (answers are mostly asked for uncompressed, so that the
+search sees their bytes).
 
 After each batch it checks that the server process is alive, that its resident memory
 is under ``--rss-bound-mib``, and that a real clone (in turn: ``hg clone`` over HTTP,
@@ -26,7 +41,8 @@ is under ``--rss-bound-mib``, and that a real clone (in turn: ``hg clone`` over 
 repository. At the end ``hg verify`` must pass on the served repository. It prints (and
 with ``--json`` writes) frames sent, v1 requests, connections, stuck connections (no
 close within ``--io-timeout`` after the client closed its side), peak RSS and the
-server log's traceback count. A crash or failed check stops the run with exit status 1.
+server log's traceback count, and secret leaks. A crash or failed check stops the run
+with exit status 1.
 
 A fixed ``--seed`` makes the inputs repeatable; ``--frames`` bounds the run (the pytest
 wrapper ``tests/test_fuzz.py`` runs a small count in CI); ``--forever`` runs until
@@ -57,7 +73,7 @@ import cbor2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hgwire_tw.core.frames import FRAME_HEADER_SIZE  # noqa: E402
+from hgwire_tw.core.frames import FRAME_HEADER_SIZE, FRAMING_MEDIA_TYPE  # noqa: E402
 from hgwire_tw.core.reactor import ClientFrameReactor  # noqa: E402
 from tests.repobuilders import HG, hg, hg_env, log_nodes, make_linear_repo  # noqa: E402
 from tests.servers import RunningServer, running_server  # noqa: E402
@@ -79,6 +95,11 @@ class Stats:
     #: HTTP answers "500 Internal Server Error" (a bug: bad input gets a protocol error)
     http_500: int = 0
     ssh_v1_sessions: int = 0
+    #: v2 requests POSTed to the HTTP API
+    http_v2_requests: int = 0
+    #: answers holding the secret changeset's node (hex or binary): must stay 0
+    secret_leaks: int = 0
+    leaked_on: list[str] = field(default_factory=list)
     stuck: int = 0
     batches: int = 0
     clones: int = 0
@@ -95,11 +116,27 @@ class Stats:
 
 @dataclass
 class Corpus:
-    """What valid requests are made of: the served repository's nodes and a bundle."""
+    """What valid requests are made of: the served repository's public nodes and a
+    bundle; and the secret node no answer may hold."""
 
     nodes: list[bytes]
     bundle: bytes
     bundle1: bytes
+    secret: bytes
+    #: the secret node's revision number (``lookup`` must not resolve it)
+    secret_rev: int
+
+    def leaks(self, answer: bytes) -> bool:
+        """Whether ``answer`` holds the secret node."""
+        return self.secret.hex().encode() in answer or self.secret in answer
+
+
+#: Long enough to trip any path bound (200 KB).
+LONG_PATH = b"a/" * 100_000
+#: 100,000 getbundle capabilities.
+MANY_CAPS = b",".join(b"c%d" % i for i in range(100_000))
+#: bundle2 capabilities as hg sends them in getbundle's ``bundlecaps``.
+BUNDLECAPS = b"HG20,bundle2=HG20%0Achangegroup%3D01%2C02"
 
 
 def _v2_requests(rng: random.Random, corpus: Corpus) -> list[tuple[bytes, dict[bytes, Any]]]:
@@ -140,16 +177,49 @@ def _v2_requests(rng: random.Random, corpus: Corpus) -> list[tuple[bytes, dict[b
         (b"filedata", {b"nodes": [], b"path": b"a.txt", b"fields": {b"revision"}}),
         (b"pushkey", {b"namespace": b"bookmarks", b"key": b"fz", b"old": b"", b"new": b""}),
         (b"rawstorefiledata", {b"files": [b"changelog"]}),
+        *_v2_probes(rng, corpus, node),
     ]
 
 
-def valid_frame_sequence(rng: random.Random, corpus: Corpus, commands: int) -> list[bytes]:
-    """The frames (each as wire bytes) of ``commands`` valid requests on one connection."""
-    client = ClientFrameReactor()
+def _v2_probes(
+    rng: random.Random, corpus: Corpus, node: bytes
+) -> list[tuple[bytes, dict[bytes, Any]]]:
+    """The review's bad v2 inputs, and lookups aimed at the secret changeset."""
+    secret = corpus.secret.hex().encode()
+    return [
+        (b"manifestdata", {b"tree": b"../..", b"nodes": [node], b"fields": set()}),
+        (b"manifestdata", {b"tree": LONG_PATH, b"nodes": [node], b"fields": set()}),
+        (b"lookup", {b"key": rng.choice(b"0123456789abcdef")}),  # often ambiguous
+        (
+            b"lookup",
+            {b"key": rng.choice([secret[:12], secret[:4], b"tip", b"%d" % corpus.secret_rev])},
+        ),
+        (b"filedata", {b"path": LONG_PATH, b"nodes": [node], b"fields": set()}),
+        (
+            b"filesdata",
+            {
+                b"revisions": [{b"type": b"changesetexplicit", b"nodes": [node]}],
+                b"pathfilter": {b"include": [b"path:" + LONG_PATH]},
+                b"fields": set(),
+            },
+        ),
+    ]
+
+
+def valid_frame_sequence(
+    rng: random.Random, corpus: Corpus, commands: int, names: list[bytes] | None = None
+) -> list[bytes]:
+    """The frames (each as wire bytes) of ``commands`` valid requests on one connection
+    (their command names appended to ``names``). Most ask for identity-encoded output,
+    so that the secret search sees the answer's bytes."""
+    encodings = (b"identity",) if rng.random() < 0.8 else (b"zstd-8mb", b"zlib", b"identity")
+    client = ClientFrameReactor(encodings=encodings)
     out: list[bytes] = []
     choices = _v2_requests(rng, corpus)
     for _ in range(commands):
         name, args = rng.choice(choices)
+        if names is not None:
+            names.append(name)
         _, actions = client.call_command(name, args)
         for action in actions:
             out.extend(_split_frames(action.data))
@@ -328,17 +398,13 @@ def http_v1_request(rng: random.Random, corpus: Corpus) -> bytes:
         (b"batch", {b"cmds": b"heads ;known nodes=" + node}),
         (
             b"getbundle",
-            {
-                b"bundlecaps": b"HG20,bundle2=HG20%0Achangegroup%3D01%2C02",
-                b"common": b"0" * 40,
-                b"heads": node,
-                b"cg": b"1",
-            },
+            {b"bundlecaps": BUNDLECAPS, b"common": b"0" * 40, b"heads": node, b"cg": b"1"},
         ),
         (b"stream_out", {}),
         (b"clonebundles_manifest", {}),
         (b"unbundle", {b"heads": FORCE}),
         (b"pushkey", {b"namespace": b"bookmarks", b"key": b"fz", b"old": b"", b"new": b""}),
+        *_v1_probes(rng, corpus, node),
     ]
     name, args = rng.choice(commands)
     if rng.random() < 0.6:
@@ -362,12 +428,15 @@ def http_v1_request(rng: random.Random, corpus: Corpus) -> bytes:
     elif encoded:
         headers.append((b"X-HgArgs-Post", b"%d" % len(encoded)))
         body = encoded
-    headers.append((b"X-HgProto-1", b"0.1 0.2 comp=zstd,zlib,none partial-pull"))
+    # mostly uncompressed answers: the secret search reads their bytes
+    proto = rng.choice([b"0.2 comp=none", b"0.1 0.2 comp=zstd,zlib,none partial-pull"])
+    headers.append((b"X-HgProto-1", proto))
     method = b"GET"
     if name in (b"unbundle", b"pushkey") or body:
         method = b"POST"
     if name == b"unbundle":
-        body += rng.choice([corpus.bundle, corpus.bundle1])
+        garbage = b"HG10GZ" + rng.randbytes(2000)
+        body += rng.choice([corpus.bundle, corpus.bundle1, garbage])
         headers.append((b"Content-Type", b"application/mercurial-0.1"))
     path = b"/r"
     if rng.random() < 0.1:
@@ -389,6 +458,55 @@ def http_v1_request(rng: random.Random, corpus: Corpus) -> bytes:
     if rng.random() < 0.05:
         request = mutate_bytes(rng, request)
     return request
+
+
+def _v1_probes(
+    rng: random.Random, corpus: Corpus, node: bytes
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The review's bad v1 inputs, and lookups aimed at the secret changeset."""
+    secret = corpus.secret.hex().encode()
+    bases = b" ".join(rng.randbytes(20).hex().encode() for _ in range(rng.choice([10, 5000])))
+    return [
+        (b"getbundle", {b"bundlecaps": BUNDLECAPS, b"heads": b"zz"}),
+        (b"getbundle", {b"bundlecaps": BUNDLECAPS, b"heads": node + b"a"}),  # 41 digits
+        (b"getbundle", {b"heads": node, b"common": b"0" * 40}),  # bundle1: no bundlecaps
+        (
+            b"getbundle",
+            {b"heads": node, b"bundlecaps": MANY_CAPS},
+        ),
+        (
+            b"getbundle",
+            {b"bundlecaps": BUNDLECAPS, b"heads": node, b"includepats": b"path:../../etc"},
+        ),
+        (b"changegroupsubset", {b"bases": bases, b"heads": node}),
+        (b"unbundle", {b"heads": b"zz"}),
+        (b"lookup", {b"key": rng.choice([secret[:12], secret[:4], b"%d" % corpus.secret_rev])}),
+    ]
+
+
+def http_v2_request(rng: random.Random, corpus: Corpus) -> tuple[bytes, int]:
+    """A v2 command POSTed to the HTTP API, its frames mutated (usually) as over TCP;
+    returns the raw request and its frame count."""
+    names: list[bytes] = []
+    frames = valid_frame_sequence(rng, corpus, 1, names)
+    if rng.random() < 0.9:
+        frames = mutate_sequence(rng, frames)
+    body = b"".join(frames)
+    command = names[0]
+    if rng.random() < 0.1:
+        command = rng.choice([b"multirequest", b"heads", mutate_bytes(rng, command)])
+    perm = b"rw" if rng.random() < 0.1 else b"ro"
+    from urllib.parse import quote_from_bytes
+
+    path = b"/r/api/exp-http-v2-0003/%s/%s" % (perm, quote_from_bytes(command).encode())
+    framing = FRAMING_MEDIA_TYPE
+    headers = [(b"Host", b"127.0.0.1"), (b"Connection", b"close")]
+    if rng.random() < 0.95:
+        headers += [(b"Accept", framing), (b"Content-Type", framing)]
+    headers.append((b"Content-Length", b"%d" % len(body)))
+    head = b"POST %s HTTP/1.1\r\n" % path
+    head += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    return head + body, len(frames)
 
 
 def _ssh_arg(name: bytes, value: bytes) -> bytes:
@@ -444,40 +562,74 @@ def ssh_v1_session(rng: random.Random, corpus: Corpus, commands: int) -> bytes:
 # -- talking to the server ---------------------------------------------------------------
 
 
-def exchange_tcp(port: int, data: bytes, timeout: float, head: bytearray | None = None) -> bool:
-    """Send ``data`` on a new TCP connection, close our side, read until the server
-    closes. False when it did not close within ``timeout``. The first bytes of the
-    answer are kept in ``head`` when given."""
+#: Most answer bytes kept (and searched for the secret) per exchange.
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+#: Seconds an HTTP request is given to be answered before the fuzzer closes its side
+#: (twisted.web takes a half-closed connection for a client gone, and answers nothing).
+HTTP_GRACE = 3.0
+
+
+def exchange_tcp(
+    port: int,
+    data: bytes,
+    timeout: float,
+    answer: bytearray | None = None,
+    *,
+    grace: float = 0.0,
+) -> bool:
+    """Send ``data`` on a new TCP connection, close our side (at once, or after
+    ``grace`` seconds without an answer), read until the server closes. False when it
+    did not close within ``timeout``. The answer (its first ``MAX_ANSWER`` bytes) is
+    kept in ``answer`` when given."""
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             try:
                 s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
+                if not grace:
+                    s.shutdown(socket.SHUT_WR)
             except OSError:
                 return True  # the server closed on us mid-send: it refused the input
+            half_close_at = time.monotonic() + grace if grace else None
             while time.monotonic() < deadline:
-                s.settimeout(max(0.01, deadline - time.monotonic()))
+                until = deadline if half_close_at is None else min(deadline, half_close_at)
+                s.settimeout(max(0.01, until - time.monotonic()))
                 try:
                     chunk = s.recv(65536)
                 except TimeoutError:
-                    return False
+                    if half_close_at is None or time.monotonic() < half_close_at:
+                        return False
+                    half_close_at = None  # no answer yet: end the request
+                    try:
+                        s.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        return True
+                    continue
                 except OSError:
                     return True
                 if not chunk:
                     return True
-                if head is not None and len(head) < 64:
-                    head += chunk[: 64 - len(head)]
+                if answer is not None and len(answer) < MAX_ANSWER:
+                    answer += chunk[: MAX_ANSWER - len(answer)]
             return False
     except OSError:
         return True
 
 
-def _http_exchange(port: int, request: bytes, timeout: float) -> tuple[bool, bool]:
-    """(ended, answered 500) for one raw HTTP request."""
-    head = bytearray()
-    ended = exchange_tcp(port, request, timeout, head)
-    return ended, head.startswith(b"HTTP/1.1 500") or head.startswith(b"HTTP/1.0 500")
+def _tcp_exchange(
+    port: int, data: bytes, timeout: float, *, grace: float = 0.0
+) -> tuple[bool, bytes]:
+    """(ended, answer) for one connection."""
+    answer = bytearray()
+    ended = exchange_tcp(port, data, timeout, answer, grace=grace)
+    return ended, bytes(answer)
+
+
+def answered_500(answer: bytes) -> bool:
+    """Whether an HTTP answer is a 500 (a bug: bad input gets a protocol error)."""
+    return answer.startswith(b"HTTP/1.1 500") or answer.startswith(b"HTTP/1.0 500")
 
 
 class SSHMaster:
@@ -499,20 +651,20 @@ class SSHMaster:
                 raise RuntimeError("the SSH master connection did not start")
             time.sleep(0.05)
 
-    def session(self, args: list[str], data: bytes, timeout: float) -> bool:
-        """Run one session with ``data`` on stdin; False if it did not end in time."""
+    def session(self, args: list[str], data: bytes, timeout: float) -> tuple[bool, bytes]:
+        """Run one session with ``data`` on stdin: (ended in time, its output)."""
         try:
-            subprocess.run(
+            proc = subprocess.run(
                 [*self.base, *args],
                 input=data,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 timeout=timeout,
                 env=hg_env(),
             )
         except subprocess.TimeoutExpired:
-            return False
-        return True
+            return False, b""
+        return True, proc.stdout[:MAX_ANSWER]
 
     def close(self) -> None:
         self.proc.terminate()
@@ -545,7 +697,8 @@ class Site:
 
 @contextmanager
 def fuzz_site(work: Path) -> Iterator[tuple[Site, Corpus]]:
-    """The server under fuzz, its repository and the valid-input corpus."""
+    """The server under fuzz, its repository (public changesets and a secret one on
+    top) and the valid-input corpus."""
     repo = make_linear_repo(work / "r", commits=4)
     hg("phase", "--public", "-r", "all()", cwd=repo)
     key = keygen(work / "fuzz")
@@ -560,10 +713,16 @@ def fuzz_site(work: Path) -> Iterator[tuple[Site, Corpus]]:
     hg("commit", "-A", "-q", "-m", "fuzz push", cwd=pusher)
     for kind, name in (("v2", "b2.hg"), ("gzip-v1", "b1.hg")):
         hg("bundle", "-q", "-t", kind, "-r", "tip", "--base", "tip^", work / name, cwd=pusher)
+    # The secret changeset comes after the pusher's clone: no request carries it.
+    (repo / "secret.txt").write_text("not for anyone's eyes\n")
+    hg("commit", "-A", "-q", "--secret", "-m", "secret", cwd=repo)
+    (secret,) = log_nodes(repo, "secret()")
     corpus = Corpus(
-        nodes=[bytes.fromhex(n) for n in log_nodes(repo)],
+        nodes=[bytes.fromhex(n) for n in log_nodes(repo, "not secret()")],
         bundle=(work / "b2.hg").read_bytes(),
         bundle1=(work / "b1.hg").read_bytes(),
+        secret=bytes.fromhex(secret),
+        secret_rev=int(hg("log", "-r", secret, "-T", "{rev}", cwd=repo).stdout),
     )
     with running_server(
         work,
@@ -622,16 +781,33 @@ def check_clone(site: Site, n: int) -> None:
         raise AssertionError(f"clone {argv[-2]} has {len(got)} changesets, the server {len(want)}")
 
 
+SUBSYSTEM = ["-s", "fuzz@127.0.0.1", "hgwire"]
+
+
 def run_batch(
     site: Site, corpus: Corpus, rng: random.Random, frames: int, stats: Stats, io_timeout: float
 ) -> None:
-    """About ``frames`` mutated frames (TCP and SSH subsystem) plus v1 requests."""
-    tcp_port = site.server.ports["tcp"][0]
-    jobs: list[tuple[str, Callable[[], bool]]] = []
+    """About ``frames`` mutated frames (TCP, SSH subsystem, HTTP v2) plus v1 requests."""
+    tcp_port, http_port = site.server.ports["tcp"][0], site.server.http_port
+    jobs: list[tuple[str, Callable[[], tuple[bool, bytes]]]] = []
     sent = 0
     while sent < frames:
-        over_ssh = rng.random() < 0.05
-        connections = 1 if not over_ssh else 8  # an SSH session costs more: send more
+        kind = rng.random()
+        if kind < 0.05:
+            over = "ssh-subsystem"
+        elif kind < 0.15:
+            over = "http-v2"
+        else:
+            over = "tcp"
+        if over == "http-v2":
+            request, count = http_v2_request(rng, corpus)
+            sent += count
+            stats.by_transport[over] = stats.by_transport.get(over, 0) + count
+            jobs.append(
+                (over, lambda r=request: _tcp_exchange(http_port, r, io_timeout, grace=HTTP_GRACE))
+            )
+            continue
+        connections = 1 if over == "tcp" else 8  # an SSH session costs more: send more
         data = bytearray(b"hgwire-v2 r\n")
         if rng.random() < 0.03:
             data = bytearray(mutate_bytes(rng, bytes(data)))
@@ -641,45 +817,45 @@ def run_batch(
                 seq = mutate_sequence(rng, seq)
             sent += len(seq)
             data += b"".join(seq)
-            transport = "ssh-subsystem" if over_ssh else "tcp"
-            stats.by_transport[transport] = stats.by_transport.get(transport, 0) + len(seq)
-            if not over_ssh:
-                break
+            stats.by_transport[over] = stats.by_transport.get(over, 0) + len(seq)
         blob = bytes(data)
-        if over_ssh:
-            jobs.append(
-                (
-                    "ssh-subsystem",
-                    lambda b=blob: site.ssh.session(
-                        ["-s", "fuzz@127.0.0.1", "hgwire"], b, io_timeout
-                    ),
-                )
-            )
+        if over == "ssh-subsystem":
+            jobs.append((over, lambda b=blob: site.ssh.session(SUBSYSTEM, b, io_timeout)))
         else:
-            jobs.append(("tcp", lambda b=blob: exchange_tcp(tcp_port, b, io_timeout)))
+            jobs.append((over, lambda b=blob: _tcp_exchange(tcp_port, b, io_timeout)))
     for _ in range(max(4, frames // 100)):
         req = http_v1_request(rng, corpus)
-        jobs.append(("http", lambda r=req: _http_exchange(site.server.http_port, r, io_timeout)))
+        jobs.append(
+            ("http", lambda r=req: _tcp_exchange(http_port, r, io_timeout, grace=HTTP_GRACE))
+        )
     stdio = ["fuzz@127.0.0.1", "hg -R r serve --stdio"]
     for _ in range(max(1, frames // 1000)):
         session = ssh_v1_session(rng, corpus, rng.randrange(1, 8))
         jobs.append(("ssh-v1", lambda s=session: site.ssh.session(stdio, s, io_timeout)))
     rng.shuffle(jobs)
+
+    def run(job: tuple[str, Callable[[], tuple[bool, bytes]]]) -> tuple[str, bool, bool, bool]:
+        # Searched on the worker: answers are not kept beyond their job.
+        kind, call = job
+        ended, answer = call()
+        failed = kind.startswith("http") and answered_500(answer)
+        return kind, ended, failed, corpus.leaks(answer)
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        outcomes = list(pool.map(lambda job: (job[0], job[1]()), jobs))
-    for kind, outcome in outcomes:
-        ended = outcome
-        if kind == "http":
-            ended, failed = outcome
-            stats.http_500 += failed
-        if kind == "tcp":
-            stats.frame_connections += 1
-        elif kind == "ssh-subsystem":
-            stats.ssh_subsystem_sessions += 1
-        elif kind == "http":
-            stats.http_requests += 1
-        else:
-            stats.ssh_v1_sessions += 1
+        outcomes = list(pool.map(run, jobs))
+    counters = {
+        "tcp": "frame_connections",
+        "ssh-subsystem": "ssh_subsystem_sessions",
+        "http": "http_requests",
+        "http-v2": "http_v2_requests",
+        "ssh-v1": "ssh_v1_sessions",
+    }
+    for kind, ended, failed, leaked in outcomes:
+        setattr(stats, counters[kind], getattr(stats, counters[kind]) + 1)
+        stats.http_500 += failed
+        if leaked:
+            stats.secret_leaks += 1
+            stats.leaked_on.append(kind)
         if not ended:
             stats.stuck += 1
     stats.frames += sent
@@ -749,7 +925,8 @@ def main() -> int:
     def report(s: Stats) -> None:
         print(
             f"batch {s.batches}: {s.frames} frames, {s.http_requests} HTTP v1, "
-            f"{s.ssh_v1_sessions} SSH v1, {s.stuck} stuck, {s.http_500} HTTP 500, "
+            f"{s.http_v2_requests} HTTP v2, {s.ssh_v1_sessions} SSH v1, {s.stuck} stuck, "
+            f"{s.http_500} HTTP 500, {s.secret_leaks} secret leaks, "
             f"RSS peak {s.peak_rss_mib} MiB, "
             f"{s.seconds}s",
             file=sys.stderr,
@@ -774,10 +951,11 @@ def main() -> int:
     except AssertionError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         status = 1
-    if stats.tracebacks_logged or stats.http_500:
+    if stats.tracebacks_logged or stats.http_500 or stats.secret_leaks:
         print(
             f"FAILED: {stats.tracebacks_logged} tracebacks in the server log, "
-            f"{stats.http_500} HTTP 500 answers (keep the log with --keep-log)",
+            f"{stats.http_500} HTTP 500 answers, {stats.secret_leaks} answers holding "
+            f"the secret node (keep the log with --keep-log)",
             file=sys.stderr,
         )
         status = 1

@@ -653,7 +653,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
             listener.setServiceParent(top)
             top.listeners.append(listener)
     _add_web(top, ctx, reactor)
-    _add_mirror_syncs(top, options, mirrors, reactor)
+    _add_mirror_syncs(top, options, mirrors, reactor, settings.lock_timeout)
     return top
 
 
@@ -708,11 +708,17 @@ def _prepare_mirrors(options: Options, state_dir: Path) -> dict[str, tuple[str, 
 
 
 def _add_mirror_syncs(
-    top: service.MultiService, options: Options, mirrors: dict[str, tuple[str, Path]], reactor: Any
+    top: service.MultiService,
+    options: Options,
+    mirrors: dict[str, tuple[str, Path]],
+    reactor: Any,
+    lock_timeout: int,
 ) -> None:
     from hgwire_tw.client.mirror import MirrorSync, pull_mirror
 
     every = float(options["mirror-every"])
     for name, (url, path) in mirrors.items():
-        pull = pull_mirror(reactor, url, path, threadpool=reactor.getThreadPool())
+        pull = pull_mirror(
+            reactor, url, path, threadpool=reactor.getThreadPool(), lock_timeout=lock_timeout
+        )
         MirrorSync(name or "(root)", pull, reactor=reactor, every=every).setServiceParent(top)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,28 @@ def test_pushkey_needs_push_permission(
     for _ in range(4):
         (marks,) = run(pump_reactor, runner, served, b"listkeys", {b"namespace": b"bookmarks"}).objs
         assert marks[b"main"] == target
+
+
+def test_push_commands_run_as_write_jobs(
+    pool: RepositoryPool, pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A PUSH command (pushkey) runs on the pool's write workers, which wait for the lock
+    and roll back an abandoned transaction first, as pushes do; PULL ones on the read
+    workers."""
+    assert COMMANDS[b"pushkey"].permission is Permission.PUSH
+
+    def where(repo: Any, args: Any) -> Iterator[object]:
+        yield threading.current_thread().name
+
+    table = {
+        **COMMANDS,
+        b"w": CommandSpec(b"w", {}, Permission.PUSH, where),
+        b"r": CommandSpec(b"r", {}, Permission.PULL, where),
+    }
+    runner = CommandRunner(pool, table)
+    (writer,) = run(pump_reactor, runner, served, b"w", may_push=True).objs
+    (reader,) = run(pump_reactor, runner, served, b"r").objs
+    assert "hgwire-repo-write" in writer and "hgwire-repo-write" not in reader  # type: ignore[operator]
 
 
 def test_command_error_from_handler(

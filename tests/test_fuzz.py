@@ -1,7 +1,9 @@
 """The fuzz target (``bench/fuzz.py``) in CI: a fixed seed and a bounded count of mutated
-frames (TCP, SSH subsystem) and v1 requests (HTTP, SSH exec) against the real server,
-which must stay up, answer or close every connection, keep its memory bounded and serve a
-real clone after each batch. Run ``bench/fuzz.py --forever`` by hand for long runs."""
+frames (TCP, SSH subsystem, the HTTP v2 API) and v1 requests (HTTP, SSH exec), the
+security review's bad inputs among them, against the real server, which must stay up,
+answer or close every connection, keep its memory bounded, never answer with its secret
+changeset and serve a real clone after each batch. Run ``bench/fuzz.py --forever`` by
+hand for long runs."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ pytestmark = [
 
 def test_mutated_inputs_on_every_transport_leave_the_server_serving() -> None:
     """Seed 1, 2,000 frames in two batches: no crash, no stuck connection, no 500 and no
-    traceback, RSS bounded, a real clone after each batch, ``hg verify`` clean at the end."""
+    traceback, no answer holding the secret node, RSS bounded, a real clone after each
+    batch, ``hg verify`` clean at the end."""
     stats = fuzz(seed=1, frames=2000, batch=1000, rss_bound_mib=512)
     assert stats.frames >= 2000 and stats.batches == 2 == stats.clones
     assert stats.crashes == 0 and stats.stuck == 0
@@ -27,3 +30,5 @@ def test_mutated_inputs_on_every_transport_leave_the_server_serving() -> None:
     assert stats.http_500 == 0 and stats.tracebacks_logged == 0
     assert stats.http_requests >= 15 and stats.ssh_v1_sessions >= 2
     assert stats.by_transport["tcp"] > 0 and stats.by_transport["ssh-subsystem"] > 0
+    assert stats.http_v2_requests >= 15 and stats.by_transport["http-v2"] > 0
+    assert stats.secret_leaks == 0, stats.leaked_on

@@ -97,37 +97,57 @@ def test_trickling_connections_are_capped_and_closed_while_hg_clones(
 ) -> None:
     """10 connections from one address trickle a byte every 0.2 s: 6 are accepted (the
     per-address cap), the rest get 503 at once; the accepted ones get 408 and are closed
-    although bytes keep coming, and a clone from another address succeeds meanwhile."""
+    within the 3 s deadline plus the 2 s linger (and generous slack) although bytes keep
+    coming, the refused ones within the linger; a clone from another address succeeds
+    meanwhile."""
     server, _, pub = site
     socks = []
+    started = time.monotonic()
     for _ in range(10):
         s = socket.create_connection(
             ("127.0.0.1", server.http_port), timeout=30, source_address=(ATTACKER, 0)
         )
         s.sendall(b"GET /pub?cmd=capabilities HTTP/1.1\r\n")
         socks.append(s)
-    rb.hg("clone", "-q", server.url("pub"), tmp_path / "clone")
+    clone = threading.Thread(
+        target=rb.hg, args=("clone", "-q", server.url("pub"), tmp_path / "clone")
+    )
+    clone.start()  # while the trickling goes on
     answers: dict[int, bytes] = {}
-    deadline = time.monotonic() + 30  # a bound for the loop, not a timing assertion
-    while len(answers) < len(socks) and time.monotonic() < deadline:
+    closed_after: dict[int, float] = {}
+    deadline = time.monotonic() + 30  # a bound for the loop; the assertion is below
+    while len(closed_after) < len(socks) and time.monotonic() < deadline:
         for i, s in enumerate(socks):
-            if i in answers:
+            if i in closed_after:
                 continue
             try:
-                s.sendall(b"X")
+                s.sendall(b"X")  # trickling on, answered or not
+            except OSError:
+                pass  # closed: recv says so below
+            try:
                 s.settimeout(0.02)
                 data = s.recv(65536)
             except (TimeoutError, BlockingIOError):
                 continue
             except OSError:
-                data = b"(reset)"
-            answers[i] = data
+                data = b""  # reset: closed
+            if data:
+                answers.setdefault(i, data)
+            else:
+                closed_after[i] = time.monotonic() - started
         time.sleep(0.2)
     for s in socks:
         s.close()
+    clone.join(60)
     statuses = sorted(answers[i][:12] for i in answers)
     assert len(answers) == 10, answers
     assert statuses.count(b"HTTP/1.1 503") == 4 and statuses.count(b"HTTP/1.1 408") == 6
+    assert len(closed_after) == 10, closed_after
+    timeout, linger, slack = 3.0, 2.0, 6.0
+    for i, seconds in closed_after.items():
+        refused = answers[i].startswith(b"HTTP/1.1 503")
+        bound = (0 if refused else timeout) + linger + slack
+        assert seconds <= bound, (answers[i][:12], seconds)
     assert rb.log_nodes(tmp_path / "clone") == rb.log_nodes(pub)
 
 
@@ -145,8 +165,9 @@ def _server_spools(server: RunningServer, spool_dir: Path) -> list[str]:
 
 def test_nothing_is_spooled_before_authentication(site: tuple[RunningServer, Path, Path]) -> None:
     """Anonymous 50 MB pushes (refused), 50 MB to ?cmd=heads and to a private repository:
-    no temporary file; Content-Length 99999999999 and oversize non-push bodies: 413 at
-    once; alice's push of the same size is spooled (the check sees spool files)."""
+    no temporary file; alice's Content-Length 99999999999 and a body to ?cmd=heads: 413
+    at once (an anonymous push: its 401 at once); alice's push of 50 MB is spooled (the
+    check sees spool files)."""
     server, spool_dir, _ = site
     size = 50 * 1024 * 1024
     first_mib = b"x" * (1024 * 1024)
@@ -165,9 +186,14 @@ def test_nothing_is_spooled_before_authentication(site: tuple[RunningServer, Pat
     ]
     time.sleep(0.5)
     assert _server_spools(server, spool_dir) == []
-    for path, length in (("/pub?cmd=unbundle", 99999999999), ("/pub?cmd=heads", size)):
-        head = http_request(path, {"Content-Length": str(length), **push}, "POST")
-        assert exchange(server, head).startswith(b"HTTP/1.1 413")
+    alice = {"Authorization": basic(b"alice:pw")}
+    for path, length, who, status in (
+        ("/pub?cmd=unbundle", 99999999999, alice, b"HTTP/1.1 413"),
+        ("/pub?cmd=unbundle", 99999999999, {}, b"HTTP/1.1 401"),
+        ("/pub?cmd=heads", size, {}, b"HTTP/1.1 413"),
+    ):
+        head = http_request(path, {"Content-Length": str(length), **push, **who}, "POST")
+        assert exchange(server, head).startswith(status)
     writer = opened("/pub?cmd=unbundle", {**push, "Authorization": basic(b"alice:pw")})
     deadline = time.monotonic() + 20
     while not _server_spools(server, spool_dir) and time.monotonic() < deadline:
@@ -175,6 +201,52 @@ def test_nothing_is_spooled_before_authentication(site: tuple[RunningServer, Pat
     assert len(_server_spools(server, spool_dir)) == 1
     for s in [*held, writer]:
         s.close()
+
+
+def test_bodies_to_commands_without_payload_are_413_while_hg_clones(
+    site: tuple[RunningServer, Path, Path], tmp_path: Path
+) -> None:
+    """Four connections from one address keep POSTing 16 MiB bodies to ?cmd=heads
+    (sending while they can) during a real ``hg clone`` from another address: every
+    one is answered 413, the server never holds a spool file, and the clone succeeds."""
+    server, spool_dir, pub = site
+    head = http_request("/pub?cmd=heads", {"Content-Length": str(16 * 2**20)}, "POST")
+    megabyte = b"x" * 2**20
+    answers: list[bytes] = []
+    spooled: list[list[str]] = []
+    stop = threading.Event()
+
+    def attack() -> None:
+        for _ in range(50):  # bounded; normally stopped by the clone's end first
+            if stop.is_set():
+                return
+            with socket.create_connection(
+                ("127.0.0.1", server.http_port), timeout=30, source_address=(ATTACKER, 0)
+            ) as s:
+                try:
+                    s.sendall(head)
+                    for _ in range(16):
+                        s.sendall(megabyte)
+                        spooled.append(_server_spools(server, spool_dir))
+                except OSError:
+                    pass  # the server closed after its answer: expected
+                try:
+                    answers.append(s.recv(12))
+                except OSError:
+                    answers.append(b"(reset)")
+
+    threads = [threading.Thread(target=attack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        rb.hg("clone", "-q", server.url("pub"), tmp_path / "clone")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert rb.log_nodes(tmp_path / "clone") == rb.log_nodes(pub)
+    assert answers and set(answers) == {b"HTTP/1.1 413"}, set(answers)
+    assert spooled and not any(spooled)
 
 
 def test_login_rate_limit_and_long_credentials(site: tuple[RunningServer, Path, Path]) -> None:

@@ -87,14 +87,16 @@ def big_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_channel(repo_path: Path, settings: Settings | None = None) -> tuple[Any, Any, SyncPool]:
+def make_channel(
+    repo_path: Path, settings: Settings | None = None, access: AccessPolicy | None = None
+) -> tuple[Any, Any, SyncPool]:
     repo = hg.repository(make_ui(), bytes(repo_path))
     pool = SyncPool(repo)
     ctx = ServerContext(
         reactor=None,
         registry=RepositoryRegistry({"r": repo_path}),
         pool=pool,  # type: ignore[arg-type]
-        access=AccessPolicy.default(),
+        access=access or AccessPolicy.default(),
         settings=settings or Settings(),
     )
     site = HgSite(HgResource(ctx), ctx, reactor=Clock())
@@ -201,7 +203,11 @@ def test_secret_head_is_an_out_of_band_error(rich_repo: Path) -> None:
 
 def test_body_over_limit_is_413_and_not_stored(rich_repo: Path) -> None:
     """A push bigger than max_push_bytes is answered 413 before anything runs."""
-    channel, transport, pool = make_channel(rich_repo, Settings(max_push_bytes=10))
+    anyone = AccessPolicy.from_mapping(
+        {"rules": [{"repos": "*", "read": ["anonymous"], "write": ["anonymous"]}]}, base=rich_repo
+    )
+    settings = Settings(max_push_bytes=10, allow_push_over_http=True)
+    channel, transport, pool = make_channel(rich_repo, settings, anyone)
     request(channel, b"/r?cmd=unbundle", {b"X-HgArg-1": b"heads=666f726365"}, b"POST", b"x" * 50)
     head, body = split_response(transport.value())
     assert head.startswith(b"HTTP/1.1 413")
@@ -271,3 +277,89 @@ def test_an_internal_error_is_an_hg_error_not_a_500(tmp_path: Path) -> None:
     assert b"Content-Type: application/hg-error" in head
     assert body.startswith(b"internal server error (incident ")
     assert b"blew up" not in body
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every log event emitted during the test."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def _one_logged_bug(events: list[dict[str, Any]], body: bytes, exc: type[BaseException]) -> None:
+    """Exactly one traceback was logged, for ``exc``, naming the incident ``body`` names."""
+    from twisted.logger import formatEvent
+
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert len(failures) == 1, [formatEvent(e) for e in failures]
+    assert failures[0]["log_failure"].check(exc)
+    incident = body.split(b"(incident ", 1)[1].split(b" ", 1)[0].decode()
+    assert f"incident {incident} " in formatEvent(failures[0])
+
+
+def test_a_bug_while_routing_a_v1_command_is_an_incident_hg_error(
+    rich_repo: Path, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """An exception raised synchronously inside ``render`` (here a dependency of the
+    routing) answers a v1 command with the incident hg-error, not twisted.web's 500."""
+    from hgwire_tw.web import metricspage
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("routing blew up")
+
+    monkeypatch.setattr(metricspage, "is_metrics_request", broken)
+    channel, transport, _ = make_channel(rich_repo)
+    request(channel, b"/r?cmd=heads")
+    head, body = split_response(transport.value())
+    assert head.startswith(b"HTTP/1.1 200 Script output follows"), head
+    assert b"Content-Type: application/hg-error" in head
+    assert body.startswith(b"internal server error (incident ") and b"blew up" not in body
+    _one_logged_bug(logged, body, RuntimeError)
+
+
+def test_a_bug_in_the_v2_api_is_an_incident_500(
+    rich_repo: Path, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """The v2 API's own error path (a bug after authentication, here the frame reactor
+    failing) and a bug before it: a 500 whose body and reason name the incident."""
+    from hgwire_tw.core.frames import FRAMING_MEDIA_TYPE
+    from hgwire_tw.transports import http_v2
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("v2 blew up")
+
+    framing = {b"Accept": FRAMING_MEDIA_TYPE, b"Content-Type": FRAMING_MEDIA_TYPE}
+    target = b"/r/api/exp-http-v2-0003/ro/heads"
+    for name in ("ServerFrameReactor", "render_api"):
+        with monkeypatch.context() as patch:
+            patch.setattr(http_v2, name, broken)
+            channel, transport, _ = make_channel(rich_repo)
+            request(channel, target, framing, b"POST", b"")
+        head, body = split_response(transport.value())
+        assert head.startswith(b"HTTP/1.1 500 Internal Server Error (incident "), head
+        assert body.startswith(b"internal server error (incident ") and b"blew up" not in body
+        _one_logged_bug(logged, body, RuntimeError)
+        logged.clear()
+
+
+def test_a_bug_outside_the_resource_is_an_incident_answer_too(
+    rich_repo: Path, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    """A bug before the resource renders (twisted.web's processingFailed) gets the same
+    answer: the incident hg-error for a v1 command, never twisted's page."""
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("site blew up")
+
+    monkeypatch.setattr(HgSite, "getResourceFor", broken)
+    channel, transport, _ = make_channel(rich_repo)
+    request(channel, b"/r?cmd=heads")
+    head, body = split_response(transport.value())
+    assert head.startswith(b"HTTP/1.1 200 Script output follows"), head
+    assert b"Content-Type: application/hg-error" in head
+    assert body.startswith(b"internal server error (incident ") and b"blew up" not in body
+    _one_logged_bug(logged, body, RuntimeError)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from hgwire_tw.client.mirror import Backoff, MirrorSync
@@ -129,3 +132,39 @@ def test_stop_while_waiting_cancels_the_timer() -> None:
     assert clock.getDelayedCalls() == []
     clock.advance(3600)
     assert len(upstream.pulls) == 1
+
+
+def test_a_served_mirror_waits_for_a_live_lock_at_most_lock_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hgwire serve --mirror ... --lock-timeout 7``: each sync opens the mirror with
+    ``ui.timeout`` 7 (Mercurial's own lock waits), not the 30 s default."""
+    from twisted.internet.testing import MemoryReactor
+
+    from hgwire_tw.client import job
+    from hgwire_tw.tap import Options, makeService
+
+    opened: list[Any] = []
+
+    def start_pull(reactor: Any, url: str, open_repo: Any, **kwargs: Any) -> Deferred[PullStats]:
+        opened.append(open_repo())  # what the worker would pull into
+        return succeed(PullStats())
+
+    monkeypatch.setattr(job, "start_pull", start_pull)
+
+    class Reactor(MemoryReactor):
+        def getThreadPool(self) -> Any:
+            return None
+
+    options = Options()
+    options.parseOptions(
+        [
+            *("--mirror", "m=http://127.0.0.1:9/up", "--lock-timeout", "7"),
+            *("--state-dir", str(tmp_path / "state")),
+        ]
+    )
+    top = makeService(options, reactor=Reactor())
+    syncs = [s for s in top if isinstance(s, MirrorSync)]
+    assert len(syncs) == 1
+    syncs[0]._pull()
+    assert [repo.ui.configint(b"ui", b"timeout") for repo in opened] == [7]

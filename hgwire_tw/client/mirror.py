@@ -233,13 +233,19 @@ def pull_mirror(
     *,
     options: ClientOptions | None = None,
     threadpool: Any = None,
+    lock_timeout: int = DEFAULT_LOCK_TIMEOUT,
 ) -> Callable[[], Deferred[PullStats]]:
-    """A ``pull`` for :class:`MirrorSync`: each call pulls ``url`` into ``dest``."""
+    """A ``pull`` for :class:`MirrorSync`: each call pulls ``url`` into ``dest``, waiting
+    at most ``lock_timeout`` seconds for a live lock holder (``open_for_sync``)."""
     from hgwire_tw.client.job import start_pull
 
     def pull() -> Deferred[PullStats]:
         return start_pull(
-            reactor, url, lambda: open_for_sync(dest), options=options, threadpool=threadpool
+            reactor,
+            url,
+            lambda: open_for_sync(dest, lock_timeout=lock_timeout),
+            options=options,
+            threadpool=threadpool,
         )
 
     return pull

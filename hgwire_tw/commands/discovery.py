@@ -15,6 +15,7 @@ from mercurial.node import hex
 
 from hgwire_tw.commands.common import check_nodes, mercurial_errors
 from hgwire_tw.core.errors import CommandError
+from hgwire_tw.pushkeys import check_pushkey
 
 __all__ = ["branchmap", "heads", "known", "listkeys", "lookup", "pushkey_", "served_node"]
 
@@ -161,6 +162,7 @@ def pushkey_(repo: Any, args: Args) -> Iterator[object]:
         if not isinstance(value, bytes):
             raise CommandError(b"%s must be a bytestring", (name,))
         values.append(encoding.tolocal(value))
+    check_pushkey(repo, *values)  # malformed values are the client's error, not a bug
     with mercurial_errors():
         result = repo.pushkey(*values)
     yield bool(result) if isinstance(result, bool) or result is None else result

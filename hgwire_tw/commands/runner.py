@@ -70,6 +70,8 @@ class RepositoryRunner(Protocol):
         gen_fn: Any,
         args: Any,
         deliver: Any,
+        *,
+        write: bool = False,
     ) -> Deferred[None]:
         """Stream ``gen_fn(repo, *args)`` to ``deliver`` (see ``RepositoryPool.iterate``)."""
 
@@ -195,6 +197,18 @@ def _text(value: object) -> bytes:
     return text.encode("utf-8", "replace")
 
 
+def _bad_input(served: ServedRepository, name: bytes, exc: CommandError) -> None:
+    # One info line per refused request, naming the command and (in the message) the
+    # argument: never critical, as any client may send bad input.
+    text = " ".join(exc.render().split())
+    log.info(
+        "v2 {repo} {command}: bad input: {error}",
+        repo=served.name or "/",
+        command=name.decode("utf-8", "replace")[:100],
+        error=text if len(text) <= 300 else text[:300] + "...",
+    )
+
+
 class CommandRunner:
     """Dispatches v2 commands to their handlers on a ``RepositoryPool``."""
 
@@ -237,9 +251,9 @@ class CommandRunner:
         """
         spec = self._commands.get(name)
         if spec is None:
-            return self._report_now(
-                sink, CommandError(b"wire protocol command not available: %s", (name,))
-            )
+            unknown = CommandError(b"wire protocol command not available: %s", (name,))
+            _bad_input(served, name, unknown)
+            return self._report_now(sink, unknown)
         if spec.permission is Permission.PUSH and not may_push:
             denied = PermissionDenied(f"insufficient permissions to execute command: {name!r}")
             log.info("refused {command}: {error}", command=name, error=denied)
@@ -250,6 +264,7 @@ class CommandRunner:
         try:
             normalized = normalize_args(spec, args)
         except CommandError as exc:
+            _bad_input(served, name, exc)
             return self._report_now(sink, exc)
 
         if self.cache is not None and spec.cache_key is not None:
@@ -266,10 +281,19 @@ class CommandRunner:
                 served.name,
             )
             d = self._pool.iterate(served, _cached_invoke, cargs, delivery)
-            d.addCallbacks(lambda _: delivery.finished(), self._failed, errbackArgs=(sink, name))
+            d.addCallbacks(
+                lambda _: delivery.finished(), self._failed, errbackArgs=(sink, name, served)
+            )
         else:
-            d = self._pool.iterate(served, _invoke, (spec.handler, normalized), sink.objects)
-            d.addCallbacks(lambda _: sink.finished(), self._failed, errbackArgs=(sink, name))
+            # A PUSH command (pushkey) writes: as a write job it waits for the lock and
+            # for the recovery of an abandoned transaction, as pushes do.
+            write = spec.permission is Permission.PUSH
+            d = self._pool.iterate(
+                served, _invoke, (spec.handler, normalized), sink.objects, write=write
+            )
+            d.addCallbacks(
+                lambda _: sink.finished(), self._failed, errbackArgs=(sink, name, served)
+            )
         d.addErrback(self._sink_broke, name)
         return d
 
@@ -280,11 +304,14 @@ class CommandRunner:
             log.failure("sink refused an error report")
         return succeed(None)
 
-    def _failed(self, failure: Failure, sink: CommandSink, name: bytes) -> None:
+    def _failed(
+        self, failure: Failure, sink: CommandSink, name: bytes, served: ServedRepository
+    ) -> None:
         exc = failure.value
         if isinstance(exc, CancelledError):
             return None
         if isinstance(exc, CommandError):
+            _bad_input(served, name, exc)
             sink.error(exc.message, exc.args_)
             return None
         log.failure("command {command!r} failed", failure, command=name)

@@ -70,7 +70,7 @@ from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
-from hgwire_tw.transports.httpreplies import finish, is_gone, plain
+from hgwire_tw.transports.httpreplies import finish, internal_error, is_gone, plain
 from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimits
 from hgwire_tw.transports.pausegate import PauseGate
 from hgwire_tw.v1.cache import cached_v1_response
@@ -118,6 +118,21 @@ def _query(request: IRequest) -> bytes:
     return query
 
 
+#: Longest error text written in a log line about bad input.
+MAX_LOGGED_ERROR = 300
+
+
+def one_line(text: str, limit: int = MAX_LOGGED_ERROR) -> str:
+    """``text`` on one line, at most ``limit`` characters (a client chose it)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _logged_path(request: IRequest) -> str:
+    path = request.path.decode("latin-1")
+    return path if len(path) <= 200 else path[:200] + "..."
+
+
 def _body_size(content: IO[bytes] | None) -> int:
     if content is None:
         return 0
@@ -142,7 +157,34 @@ class HgResource(Resource):
         self.ctx = ctx
 
     def render(self, request: IRequest) -> bytes | int:
-        """Route one request (any method) to a repository's v1 command or v2 API."""
+        """Route one request (any method) to a repository's v1 command or v2 API.
+
+        A bug raised while routing or rendering is answered ``internal_error``'s way (an
+        incident id, the traceback logged once), never twisted.web's bare 500 page."""
+        try:
+            return self._render(request)
+        except Exception:
+            body = internal_error(
+                request,
+                Failure(),
+                f"HTTP {request.method.decode('latin-1')} {_logged_path(request)}",
+                hg_error=self.wants_hg_error(request),
+            )
+            return NOT_DONE_YET if body is None else body
+
+    def wants_hg_error(self, request: IRequest) -> bool:
+        """Whether ``request`` looks like a v1 command, whose client reads an internal
+        error best as an out-of-band ``application/hg-error``."""
+        try:
+            if self.ctx.web is not None and is_web_request(request):
+                return False
+            if "api" in _path_segments(request):
+                return False
+            return b"cmd" in parse_urlencoded(_query(request), where="query string")
+        except Exception:
+            return False
+
+    def _render(self, request: IRequest) -> bytes | int:
         if httpblobs.is_blob_request(request):
             return httpblobs.render_blob(self.ctx, request)
         if metricspage.is_metrics_request(self.ctx, request):  # web: /metrics
@@ -199,8 +241,13 @@ class HgResource(Resource):
 
     def admit(self, request: IRequest, user: str | None) -> Admission:
         """What ``request`` may send, from its headers alone (``httpsite.HgSite`` asks
-        before reading the body): ``max_push_bytes`` for ``unbundle``, the HTTP body
-        bound otherwise, and the refusal it will get (its body is then dropped)."""
+        before reading the body), and the refusal it will get.
+
+        Only ``unbundle`` carries a payload (up to ``max_push_bytes``, spooled to a file
+        when large) and a v2 API request its frames (up to the HTTP body bound). Any
+        other v1 command's body holds at most its ``X-HgArgs-Post`` arguments (none
+        without that header), and every other request's at most ``MAX_SMALL_BODY``
+        bytes: such bodies stay in memory, never in a spool file."""
         ctx = self.ctx
         small = (ctx.settings.http_limits or HTTPLimits()).max_body
         if httpblobs.is_blob_request(request):
@@ -209,7 +256,8 @@ class HgResource(Resource):
             served, rest = visible_match(ctx, request, user=user)
         except UnknownRepository:
             anonymous = user is None and ctx.access.users
-            return Admission(small, NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND)
+            refusal = NOT_FOUND_ANONYMOUS if anonymous else NOT_FOUND
+            return Admission(MAX_SMALL_BODY, refusal, spool=False)
         if rest and rest[0] == "api":
             try:
                 write = len(rest) > 2 and rest[2] == "rw"
@@ -220,13 +268,31 @@ class HgResource(Resource):
         try:
             cmd = parse_urlencoded(_query(request), where="query string").get(b"cmd")
         except RemoteProtocolError:
-            return Admission(small)
+            return Admission(MAX_SMALL_BODY, spool=False)
         if rest or not cmd or not is_command(cmd[0]):
-            return Admission(small)
+            return Admission(MAX_SMALL_BODY, spool=False)
         denied = v1_denial(ctx, request, served.name, user, command_permission(cmd[0]))
         if cmd[0] == b"unbundle":
             return Admission(ctx.settings.max_push_bytes, denied, push=denied is None)
-        return Admission(small, denied)
+        return Admission(_post_args_bound(request), denied, spool=False)
+
+
+#: Largest body of a request that carries no payload: ``X-HgArgs-Post`` arguments
+#: (hg sends a few KB; a big discovery some hundreds), or anything sent to a web page.
+MAX_SMALL_BODY = 1024 * 1024
+
+
+def _post_args_bound(request: IRequest) -> int:
+    """The body a v1 command other than ``unbundle`` may send: its ``X-HgArgs-Post``
+    arguments, at most ``MAX_SMALL_BODY``; nothing without the header. A malformed
+    header is let through (up to the bound) to get its precise 400 from the command."""
+    raw = request.getHeader(b"X-HgArgs-Post")
+    if raw is None:
+        return 0
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 12:
+        return MAX_SMALL_BODY
+    return min(int(text), MAX_SMALL_BODY)
 
 
 #: The refusals of a path naming no repository the client may read (``_not_found``).
@@ -328,6 +394,7 @@ class _V1Request:
                 return b"0\nNot Found\n"
             return plain(request, 404, "Not Found\n")
         if not is_command(name):
+            self._bad_input("no such command")
             return plain(request, 400, f"no such method: {name.decode('utf-8', 'replace')}\n")
         refusal = getattr(request, "hg_refusal", None)
         if refusal is not None:
@@ -338,8 +405,10 @@ class _V1Request:
         try:
             self.args = self._decode_args(content)
         except RemoteProtocolError as e:
+            self._bad_input(str(e))
             return plain(request, 400, f"bad request: {e}\n")
         except CommandError as e:
+            self._bad_input(e.render())
             return self._oob(e.render().encode("utf-8") + b"\n")
 
         d = authenticate(self.ctx, request)
@@ -484,6 +553,20 @@ class _V1Request:
         self._log(200, MEDIA_TYPE_ERROR, "-")
         return message
 
+    def _bad_input(self, error: str | bytes) -> None:
+        """One info line for an answer to bad client input, naming the command and what
+        was wrong (the error names the argument). Never louder: any anonymous client can
+        send bad input, and must not be able to fill the log with critical lines."""
+        if isinstance(error, bytes):
+            error = error.decode("utf-8", "replace")
+        log.info(
+            "v1 {repo} {cmd} from {host}: bad input: {error}",
+            repo=self.served.name or "/",
+            cmd=self.name.decode("utf-8", "replace")[:100],
+            host=getattr(self.request.getClientAddress(), "host", "-"),
+            error=one_line(error),
+        )
+
     def _log(self, status: int, media_type: bytes, engine: str) -> None:
         # Details of the command; the request's access line is HgSite.log.
         log.debug(
@@ -574,6 +657,8 @@ class _V1Request:
         elif isinstance(result, V1OutOfBandError):
             body = result.message
             media_type = MEDIA_TYPE_ERROR
+            if not body.startswith(_LOGGED_BY_DISPATCH):
+                self._bad_input(body)
         else:
             raise TypeError(f"unexpected v1 result {type(result).__name__}")
         request.setResponseCode(200, OK_REASON)
@@ -581,6 +666,11 @@ class _V1Request:
         request.setHeader(b"Content-Length", b"%d" % len(body))
         self._log(200, media_type, "-")
         request.write(body)
+
+
+#: Out-of-band answers that are no bad input, whose cause ``v1.dispatch`` logged already
+#: (a push that hit a bug, or a lock held past the timeout).
+_LOGGED_BY_DISPATCH = (b"internal server error (incident ", b"the repository is locked by ")
 
 
 def _abort(request: IRequest) -> None:

@@ -43,7 +43,7 @@ from hgwire_tw.core.reactor import (
 from hgwire_tw.core.v1 import join_header_values
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
-from hgwire_tw.transports.httpreplies import TEXT, finish, is_gone, plain
+from hgwire_tw.transports.httpreplies import TEXT, finish, internal_error, plain
 from hgwire_tw.transports.jobpump import JobPump, JobRunner, JobSink, threaded_job_runner
 from hgwire_tw.transports.pausegate import PauseGate
 
@@ -170,11 +170,11 @@ def render_api(
 
 
 def _internal_error(f: Failure, request: IRequest) -> None:
-    log.failure("v2 HTTP request failed", f)
-    if not getattr(request, "startedWriting", False):
-        finish(request, _text(request, 500, "internal server error\n"))
-    elif not is_gone(request):
-        request.finish()
+    # A bug: logged once with an incident id the answer names; a response already under
+    # way is cut, so the client cannot take it for complete.
+    body = internal_error(request, f, "v2 HTTP request", hg_error=False)
+    if body is not None:
+        finish(request, body)
 
 
 def _checked_command(

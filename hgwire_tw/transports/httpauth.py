@@ -1,9 +1,10 @@
 """HTTP Basic authentication and repository access decisions for the HTTP transport.
 
 Password hashes are slow on purpose, so a check that is not already cached runs on a
-worker thread; the reactor thread only ever does the cheap cached comparison. Credentials
-longer than ``MAX_USER``/``MAX_PASSWORD`` are refused without hashing, and
-``LoginGuard`` rate-limits failed logins per client address.
+worker thread (``LoginGuard.verify``); the reactor thread only ever does the cheap
+cached comparison. Credentials longer than ``MAX_USER``/``MAX_PASSWORD`` are refused
+without hashing, and ``LoginGuard`` rate-limits failed logins per client address: every
+failed attempt counts, whether it was hashed, refused unhashed or answered from a cache.
 """
 
 from __future__ import annotations
@@ -49,14 +50,23 @@ class LoginGuard:
     most ``CHECKS_PER_ADDRESS`` uncached password checks run at once per address (the
     rest wait their turn), so many bad logins from one address cannot occupy the
     thread pool a valid login from elsewhere needs. Reactor thread only.
+
+    ``verify(user, password)`` is the slow check itself (``login_guard`` makes one that
+    hashes on the reactor's thread pool); it is only called through ``check``.
     """
 
     def __init__(
-        self, clock: Callable[[], float], *, max_failures: int = 10, window: float = 60.0
+        self,
+        clock: Callable[[], float],
+        *,
+        max_failures: int = 10,
+        window: float = 60.0,
+        verify: Callable[[str, str], Deferred[bool]] | None = None,
     ) -> None:
         self.clock = clock
         self.max_failures = max_failures
         self.window = window
+        self.verify = verify
         self._failures: dict[str, deque[float]] = {}
         self._slots: dict[str, DeferredSemaphore] = {}
 
@@ -112,10 +122,22 @@ def login_guard(ctx: ServerContext) -> LoginGuard:
         limits = ctx.settings.http_limits
         reactor = ctx.reactor
         clock = reactor.seconds if reactor is not None else time.monotonic
+
+        def verify(user: str, password: str) -> Deferred[bool]:
+            # ctx.access at call time: a reloaded access file applies at once.
+            return deferToThreadPool(
+                ctx.reactor,
+                ctx.reactor.getThreadPool(),
+                ctx.access.authenticate_password,
+                user,
+                password,
+            )
+
         guard = LoginGuard(
             clock,
             max_failures=limits.login_failures if limits else 10,
             window=limits.login_window if limits else 60.0,
+            verify=verify,
         )
         ctx.http_logins = guard
     return guard
@@ -156,19 +178,17 @@ def _authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]
     if guard.locked(address):
         return _locked_out(address)
     if len(raw_user) > MAX_USER or len(raw_password) > MAX_PASSWORD:
-        guard.failed(address)
-        return _bad_login()
+        return _failed_login(guard, address, "credentials too long", None)
     user = raw_user.decode("utf-8", "replace")
     password = raw_password.decode("utf-8", "replace")
     cached = ctx.access.cached_login(user, password)
     if cached is not None:
-        return succeed(user) if cached else _bad_login()
-
-    def check() -> Deferred[bool]:
-        pool = ctx.reactor.getThreadPool()
-        return deferToThreadPool(
-            ctx.reactor, pool, ctx.access.authenticate_password, user, password
-        )
+        # A cached failure counts like a checked one: repeating the same wrong password
+        # must not be a free way around the lock-out.
+        return succeed(user) if cached else _failed_login(guard, address, "cached", user)
+    verify = guard.verify
+    if verify is None:
+        raise RuntimeError("LoginGuard without a password check")
 
     def checked(ok: bool | None) -> Deferred[str | None]:
         if ok is None:
@@ -176,11 +196,22 @@ def _authenticate(ctx: ServerContext, request: IRequest) -> Deferred[str | None]
         ctx.access.remember_login(user, password, ok)
         if ok:
             return succeed(user)
-        guard.failed(address)
-        log.info("HTTP login failed for {user!r} from {address}", user=user, address=address)
-        return _bad_login()
+        return _failed_login(guard, address, "wrong password", user)
 
-    return guard.check(address, check).addCallback(checked)
+    return guard.check(address, lambda: verify(user, password)).addCallback(checked)
+
+
+def _failed_login(
+    guard: LoginGuard, address: str, why: str, user: str | None
+) -> Deferred[str | None]:
+    guard.failed(address)
+    log.info(
+        "HTTP login failed for {user!r} from {address}: {why}",
+        user=(user or "")[:100],
+        address=address,
+        why=why,
+    )
+    return _bad_login()
 
 
 def _locked_out(address: str) -> Deferred[str | None]:

@@ -1,8 +1,18 @@
-"""Small plain-text HTTP replies shared by the v1 and v2 HTTP resources."""
+"""Small plain-text HTTP replies shared by the v1 and v2 HTTP resources, and the one
+answer to a bug (``internal_error``)."""
 
 from __future__ import annotations
 
+import secrets
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+
+log = Logger()
+
+#: The media type of Mercurial's out-of-band errors (``abort: remote error``).
+HG_ERROR = b"application/hg-error"
 
 #: The media type of v1 error bodies (hgweb's); v2 answers exactly ``text/plain``.
 TEXT_UTF8 = b"text/plain; charset=utf-8"
@@ -50,3 +60,39 @@ def fail(request: IRequest) -> None:
         finish(request, plain(request, 500, "internal server error\n"))
     else:
         request.loseConnection()
+
+
+def incident_message() -> bytes:
+    """The text a client gets for a bug: a fresh incident id to find in the server log,
+    and nothing of the bug itself."""
+    incident = secrets.token_hex(4).encode("ascii")
+    return b"internal server error (incident %s in the server log)" % incident
+
+
+def internal_error(
+    request: IRequest, failure: Failure, what: str, *, hg_error: bool
+) -> bytes | None:
+    """A bug while serving ``request``: its traceback logged once, with an incident id
+    that the answer names. Returns the body to write when nothing was sent yet: with
+    ``hg_error`` (a v1 command, whose client prints out-of-band errors as ``abort: remote
+    error``) a ``200`` ``application/hg-error``, else a ``500`` (its reason phrase names
+    the incident too, for clients that show only that). A response already under way is
+    cut instead (None), so it cannot look complete."""
+    message = incident_message()
+    log.failure(
+        "{what} failed: {message}",
+        failure,
+        what=what,
+        message=message.decode("ascii"),
+    )
+    if is_gone(request):
+        return None
+    if getattr(request, "startedWriting", False):
+        request.loseConnection()
+        return None
+    if hg_error:
+        return plain(
+            request, 200, message + b"\n", reason=b"Script output follows", content_type=HG_ERROR
+        )
+    incident = message[message.index(b"(") + 1 : message.index(b" in ")]
+    return plain(request, 500, message + b"\n", reason=b"Internal Server Error (%s)" % incident)

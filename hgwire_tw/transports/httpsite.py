@@ -6,8 +6,11 @@ any number of connections. ``HgSite`` puts bounds on all of it, like the raw TCP
 listener's (``HTTPLimits``, ``hgwire serve --http-*``):
 
 * **Connections**: at most ``max_connections`` at once and ``max_per_address`` from one
-  client address; a connection over a cap gets ``503`` and is closed at once, so
-  clients from other addresses keep being served.
+  client address; a connection over a cap gets ``503`` and is closed, so clients from
+  other addresses keep being served. At most ``MAX_REFUSED_LINGERING`` refused
+  connections linger (below) at once; beyond that a refused connection is closed right
+  after its answer, so a flood at the cap cannot hold more file descriptors than the
+  caps and that bound.
 * **Deadline**: a request (line, headers, body) must arrive within ``request_timeout``
   seconds of the moment the connection started waiting for it (accepted, or the
   previous response finished). Every ``body_rate`` bytes of body received extend the
@@ -18,14 +21,16 @@ listener's (``HTTPLimits``, ``hgwire serve --http-*``):
 * **Bodies**: the headers are checked *before* the body is read. ``HgRequest.gotLength``
   authenticates (``httpauth.authenticate``, its result kept for rendering) and asks
   the resource for an ``Admission`` (``HgResource.admit``): how large the body may be
-  (``max_push_bytes`` for a push command, ``max_body`` for anything else) and whether
-  the request is refused anyway. A declared ``Content-Length`` over the bound is
-  answered ``413`` at once; the body of a refused request is read and dropped (never
-  stored), so hg's "401, then again with credentials" push still works; only an
-  admitted body is kept, in memory up to ``SPOOL_THRESHOLD`` and in a temporary file
-  beyond, at most ``max_spools`` such files at once (``503`` beyond), of which bodies
-  other than writers' pushes may hold half. While the (slow, threaded) password check
-  runs, the socket is not read.
+  (``max_push_bytes`` for a push, ``max_body`` for v2 frames, a small bound kept in
+  memory for anything else) and whether the request is refused anyway. A refused
+  request gets its refusal: at once when its body is over ``DRAIN_MAX`` (or of unknown
+  length), else once the body was read and dropped (never stored), so hg's "401, then
+  again with credentials" push still works. A declared ``Content-Length`` over the
+  bound is answered ``413`` at once. Only an admitted body is kept, in memory up to
+  ``SPOOL_THRESHOLD`` and in a temporary file beyond (where its admission allows),
+  at most ``max_spools`` such files at once (``503`` beyond), of which bodies other
+  than writers' pushes may hold half. While the (slow, threaded) password check runs,
+  the socket is not read.
 * A header line longer than ``MAX_LINE`` (e.g. 1 MB of credentials) gets ``400``
   instead of a silently dropped connection.
 
@@ -56,12 +61,15 @@ from twisted.web.server import Request, Site
 
 from hgwire_tw.context import MiB, ServerContext
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate
+from hgwire_tw.transports.httpreplies import finish, internal_error
 
 __all__ = [
+    "DRAIN_MAX",
     "LINGER",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_LINE",
+    "MAX_REFUSED_LINGERING",
     "SPOOL_THRESHOLD",
     "Admission",
     "HTTPLimits",
@@ -84,6 +92,13 @@ SPOOL_THRESHOLD = 100_000
 MAX_HELD = 1024 * 1024
 #: Seconds an early answer's connection keeps reading (and dropping) input.
 LINGER = 2.0
+#: Refused connections (over a connection cap) lingering at once; more are closed
+#: right after their 503.
+MAX_REFUSED_LINGERING = 64
+#: Largest body of a refused request that is read and dropped before the refusal, so
+#: that a client sending it (hg retrying a push with credentials) reads the answer; a
+#: larger one is refused at once (then ``LINGER``).
+DRAIN_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,9 @@ class Admission:
     #: A push by a user who may push: it may take any free spool file; other bodies
     #: share at most half of them, so anonymous clients cannot take them all.
     push: bool = False
+    #: Whether a large body may go to a spool file; if not, it stays in memory (its
+    #: ``body_limit`` is small).
+    spool: bool = True
 
 
 def _response(status: int, reason: bytes, body: bytes, headers: dict[bytes, bytes]) -> bytes:
@@ -274,6 +292,7 @@ class HgRequest(Request):
     _discarding = False
     _spooled = False
     _push = False
+    _may_spool = True
 
     _logged = False
 
@@ -331,16 +350,19 @@ class HgRequest(Request):
             channel.transport.resumeProducing()
         self._limit = admission.body_limit
         self._push = admission.push
+        self._may_spool = admission.spool
         self.hg_refusal = refusal
         declared = self._declared
-        if declared is not None and declared > admission.body_limit:
-            self._too_large()
-            return
         expects = (self.requestHeaders.getRawHeaders(b"expect") or [b""])[0].lower()
-        if refusal is not None and (expects == b"100-continue" or declared is None):
-            # Nothing to wait for: the client waits for our answer, or the body has no
-            # announced end.
-            self._answer_early(refusal)
+        if refusal is not None:
+            # The refusal first (hg asks for a login on a 401, whatever the size).
+            if expects == b"100-continue" or declared is None or declared > DRAIN_MAX:
+                # Nothing to wait for: the client waits for our answer, the body has no
+                # announced end, or reading it would cost more than a refusal is worth.
+                self._answer_early(refusal)
+                return
+        elif declared is not None and declared > admission.body_limit:
+            self._too_large()
             return
         held = self.content.getvalue()  # what arrived while deciding (in memory)
         self._received = 0
@@ -348,7 +370,12 @@ class HgRequest(Request):
         if refusal is not None:
             self._discarding = True
             self.content = _Discard()
-        elif declared is not None and declared > SPOOL_THRESHOLD and not self._to_file(site):
+        elif (
+            declared is not None
+            and declared > SPOOL_THRESHOLD
+            and admission.spool
+            and not self._to_file(site)
+        ):
             return
         if held:
             self.handleContentChunk(held)
@@ -401,6 +428,8 @@ class HgRequest(Request):
         self.channel.answer_early(denied.status, reason, b"0\n" + reason + b"\n", headers)
 
     def handleContentChunk(self, data: bytes) -> None:
+        if getattr(self.channel, "_lingering", False):
+            return  # answered early: input is dropped
         if self._limit is None and not self._deciding:
             super().handleContentChunk(data)  # not admitted by us (no HgSite)
             return
@@ -411,18 +440,37 @@ class HgRequest(Request):
                 return
             self.content.write(data)
             return
+        if self._discarding:
+            return  # at most DRAIN_MAX bytes: the declared length (_admitted)
         if self._limit is not None and self._received > self._limit:
             self._too_large()
             return
-        if self._discarding:
-            return
-        if not self._spooled and self._received > SPOOL_THRESHOLD:
+        if not self._spooled and self._may_spool and self._received > SPOOL_THRESHOLD:
             site = self._site()
             if site is None or not self._to_file(site):
                 return
         self.content.write(data)
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        """A bug outside the resource's own guard (``HgResource.render``): the same
+        incident answer (``httpreplies.internal_error``), never twisted.web's page."""
+        judge = getattr(getattr(self._site(), "resource", None), "wants_hg_error", None)
+        try:
+            hg_error = bool(judge(self)) if judge is not None else False
+        except Exception:
+            hg_error = False
+        path = self.path.decode("latin-1")[:200]
+        what = f"HTTP {self.method.decode('latin-1')} {path}"
+        body = internal_error(self, reason, what, hg_error=hg_error)
+        if body is not None:
+            finish(self, body)
+        return reason
+
     def process(self) -> None:
+        if getattr(self.channel, "_lingering", False):
+            # Answered early (413, 503, a refusal): the rest of the request, which may
+            # have come in the same read, is never run.
+            return
         if self._deciding:
             self._process_pending = True  # once admitted
             return
@@ -435,20 +483,27 @@ def _channel_protocol(site: HgSite) -> Any:
 
 
 class _Refusal(Protocol):
-    """Answers ``503`` to a connection over a cap, then closes (after a short linger,
-    dropping input, so that the client reads the answer rather than a reset)."""
+    """Answers ``503`` to a connection over a cap, then closes: after a short linger,
+    dropping input, so that the client reads the answer rather than a reset — unless
+    ``MAX_REFUSED_LINGERING`` refused connections linger already, then at once."""
 
-    def __init__(self, message: bytes, reactor: Any) -> None:
+    def __init__(self, message: bytes, site: HgSite) -> None:
         self.message = message
-        self.reactor = reactor
+        self.site = site
         self.linger: IDelayedCall | None = None
+        self.lingering = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(
             _response(503, b"Service Unavailable", self.message, {b"Retry-After": b"10"})
         )
-        self.linger = self.reactor.callLater(LINGER, self.transport.loseConnection)
+        if self.site.refused_lingering >= MAX_REFUSED_LINGERING:
+            self.transport.loseConnection()  # the answer is written first
+            return
+        self.lingering = True
+        self.site.refused_lingering += 1
+        self.linger = self.site.reactor.callLater(LINGER, self.transport.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:
         pass
@@ -456,6 +511,9 @@ class _Refusal(Protocol):
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         if self.linger is not None and self.linger.active():
             self.linger.cancel()
+        if self.lingering:
+            self.lingering = False
+            self.site.refused_lingering -= 1
 
 
 class HgSite(Site):
@@ -484,6 +542,8 @@ class HgSite(Site):
         self.admit: Callable[[IRequest, str | None], Admission] | None = admit
         self.per_address: dict[str, int] = {}
         self.connections = 0
+        #: Refused connections lingering now (``_Refusal``).
+        self.refused_lingering = 0
         self.spools = 0
         #: Spool files held by bodies other than writers' pushes.
         self.other_spools = 0
@@ -499,10 +559,10 @@ class HgSite(Site):
         host = str(getattr(addr, "host", addr))
         if self.connections >= self.limits.max_connections:
             log.info("HTTP connection from {host} refused: too many connections", host=host)
-            return _Refusal(b"too many connections\n", self.reactor)
+            return _Refusal(b"too many connections\n", self)
         if self.per_address.get(host, 0) >= self.limits.max_per_address:
             log.info("HTTP connection from {host} refused: too many from it", host=host)
-            return _Refusal(b"too many connections from your address\n", self.reactor)
+            return _Refusal(b"too many connections from your address\n", self)
         self.connections += 1
         self.per_address[host] = self.per_address.get(host, 0) + 1
         protocol = super().buildProtocol(addr)

@@ -11,6 +11,8 @@ that never existed. ``lookup`` is answered by ``commands.discovery.served_node``
 resolution rule for v1 and v2) and ``get_cached_bundle_inline`` only from the clone
 bundle store (``hgwire_tw.clonebundles``), never from an arbitrary path.
 
+``pushkey`` arguments are checked by ``hgwire_tw.pushkeys.check_pushkey``.
+
 ``payload_errors(name)`` turns the decompression errors a corrupt push bundle raises
 (zlib, bz2, zstd) into a ``CommandError``: bad client input, not a server fault.
 """
@@ -30,6 +32,7 @@ from mercurial.node import hex
 from hgwire_tw.commands.discovery import served_node
 from hgwire_tw.core.errors import ArgumentError, CommandError
 from hgwire_tw.core.v1 import ArgValue
+from hgwire_tw.pushkeys import check_pushkey
 
 __all__ = ["MAX_LIST_ITEMS", "answer", "check_args", "payload_errors"]
 
@@ -137,6 +140,10 @@ def check_args(repo: Any, name: bytes, args: Mapping[bytes, ArgValue]) -> None:
             nodes = _hex_items(arg, value, b" ", node=True)
             if kind == "served":
                 _check_served(repo, arg, nodes)
+    if name == b"pushkey":
+        check_pushkey(
+            repo, *(_text(values.get(arg)) for arg in (b"namespace", b"key", b"old", b"new"))
+        )
     if name == b"getbundle":
         caps = _text(values.get(b"bundlecaps"))
         if caps.count(b",") >= MAX_LIST_ITEMS:
