@@ -18,12 +18,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Literal
 
-from hgwire_tw.core.v1 import ArgValue, parse_arg_spec, parse_protocaps
+from hgwire_tw.core.v1 import BUNDLE2_MAGIC, ArgValue, ProtoCaps, parse_arg_spec, parse_protocaps
 
 __all__ = ["BUNDLE2_MAGIC", "PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
-
-#: The first bytes of a bundle2 (``HG20``); bundle1 payloads start ``HG10``.
-BUNDLE2_MAGIC = b"HG20"
 
 #: Size of the pieces a spooled payload is read back in.
 PAYLOAD_CHUNK = 64 * 1024
@@ -126,6 +123,14 @@ class V1Protocol:
     def getprotocaps(self) -> set[bytes]:
         """The client's protocol capability tokens (``X-HgProto-N`` or ``protocaps``)."""
         return self._protocaps
+
+    def client_caps(self) -> ProtoCaps:
+        """The client's capabilities, parsed (over SSH: what its ``protocaps`` said).
+
+        Mercurial's ``protocaps`` command stores the tokens as a set; the order that
+        matters (engines inside one ``comp=`` token) survives that.
+        """
+        return parse_protocaps(b" ".join(sorted(self._protocaps)))
 
     def getpayload(self) -> Iterator[bytes]:
         """The pushed data, in pieces."""
