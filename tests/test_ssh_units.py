@@ -223,7 +223,7 @@ def test_dsa_and_missing_host_keys_refused(tmp_path: Path) -> None:
 def _login(
     ctx: ServerContext, login: bytes, key: Any, *, address: str = "127.0.0.1", sign: bool = True
 ) -> Any:
-    portal = PublicKeyPortal(ctx.access, lambda u, h: HgwireAvatar(ctx, u, h)).for_address(address)
+    portal = PublicKeyPortal(lambda: ctx.access, lambda u, h, s: HgwireAvatar(ctx, u, h, s)).for_address(address)
     conch_key = keys.Key(key)
     blob = conch_key.public().blob()
     data = b"session-data"

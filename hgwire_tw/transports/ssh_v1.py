@@ -51,6 +51,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hgwire_tw.access import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import PermissionDenied, ProtocolError
 from hgwire_tw.core.v1 import (
@@ -159,6 +160,8 @@ class V1SSHSession:
         served: ServedRepository,
         user: str,
         peer_host: str = "",
+        *,
+        scope: KeyScope | None = None,
     ) -> None:
         from hgwire_tw.clonebundles import source_for
         from hgwire_tw.v1.protocol import V1Protocol
@@ -168,6 +171,8 @@ class V1SSHSession:
         self.peer_host = peer_host
         self.served = served
         self.user = user
+        #: The hg-ssh scope of the user's key: passed to every permission check.
+        self.scope = scope
         self.parser = SSHRequestParser(_v1_command_specs(), max_payload=ctx.settings.max_push_bytes)
         server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
         if not ctx.settings.stream_clone:
@@ -261,7 +266,7 @@ class V1SSHSession:
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
-        if not self.ctx.access.can_write(self.user, self.served.name):
+        if not self.ctx.access.can_write(self.user, self.served.name, self.scope):
             log.warn(
                 "push to {repo} refused for {user} over SSH: not authorized",
                 repo=self.served.name or "/",
@@ -320,9 +325,9 @@ class V1SSHSession:
         """``V1Protocol.checkperm``, run on the worker thread."""
         access = self.ctx.access
         allowed = (
-            access.can_write(self.user, self.served.name)
+            access.can_write(self.user, self.served.name, self.scope)
             if perm == b"push"
-            else access.can_read(self.user, self.served.name)
+            else access.can_read(self.user, self.served.name, self.scope)
         )
         if not allowed:
             raise PermissionDenied(self._denied_message(perm).decode("utf-8").rstrip("\n"))
