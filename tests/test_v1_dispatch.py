@@ -172,8 +172,8 @@ def test_protocol_handler_basics() -> None:
     assert p.name == b"http-v1"
     assert p.client() == b"remote:http:1.2.3.4:al%20ice"
     assert b"partial-pull" in p.getprotocaps()
-    s = proto(transport="ssh", remote_host="5.6.7.8")
-    assert s.name == b"ssh-v1" and s.client() == b"remote:ssh:5.6.7.8"
+    s = proto(transport="ssh", remote_host="5.6.7.8", remote_user="bob")
+    assert s.name == b"ssh-v1" and s.client() == b"remote:ssh:5.6.7.8:bob"
     p.args = {b"key": b"v", b"*": {}}
     assert p.getargs(b"key *") == [b"v", {}]
 

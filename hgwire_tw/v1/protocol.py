@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Literal
 
@@ -180,11 +179,11 @@ class V1Protocol:
                 self.captured.write(out.getvalue())
 
     def client(self) -> bytes:
-        """``remote:<scheme>:<host>:<user>``; ``remote:http`` makes bundle2 capture output."""
+        """``remote:<scheme>:<host>:<user>`` (hooks see it as ``HG_URL``; over SSH the
+        user is the one the key logged in as); ``remote:http`` makes bundle2 capture
+        output."""
         from urllib.parse import quote
 
-        if self.transport == "ssh":
-            return b"remote:ssh:" + os.fsencode(self._remote_host)
         return b"remote:%s:%s:%s" % (
             self.transport.encode("ascii"),
             quote(self._remote_host).encode("ascii"),
