@@ -352,6 +352,8 @@ def test_logs_name_each_command_and_connection_at_info(site: Site, tmp_path: Pat
     logged = server.log_after(mark)
     lines = logged.splitlines()
     assert not [line for line in lines if "#error]" in line or "#warn]" in line], logged
+    for chatter in ("channel open", "remote close", "sending close", "connection lost", "moduli"):
+        assert chatter not in logged  # Conch's narration is debug
     commands = [line.split('"')[1] for line in lines if '"ssh big ' in line]
     assert commands[0] == "ssh big hello" and commands[-1] == "ssh big getbundle", commands
     assert "ssh big protocaps" in commands
