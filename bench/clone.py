@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/clone.py [--commits 3000] [--rounds 3] [--no-ssh]
                                     [--sections http,ssh,client,streams] [--streams 4]
+                                    [--repo PATH]
 
 Builds (once, cached in bench/out/) a benchmark repository and times full `hg clone` runs
 (hg 7.2.4 client, wire protocol v1):
@@ -9,7 +10,11 @@ Builds (once, cached in bench/out/) a benchmark repository and times full `hg cl
 * HTTP: hgwire_tw versus `hg serve`, with zstd and with zlib negotiated (chosen by each
   server's engine order, since the 7.x HTTP client always offers every engine);
 * SSH: hgwire_tw's Conch server versus `hg serve --stdio` behind OpenSSH's `sshd`, which
-  the benchmark starts on a loopback port with its own configuration and keys.
+  the benchmark starts on a loopback port with its own configuration and keys. The 7.x
+  client's protocaps offer every engine, so ours compresses with its first (zstd);
+  Mercurial's sends the bundle raw. Bytes on the wire are what the client's `ssh`
+  received (its own "Transferred: ... received N bytes" count, at LogLevel VERBOSE into a
+  log file): the same client and the same count for both servers, encryption included.
 
 It reports the median wall time and the server's CPU time per clone (user+sys of the
 server process and of the children it waited for, from /proc) and the ratios
@@ -124,11 +129,28 @@ def hg_serve(repo: Path, workdir: Path, engine: str) -> Iterator[tuple[str, int]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def ssh_command(key: Path, port: int) -> str:
+def ssh_command(key: Path, port: int, wire_log: Path | None = None) -> str:
+    """The ``--ssh`` command; with ``wire_log``, ssh writes its byte counts there."""
+    log = f"-o LogLevel=VERBOSE -E {wire_log}" if wire_log else "-o LogLevel=ERROR"
     return (
         f"ssh -i {key} -p {port} -o IdentitiesOnly=yes -o BatchMode=yes "
-        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {log}"
     )
+
+
+def wire_log_path(work: Path) -> Path:
+    """Where the SSH clients of a measured case log their byte counts."""
+    return work / "ssh-wire.log"
+
+
+def received_bytes(wire_log: Path) -> int:
+    """Bytes the ssh client received, summed over the connections in ``wire_log``
+    (OpenSSH logs "Transferred: sent N, received M bytes, in S seconds" at exit)."""
+    total = 0
+    for line in wire_log.read_text(errors="replace").splitlines():
+        if "Transferred: sent " in line:
+            total += int(line.split("received ", 1)[1].split(" ", 1)[0].replace(",", ""))
+    return total
 
 
 def client_key(work: Path) -> Path:
@@ -197,7 +219,7 @@ def openssh_hg_stdio(
         yield (
             f"ssh://{user}@127.0.0.1:{port}/{repo}",
             proc.pid,
-            ["--ssh", ssh_command(key, port), "--remotecmd", HG],
+            ["--ssh", ssh_command(key, port, wire_log_path(work)), "--remotecmd", HG],
         )
     finally:
         stop(proc)
@@ -221,20 +243,25 @@ def hgwire_ssh(repo: Path, work: Path) -> Iterator[tuple[str, int, list[str]]]:
         "--access",
         str(access),
         *NO_CACHE,
-        http=None,
+        "--log-level",
+        "info",
+        http="none",
     ) as server:
         port = server.ports["ssh"][0]
         yield (
             f"ssh://bench@127.0.0.1:{port}/bench",
             server.proc.pid,
-            ["--ssh", ssh_command(key, port)],
+            ["--ssh", ssh_command(key, port, wire_log_path(work))],
         )
 
 
 def timed_clone(
-    url: str, pid: int, extra: list[str], dest: Path, expected: int
-) -> tuple[float, float]:
+    url: str, pid: int, extra: list[str], dest: Path, expected: int, wire_log: Path | None = None
+) -> tuple[float, float, int]:
+    """(wall, server cpu, bytes the ssh client received or 0) of one ``hg clone``."""
     shutil.rmtree(dest, ignore_errors=True)
+    if wire_log is not None:
+        wire_log.write_text("")
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     hg("clone", "-q", "-U", *extra, url, dest)
     wall = time.perf_counter() - t0
@@ -242,7 +269,7 @@ def timed_clone(
     got = len(log_nodes(dest))
     if got != expected:
         raise AssertionError(f"clone from {url} has {got} changesets, expected {expected}")
-    return wall, cpu
+    return wall, cpu, received_bytes(wire_log) if wire_log is not None else 0
 
 
 def measure(
@@ -255,16 +282,25 @@ def measure(
     expected: int,
     extra: list[str] | None = None,
 ) -> dict[str, float]:
-    walls, cpus = [], []
+    walls, cpus, sizes = [], [], []
     extra = extra or []
-    timed_clone(url, pid, extra, work / "warmup", expected)  # warm OS caches and imports
+    wire_log = wire_log_path(work) if any("-E " in a for a in extra) else None
+    # warm OS caches and imports
+    timed_clone(url, pid, extra, work / "warmup", expected, wire_log)
     for i in range(rounds):
-        wall, cpu = timed_clone(url, pid, extra, work / f"c{i}", expected)
+        wall, cpu, size = timed_clone(url, pid, extra, work / f"c{i}", expected, wire_log)
         walls.append(wall)
         cpus.append(cpu)
-    result = {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
+        sizes.append(size)
+    result = {
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "bytes": statistics.median(sizes),
+    }
+    wire = f"  {result['bytes'] / 1e6:8.2f} MB on the wire" if wire_log else ""
     print(
-        f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  server cpu {result['cpu']:7.3f}s",
+        f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  server cpu {result['cpu']:7.3f}s"
+        f"{wire}",
         file=sys.stderr,
     )
     return result
@@ -508,11 +544,14 @@ def main() -> int:
     ap.add_argument("--no-ssh", action="store_true", help="skip the SSH comparison")
     ap.add_argument("--sections", default="http,ssh,client,streams")
     ap.add_argument("--streams", type=int, default=4, help="streams (and requests) to compare")
+    ap.add_argument(
+        "--repo", type=Path, help="benchmark this existing repository instead of building one"
+    )
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     if args.no_ssh:
         sections.discard("ssh")
-    repo = bench_repo(args.commits)
+    repo = args.repo.resolve() if args.repo else bench_repo(args.commits)
     expected = len(log_nodes(repo))
     rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
     client_rows: list[tuple[str, dict[str, float], dict[str, float]]] = []
@@ -542,11 +581,11 @@ def main() -> int:
         if "ssh" in sections:
             with hgwire_ssh(repo, work) as (url, pid, extra):
                 ours = measure(
-                    "hgwire_tw (SSH, Conch)", url, pid, "-", args.rounds, work, expected, extra
+                    "hgwire_tw (SSH, Conch)", url, pid, "zstd", args.rounds, work, expected, extra
                 )
             with openssh_hg_stdio(repo, work) as (url, pid, extra):
                 theirs = measure(
-                    "sshd + hg serve --stdio", url, pid, "-", args.rounds, work, expected, extra
+                    "sshd + hg serve --stdio", url, pid, "raw", args.rounds, work, expected, extra
                 )
             rows.append(("ssh", ours, theirs))
         if "client" in sections:
@@ -560,12 +599,19 @@ def main() -> int:
     print(
         f"{'case':<10}{'wall ours':>11}{'wall hg':>10}{'ratio':>8}"
         f"{'cpu ours':>11}{'cpu hg':>9}{'ratio':>8}"
+        f"{'MB ours':>10}{'MB hg':>9}{'ratio':>8}"
     )
     for case, ours, theirs in rows:
+        wire = ""
+        if ours.get("bytes") and theirs.get("bytes"):
+            wire = (
+                f"{ours['bytes'] / 1e6:>10.2f}{theirs['bytes'] / 1e6:>9.2f}"
+                f"{ours['bytes'] / theirs['bytes']:>8.2f}"
+            )
         print(
             f"{case:<10}{ours['wall']:>10.3f}s{theirs['wall']:>9.3f}s"
             f"{ours['wall'] / theirs['wall']:>8.2f}{ours['cpu']:>10.3f}s{theirs['cpu']:>8.3f}s"
-            f"{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}"
+            f"{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}{wire}"
         )
     if client_rows:
         print(
