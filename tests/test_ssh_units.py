@@ -500,12 +500,12 @@ class SessionExtrasTests(SynchronousTestCase):
         """Each command, unknown line and refused push leaves one line: address, user,
         repository, command, outcome, engine, bytes, seconds."""
         session, out, _ = _session(self.tmp, user="bob")
-        session.dataReceived(b"nosuch\nheads\n")
+        session.dataReceived(b'no"such\x1b[31m\nheads\n')
         session.dataReceived(b"unbundle\nheads 10\n666f726365")
         self.assertEqual(
             self.lines[0:2],
             [
-                '- bob "ssh proj nosuch" unknown - 2 0.000s',
+                '- bob "ssh proj no?such?[31m" unknown - 2 0.000s',
                 '- bob "ssh proj heads" ok - 15 0.000s',
             ],
         )

@@ -522,8 +522,13 @@ class V1SSHSession:
     # -- access log ---------------------------------------------------------------------
 
     def _begin_command(self, name: bytes) -> None:
+        # an unknown line is the client's text: nothing in it may forge log output
+        text = "".join(
+            c if c.isprintable() and c not in '"\\' else "?"
+            for c in name.decode("ascii", "replace")
+        )
         self._command = _Command(
-            name=name.decode("ascii", "replace"),
+            name=text,
             started=self.ctx.reactor.seconds(),
             sent_before=self.output.sent,
         )
