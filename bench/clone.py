@@ -15,6 +15,8 @@ Builds (once, cached in bench/out/) a benchmark repository and times full `hg cl
   Mercurial's sends the bundle raw. Bytes on the wire are what the client's `ssh`
   received (its own "Transferred: ... received N bytes" count, at LogLevel VERBOSE into a
   log file): the same client and the same count for both servers, encryption included.
+  Both SSH servers run side by side and each round clones from one, then the other
+  (alternating which goes first), so load changes on a shared machine hit both alike.
 
 It reports the median wall time and the server's CPU time per clone (user+sys of the
 server process and of the children it waited for, from /proc) and the ratios
@@ -258,18 +260,19 @@ def hgwire_ssh(repo: Path, work: Path) -> Iterator[tuple[str, int, list[str]]]:
 def timed_clone(
     url: str, pid: int, extra: list[str], dest: Path, expected: int, wire_log: Path | None = None
 ) -> tuple[float, float, int]:
-    """(wall, server cpu, bytes the ssh client received or 0) of one ``hg clone``."""
+    """(wall, server cpu, bytes the ssh client received or 0, client cpu) of one
+    ``hg clone`` (client cpu: hg and the ssh it ran)."""
     shutil.rmtree(dest, ignore_errors=True)
     if wire_log is not None:
         wire_log.write_text("")
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, child0, t0 = cpu_seconds(pid), children_cpu(), time.perf_counter()
     hg("clone", "-q", "-U", *extra, url, dest)
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(pid) - cpu0
+    cpu, client = cpu_seconds(pid) - cpu0, children_cpu() - child0
     got = len(log_nodes(dest))
     if got != expected:
         raise AssertionError(f"clone from {url} has {got} changesets, expected {expected}")
-    return wall, cpu, received_bytes(wire_log) if wire_log is not None else 0
+    return wall, cpu, received_bytes(wire_log) if wire_log is not None else 0, client
 
 
 def measure(
@@ -288,7 +291,7 @@ def measure(
     # warm OS caches and imports
     timed_clone(url, pid, extra, work / "warmup", expected, wire_log)
     for i in range(rounds):
-        wall, cpu, size = timed_clone(url, pid, extra, work / f"c{i}", expected, wire_log)
+        wall, cpu, size, _ = timed_clone(url, pid, extra, work / f"c{i}", expected, wire_log)
         walls.append(wall)
         cpus.append(cpu)
         sizes.append(size)
@@ -304,6 +307,49 @@ def measure(
         file=sys.stderr,
     )
     return result
+
+
+def measure_interleaved(
+    cases: list[tuple[str, str, tuple[str, int, list[str]]]],
+    rounds: int,
+    work: Path,
+    expected: int,
+) -> list[dict[str, float]]:
+    """``measure`` for servers running side by side, one clone of each per round, in
+    alternating order, so that a change in the machine's load hits both alike.
+
+    ``cases`` are (label, case, (url, pid, extra hg args)).
+    """
+    runs: list[list[tuple[float, float, int, float]]] = [[] for _ in cases]
+    logs = [
+        wire_log_path(work) if any("-E " in a for a in extra) else None
+        for _, _, (_, _, extra) in cases
+    ]
+    for (_, _, (url, pid, extra)), log in zip(cases, logs, strict=True):
+        timed_clone(url, pid, extra, work / "warmup", expected, log)
+    for i in range(rounds):
+        order = list(range(len(cases)))
+        if i % 2:
+            order.reverse()
+        for k in order:
+            url, pid, extra = cases[k][2]
+            runs[k].append(timed_clone(url, pid, extra, work / f"c{i}-{k}", expected, logs[k]))
+    results = []
+    for (label, case, _), log, got in zip(cases, logs, runs, strict=True):
+        result = {
+            "wall": statistics.median(r[0] for r in got),
+            "cpu": statistics.median(r[1] for r in got),
+            "bytes": statistics.median(r[2] for r in got),
+            "client": statistics.median(r[3] for r in got),
+        }
+        wire = f"  {result['bytes'] / 1e6:8.2f} MB on the wire" if log else ""
+        print(
+            f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  "
+            f"server cpu {result['cpu']:7.3f}s  client cpu {result['client']:7.3f}s{wire}",
+            file=sys.stderr,
+        )
+        results.append(result)
+    return results
 
 
 def children_cpu() -> float:
@@ -579,13 +625,17 @@ def main() -> int:
                 )
             rows.append((f"http {engine}", ours, theirs))
         if "ssh" in sections:
-            with hgwire_ssh(repo, work) as (url, pid, extra):
-                ours = measure(
-                    "hgwire_tw (SSH, Conch)", url, pid, "zstd", args.rounds, work, expected, extra
-                )
-            with openssh_hg_stdio(repo, work) as (url, pid, extra):
-                theirs = measure(
-                    "sshd + hg serve --stdio", url, pid, "raw", args.rounds, work, expected, extra
+            # Side by side, alternating: SSH clones take long enough for the load of a
+            # shared machine to change between one server's rounds and the other's.
+            with hgwire_ssh(repo, work) as ours_at, openssh_hg_stdio(repo, work) as theirs_at:
+                ours, theirs = measure_interleaved(
+                    [
+                        ("hgwire_tw (SSH, Conch)", "zstd", ours_at),
+                        ("sshd + hg serve --stdio", "raw", theirs_at),
+                    ],
+                    args.rounds,
+                    work,
+                    expected,
                 )
             rows.append(("ssh", ours, theirs))
         if "client" in sections:
