@@ -9,7 +9,13 @@ Builds (once, cached in bench/out/) a benchmark repository and times full `hg cl
 * HTTP: hgwire_tw versus `hg serve`, with zstd and with zlib negotiated (chosen by each
   server's engine order, since the 7.x HTTP client always offers every engine);
 * SSH: hgwire_tw's Conch server versus `hg serve --stdio` behind OpenSSH's `sshd`, which
-  the benchmark starts on a loopback port with its own configuration and keys.
+  the benchmark starts on a loopback port with its own configuration and keys. The 7.x
+  client's protocaps offer every engine, so ours compresses with its first (zstd);
+  Mercurial's sends the bundle raw. Bytes on the wire are what the client's `ssh`
+  received (its own "Transferred: ... received N bytes" count, at LogLevel VERBOSE into a
+  log file): the same client and the same count for both servers, encryption included.
+  Both SSH servers run side by side and each round clones from one, then the other
+  (alternating which goes first), so load changes on a shared machine hit both alike.
 
 It reports the median wall time and the server's CPU time per clone (user+sys of the
 server process and of the children it waited for, from /proc) and the ratios
@@ -126,11 +132,28 @@ def hg_serve(repo: Path, workdir: Path, engine: str) -> Iterator[tuple[str, int]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def ssh_command(key: Path, port: int) -> str:
+def ssh_command(key: Path, port: int, wire_log: Path | None = None) -> str:
+    """The ``--ssh`` command; with ``wire_log``, ssh writes its byte counts there."""
+    log = f"-o LogLevel=VERBOSE -E {wire_log}" if wire_log else "-o LogLevel=ERROR"
     return (
         f"ssh -i {key} -p {port} -o IdentitiesOnly=yes -o BatchMode=yes "
-        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {log}"
     )
+
+
+def wire_log_path(work: Path) -> Path:
+    """Where the SSH clients of a measured case log their byte counts."""
+    return work / "ssh-wire.log"
+
+
+def received_bytes(wire_log: Path) -> int:
+    """Bytes the ssh client received, summed over the connections in ``wire_log``
+    (OpenSSH logs "Transferred: sent N, received M bytes, in S seconds" at exit)."""
+    total = 0
+    for line in wire_log.read_text(errors="replace").splitlines():
+        if "Transferred: sent " in line:
+            total += int(line.split("received ", 1)[1].split(" ", 1)[0].replace(",", ""))
+    return total
 
 
 def client_key(work: Path) -> Path:
@@ -199,7 +222,7 @@ def openssh_hg_stdio(
         yield (
             f"ssh://{user}@127.0.0.1:{port}/{repo}",
             proc.pid,
-            ["--ssh", ssh_command(key, port), "--remotecmd", HG],
+            ["--ssh", ssh_command(key, port, wire_log_path(work)), "--remotecmd", HG],
         )
     finally:
         stop(proc)
@@ -223,28 +246,34 @@ def hgwire_ssh(repo: Path, work: Path) -> Iterator[tuple[str, int, list[str]]]:
         "--access",
         str(access),
         *NO_CACHE,
-        http=None,
+        "--log-level",
+        "info",
+        http="none",
     ) as server:
         port = server.ports["ssh"][0]
         yield (
             f"ssh://bench@127.0.0.1:{port}/bench",
             server.proc.pid,
-            ["--ssh", ssh_command(key, port)],
+            ["--ssh", ssh_command(key, port, wire_log_path(work))],
         )
 
 
 def timed_clone(
-    url: str, pid: int, extra: list[str], dest: Path, expected: int
-) -> tuple[float, float]:
+    url: str, pid: int, extra: list[str], dest: Path, expected: int, wire_log: Path | None = None
+) -> tuple[float, float, int]:
+    """(wall, server cpu, bytes the ssh client received or 0, client cpu) of one
+    ``hg clone`` (client cpu: hg and the ssh it ran)."""
     shutil.rmtree(dest, ignore_errors=True)
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    if wire_log is not None:
+        wire_log.write_text("")
+    cpu0, child0, t0 = cpu_seconds(pid), children_cpu(), time.perf_counter()
     hg("clone", "-q", "-U", *extra, url, dest)
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(pid) - cpu0
+    cpu, client = cpu_seconds(pid) - cpu0, children_cpu() - child0
     got = len(log_nodes(dest))
     if got != expected:
         raise AssertionError(f"clone from {url} has {got} changesets, expected {expected}")
-    return wall, cpu
+    return wall, cpu, received_bytes(wire_log) if wire_log is not None else 0, client
 
 
 def measure(
@@ -257,19 +286,71 @@ def measure(
     expected: int,
     extra: list[str] | None = None,
 ) -> dict[str, float]:
-    walls, cpus = [], []
+    walls, cpus, sizes = [], [], []
     extra = extra or []
-    timed_clone(url, pid, extra, work / "warmup", expected)  # warm OS caches and imports
+    wire_log = wire_log_path(work) if any("-E " in a for a in extra) else None
+    # warm OS caches and imports
+    timed_clone(url, pid, extra, work / "warmup", expected, wire_log)
     for i in range(rounds):
-        wall, cpu = timed_clone(url, pid, extra, work / f"c{i}", expected)
+        wall, cpu, size, _ = timed_clone(url, pid, extra, work / f"c{i}", expected, wire_log)
         walls.append(wall)
         cpus.append(cpu)
-    result = {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
+        sizes.append(size)
+    result = {
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "bytes": statistics.median(sizes),
+    }
+    wire = f"  {result['bytes'] / 1e6:8.2f} MB on the wire" if wire_log else ""
     print(
-        f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  server cpu {result['cpu']:7.3f}s",
+        f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  server cpu {result['cpu']:7.3f}s"
+        f"{wire}",
         file=sys.stderr,
     )
     return result
+
+
+def measure_interleaved(
+    cases: list[tuple[str, str, tuple[str, int, list[str]]]],
+    rounds: int,
+    work: Path,
+    expected: int,
+) -> list[dict[str, float]]:
+    """``measure`` for servers running side by side, one clone of each per round, in
+    alternating order, so that a change in the machine's load hits both alike.
+
+    ``cases`` are (label, case, (url, pid, extra hg args)).
+    """
+    runs: list[list[tuple[float, float, int, float]]] = [[] for _ in cases]
+    logs = [
+        wire_log_path(work) if any("-E " in a for a in extra) else None
+        for _, _, (_, _, extra) in cases
+    ]
+    for (_, _, (url, pid, extra)), log in zip(cases, logs, strict=True):
+        timed_clone(url, pid, extra, work / "warmup", expected, log)
+    for i in range(rounds):
+        order = list(range(len(cases)))
+        if i % 2:
+            order.reverse()
+        for k in order:
+            url, pid, extra = cases[k][2]
+            runs[k].append(timed_clone(url, pid, extra, work / f"c{i}-{k}", expected, logs[k]))
+    results = []
+    for (label, case, _), log, got in zip(cases, logs, runs, strict=True):
+        result = {
+            "wall": statistics.median(r[0] for r in got),
+            "cpu": statistics.median(r[1] for r in got),
+            "bytes": statistics.median(r[2] for r in got),
+            "client": statistics.median(r[3] for r in got),
+        }
+        wire = f"  {result['bytes'] / 1e6:8.2f} MB on the wire" if log else ""
+        print(
+            f"  {label:<28} {case:<5} wall {result['wall']:7.3f}s  "
+            f"server cpu {result['cpu']:7.3f}s  client cpu {result['client']:7.3f}s{wire}",
+            file=sys.stderr,
+        )
+        results.append(result)
+    return results
 
 
 def children_cpu() -> float:
@@ -614,13 +695,17 @@ def main() -> int:
                 )
             rows.append((f"http {engine}", ours, theirs))
         if "ssh" in sections:
-            with hgwire_ssh(repo, work) as (url, pid, extra):
-                ours = measure(
-                    "hgwire_tw (SSH, Conch)", url, pid, "-", args.rounds, work, expected, extra
-                )
-            with openssh_hg_stdio(repo, work) as (url, pid, extra):
-                theirs = measure(
-                    "sshd + hg serve --stdio", url, pid, "-", args.rounds, work, expected, extra
+            # Side by side, alternating: SSH clones take long enough for the load of a
+            # shared machine to change between one server's rounds and the other's.
+            with hgwire_ssh(repo, work) as ours_at, openssh_hg_stdio(repo, work) as theirs_at:
+                ours, theirs = measure_interleaved(
+                    [
+                        ("hgwire_tw (SSH, Conch)", "zstd", ours_at),
+                        ("sshd + hg serve --stdio", "raw", theirs_at),
+                    ],
+                    args.rounds,
+                    work,
+                    expected,
                 )
             rows.append(("ssh", ours, theirs))
         if "client" in sections:
@@ -638,12 +723,19 @@ def main() -> int:
     print(
         f"{'case':<10}{'wall ours':>11}{'wall hg':>10}{'ratio':>8}"
         f"{'cpu ours':>11}{'cpu hg':>9}{'ratio':>8}"
+        f"{'MB ours':>10}{'MB hg':>9}{'ratio':>8}"
     )
     for case, ours, theirs in rows:
+        wire = ""
+        if ours.get("bytes") and theirs.get("bytes"):
+            wire = (
+                f"{ours['bytes'] / 1e6:>10.2f}{theirs['bytes'] / 1e6:>9.2f}"
+                f"{ours['bytes'] / theirs['bytes']:>8.2f}"
+            )
         print(
             f"{case:<10}{ours['wall']:>10.3f}s{theirs['wall']:>9.3f}s"
             f"{ours['wall'] / theirs['wall']:>8.2f}{ours['cpu']:>10.3f}s{theirs['cpu']:>8.3f}s"
-            f"{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}"
+            f"{ours['cpu'] / max(theirs['cpu'], 1e-9):>8.2f}{wire}"
         )
     if client_rows:
         print(

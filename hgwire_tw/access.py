@@ -16,6 +16,13 @@ Rules are tried in order and the first whose ``repos`` glob matches the reposito
 decides. ``"*"`` in a list means every user named in the file and ``"anonymous"`` means a
 client that did not log in. With no access file, everything is readable anonymously and
 nothing is writable; with an access file, a repository no rule matches is closed.
+
+SSH keys are OpenSSH ``authorized_keys`` lines, options included. A key limited the way
+hg-ssh limits it (``command="hg-ssh [--read-only] PATH..."``) carries a ``KeyScope``;
+``can_read``/``can_write`` given that scope grant what the rules grant *and* the scope
+allows, so this module stays the one place that decides permission. A key with an option
+we cannot honour is left out (``AccessPolicy.warnings`` says which and why) rather than
+accepted with the option ignored; a line that is not a key at all is an error.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import fnmatch
 import hashlib
 import hmac
 import os
+import posixpath
 import re
+import shlex
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,22 +50,13 @@ _SCRYPT_R = 8
 _SCRYPT_P = 1
 _SCRYPT_LEN = 32
 
-#: authorized_keys options that only restrict what we never offer (ptys, forwarding, rc
-#: files), so a key carrying them is safe to accept as it is.
-_HARMLESS_OPTIONS = frozenset(
-    {
-        "restrict",
-        "no-pty",
-        "no-port-forwarding",
-        "no-agent-forwarding",
-        "no-x11-forwarding",
-        "no-user-rc",
-    }
-)
-
 
 class AccessFileError(ValueError):
     """The access file is malformed; the message names the problem."""
+
+
+class KeyRefused(AccessFileError):
+    """A well-formed key line with an option we cannot honour: that key is left out."""
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -104,6 +104,19 @@ def check_password(password: str, encoded: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KeyScope:
+    """What ``command="hg-ssh [--read-only] PATH..."`` leaves a key: the repositories
+    named (as registry names) and, with ``--read-only``, no pushing."""
+
+    repos: frozenset[str]
+    read_only: bool = False
+
+    def admits(self, repo_name: str, *, write: bool) -> bool:
+        """Whether the key may read (or, with ``write``, push to) ``repo_name``."""
+        return repo_name in self.repos and not (write and self.read_only)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizedKey:
     """One public key a user may log in with over SSH."""
 
@@ -112,6 +125,8 @@ class AuthorizedKey:
     comment: str = ""
     #: ``from="..."`` patterns (client address globs), empty when unrestricted.
     from_patterns: tuple[str, ...] = ()
+    #: The hg-ssh restriction of ``command="hg-ssh ..."``, None when unrestricted.
+    scope: KeyScope | None = None
 
     def allows_address(self, address: str) -> bool:
         """Whether a client connecting from ``address`` may use this key."""
@@ -127,21 +142,93 @@ class AuthorizedKey:
         return allowed
 
 
-def _split_options(text: str) -> list[str]:
-    """Split an authorized_keys options field on commas outside double quotes."""
-    options, current, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            options.append("".join(current))
-            current = []
+def _quoted_end(text: str, start: int) -> int:
+    """Index just past the closing quote of the string opening at ``text[start]``
+    (``\\"`` inside is a quote, as OpenSSH reads it); -1 if it is never closed."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1 : i + 2] == '"':
+            i += 2
+        elif text[i] == '"':
+            return i + 1
         else:
-            current.append(ch)
-    if quoted:
-        raise AccessFileError(f"unterminated quote in key options: {text!r}")
-    options.append("".join(current))
+            i += 1
+    return -1
+
+
+def _split_options(text: str, where: str) -> list[tuple[str, str | None]]:
+    """``(name, value)`` pairs of an authorized_keys options field (quotes removed,
+    ``None`` for a flag without ``=``)."""
+    options: list[tuple[str, str | None]] = []
+    i = 0
+    while i <= len(text):
+        j = i
+        while j < len(text) and text[j] not in ',="':
+            j += 1
+        name, value = text[i:j], None
+        if j < len(text) and text[j] == "=":
+            if text[j + 1 : j + 2] == '"':
+                end = _quoted_end(text, j + 1)
+                if end < 0:
+                    raise AccessFileError(f"{where}: unterminated quote in key options")
+                value = text[j + 2 : end - 1].replace('\\"', '"')
+                j = end
+            else:
+                k = j + 1
+                j = text.find(",", k)
+                j = len(text) if j < 0 else j
+                value = text[k:j]
+        if not name or (j < len(text) and text[j] != ","):
+            raise AccessFileError(f"{where}: malformed key options {text[:60]!r}")
+        options.append((name, value))
+        i = j + 1
     return options
+
+
+def _hg_ssh_name(path: str) -> str | None:
+    """The registry name an hg-ssh path stands for, or None if it cannot stand for one.
+
+    hg-ssh resolves paths against the account's home directory; here the served root
+    takes that place, so ``proj``, ``./proj``, ``~/proj`` and ``proj/`` all name ``proj``
+    and an absolute ``/srv/hg/proj`` names ``srv/hg/proj``, just as the client's URL path
+    does (``ssh://host//srv/hg/proj``). Paths that climb out (``..``) name nothing.
+    """
+    if path.startswith("~"):
+        if path != "~" and not path.startswith("~/"):
+            return None  # another user's home
+        path = path[1:].lstrip("/") or "."
+    norm = posixpath.normpath(path).lstrip("/")
+    if norm == "..":
+        return None
+    if norm.startswith("../"):
+        return None
+    return "" if norm == "." else norm
+
+
+def parse_hg_ssh(command: str, where: str = "") -> KeyScope:
+    """The ``KeyScope`` of an ``hg-ssh [--read-only] PATH...`` forced command, else
+    ``KeyRefused`` (any other command, or paths hg-ssh would not read as ours)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise KeyRefused(f"{where}: key refused: cannot parse command={command!r}: {e}") from None
+    if not argv or posixpath.basename(argv[0]) != "hg-ssh":
+        raise KeyRefused(
+            f"{where}: key refused: option command={command[:80]!r} is not supported "
+            '(only command="hg-ssh [--read-only] PATH...")'
+        )
+    args = argv[1:]
+    read_only = False
+    while args and args[0] == "--read-only":
+        read_only = True
+        args.pop(0)
+    names: set[str] = set()
+    for path in args:
+        name = None if path.startswith("-") else _hg_ssh_name(path)
+        if name is None:
+            raise KeyRefused(f"{where}: key refused: hg-ssh path {path!r} is not supported")
+        names.add(name)
+    return KeyScope(repos=frozenset(names), read_only=read_only)
 
 
 _KEY_TYPES = (
@@ -155,30 +242,43 @@ _KEY_TYPES = (
 )
 
 
+def _options_end(line: str) -> int:
+    """Index of the first blank outside quotes: where the options field ends."""
+    i = 0
+    while i < len(line):
+        if line[i] == '"':
+            end = _quoted_end(line, i)
+            if end < 0:
+                return -1
+            i = end
+        elif line[i] in " \t":
+            return i
+        else:
+            i += 1
+    return -1
+
+
 def parse_authorized_key(line: str, *, where: str = "") -> AuthorizedKey | None:
     """Parse one OpenSSH authorized_keys line, options and all.
 
-    Blank lines and comments give None. A line whose options we cannot honour (for example
-    ``command="..."``) is an error, never silently dropped or silently widened.
+    Blank lines and comments give None. ``restrict`` and every ``no-*`` flag are
+    accepted (they only turn off what hgwire_tw never offers), ``from="..."`` is
+    enforced, ``command="hg-ssh ..."`` becomes the key's ``scope``. Any other option
+    raises ``KeyRefused`` naming it: the key is never accepted with an option silently
+    ignored. A line that is not a key raises ``AccessFileError``.
     """
     line = line.strip()
     if not line or line.startswith("#"):
         return None
-    options: list[str] = []
+    options: list[tuple[str, str | None]] = []
     first, _, rest = line.partition(" ")
     if first not in _KEY_TYPES:
-        # The options field comes first; it may contain quoted spaces.
-        quoted = False
-        for i, ch in enumerate(line):
-            if ch == '"':
-                quoted = not quoted
-            elif ch in " \t" and not quoted:
-                options = _split_options(line[:i])
-                rest = line[i:].strip()
-                break
-        else:
+        # The options field comes first; it may contain quoted blanks.
+        end = _options_end(line)
+        if end < 0:
             raise AccessFileError(f"{where}: not a public key line: {line[:40]!r}")
-        first, _, rest = rest.partition(" ")
+        options = _split_options(line[:end], where)
+        first, _, rest = line[end:].strip().partition(" ")
     if first not in _KEY_TYPES:
         raise AccessFileError(f"{where}: unsupported key type {first!r}")
     blob_b64, _, comment = rest.strip().partition(" ")
@@ -187,20 +287,25 @@ def parse_authorized_key(line: str, *, where: str = "") -> AuthorizedKey | None:
     except ValueError as e:
         raise AccessFileError(f"{where}: key is not valid base64") from e
     from_patterns: list[str] = []
-    for option in options:
-        name, _, value = option.partition("=")
+    scope: KeyScope | None = None
+    for name, value in options:
         lname = name.lower()
-        if lname in _HARMLESS_OPTIONS and not value:
+        if value is None and (lname == "restrict" or lname.startswith("no-")):
             continue
         if lname == "from" and value:
-            from_patterns.extend(p for p in value.strip('"').split(",") if p)
+            from_patterns.extend(p for p in value.split(",") if p)
             continue
-        raise AccessFileError(
-            f"{where}: key option {name!r} is not supported by hgwire_tw; "
-            f"remove it or the key (refusing to ignore it silently)"
-        )
+        if lname == "command" and value is not None and scope is None:
+            scope = parse_hg_ssh(value, where)
+            continue
+        shown = name if value is None else f"{name}={value[:80]!r}"
+        raise KeyRefused(f"{where}: key refused: option {shown} is not supported by hgwire_tw")
     return AuthorizedKey(
-        keytype=first, blob=blob, comment=comment.strip(), from_patterns=tuple(from_patterns)
+        keytype=first,
+        blob=blob,
+        comment=comment.strip(),
+        from_patterns=tuple(from_patterns),
+        scope=scope,
     )
 
 
@@ -240,6 +345,8 @@ class AccessPolicy:
     source: Path | None = None
     #: Who may read ``/metrics`` from another machine (top-level ``metrics = [...]``).
     metrics: frozenset[str] = frozenset()
+    #: One line per key left out (file and line, option, user), for the server's log.
+    warnings: tuple[str, ...] = ()
     _login_cache: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -274,6 +381,7 @@ class AccessPolicy:
         if unknown:
             raise AccessFileError(f"{where}: unknown section(s): {', '.join(sorted(unknown))}")
         users: dict[str, User] = {}
+        warnings: list[str] = []
         raw_users = data.get("users", {})
         if not isinstance(raw_users, dict):
             raise AccessFileError(f"{where}: [users] must be a table")
@@ -294,21 +402,23 @@ class AccessPolicy:
                 )
             keys: list[AuthorizedKey] = []
             listed = _as_str_list(spec.get("keys", []), where, f"[users.{name}] keys")
-            for i, line in enumerate(listed):
-                key = parse_authorized_key(line, where=f"{where}: users.{name}.keys[{i}]")
-                if key is not None:
-                    keys.append(key)
+            lines = [(line, f"{where}: users.{name}.keys[{i}]") for i, line in enumerate(listed)]
             ak = spec.get("authorized_keys")
             if ak is not None:
                 ak_path = base / str(ak)
                 try:
-                    lines = ak_path.read_text(encoding="utf-8").splitlines()
-                except OSError as e:
-                    raise AccessFileError(f"{where}: users.{name}: {e}") from e
-                for lineno, line in enumerate(lines, 1):
-                    key = parse_authorized_key(line, where=f"{ak_path}:{lineno}")
-                    if key is not None:
-                        keys.append(key)
+                    text = ak_path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise AccessFileError(f"{where}: users.{name}: {ak_path}: {e}") from e
+                lines += [(line, f"{ak_path}:{n}") for n, line in enumerate(text.splitlines(), 1)]
+            for line, line_where in lines:
+                try:
+                    key = parse_authorized_key(line, where=line_where)
+                except KeyRefused as e:
+                    warnings.append(f"{e} (user {name}; the server runs without this key)")
+                    continue
+                if key is not None:
+                    keys.append(key)
             users[name] = User(name=name, password_hash=password, keys=tuple(keys))
         rules: list[Rule] = []
         raw_rules = data.get("rules", [])
@@ -336,7 +446,7 @@ class AccessPolicy:
         for principal in metrics:
             if principal not in users and principal not in (ANONYMOUS, EVERY_USER):
                 raise AccessFileError(f"{where}: metrics names unknown user {principal!r}")
-        return cls(users, tuple(rules), source, metrics)
+        return cls(users, tuple(rules), source, metrics, tuple(warnings))
 
     # -- authentication ------------------------------------------------------------------
 
@@ -385,17 +495,21 @@ class AccessPolicy:
                 return rule
         return None
 
-    def can_read(self, user: str | None, repo_name: str) -> bool:
-        """Whether ``user`` (None: anonymous) may pull from ``repo_name``."""
+    def can_read(self, user: str | None, repo_name: str, scope: KeyScope | None = None) -> bool:
+        """Whether ``user`` (None: anonymous) may pull from ``repo_name``; with the
+        ``scope`` of the SSH key they logged in with, only if it admits that too."""
         rule = self._rule_for(repo_name)
-        if rule is None:
+        if rule is None or (scope is not None and not scope.admits(repo_name, write=False)):
             return False
         return _admits(rule.read, user, self.users) or _admits(rule.write, user, self.users)
 
-    def can_write(self, user: str | None, repo_name: str) -> bool:
-        """Whether ``user`` (None: anonymous) may push to ``repo_name``."""
+    def can_write(self, user: str | None, repo_name: str, scope: KeyScope | None = None) -> bool:
+        """Whether ``user`` (None: anonymous) may push to ``repo_name``; with the
+        ``scope`` of the SSH key they logged in with, only if it admits that too."""
         rule = self._rule_for(repo_name)
-        return rule is not None and _admits(rule.write, user, self.users)
+        if rule is None or (scope is not None and not scope.admits(repo_name, write=True)):
+            return False
+        return _admits(rule.write, user, self.users)
 
     def can_read_metrics(self, user: str | None) -> bool:
         """Whether ``user`` (None: anonymous) may read ``/metrics`` from afar."""
@@ -495,9 +609,12 @@ __all__ = [
     "AccessFileError",
     "AccessPolicy",
     "AuthorizedKey",
+    "KeyRefused",
+    "KeyScope",
     "Rule",
     "User",
     "check_password",
     "hash_password",
     "parse_authorized_key",
+    "parse_hg_ssh",
 ]

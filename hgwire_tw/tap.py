@@ -48,6 +48,7 @@ __all__ = [
     "default_state_dir",
     "makeService",
     "parse_endpoint",
+    "warn_refused_keys",
 ]
 
 log = Logger()
@@ -464,6 +465,7 @@ class HgwireService(service.MultiService):
             access, certificates = new
             if access is not None:
                 self.context.access = access
+                warn_refused_keys(access)
                 log.info(
                     "access file {path}: {users} user(s), {rules} rule(s)",
                     path=self.access_path,
@@ -582,6 +584,13 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
     return CommandRunner(pool, build_commands(options), cache=ctx.cache, redirector=redirector)
 
 
+def warn_refused_keys(access: Any) -> None:
+    """One warning line per SSH key the access file had to leave out (file, line,
+    option): the server runs, serving everyone else."""
+    for warning in access.warnings:
+        log.warn("{warning}", warning=warning)
+
+
 def makeService(options: Options, reactor: Any = None) -> HgwireService:
     """Build the service ``options`` describe."""
     if reactor is None:
@@ -601,6 +610,7 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         )
     except AccessFileError as e:
         raise usage.UsageError(f"--access: {e}") from None
+    warn_refused_keys(access)
     mirrors = _prepare_mirrors(options, state_dir)
     registry = RepositoryRegistry(
         repos={name: Path(path).resolve() for name, path in options["repos"].items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from hgwire_tw.access import (
     AccessFileError,
     AccessPolicy,
+    KeyRefused,
     check_password,
     hash_password,
     parse_authorized_key,
@@ -97,7 +99,9 @@ def test_closed_when_no_rule_matches(tmp_path: Path) -> None:
         ('[[rules]]\nrepos = "*"\nread = ["bob"]', "unknown user"),
         ("[users.anonymous]\n", "reserved"),
         ("[bogus]\n", "unknown section"),
-        ('[users.a]\nkeys = ["command=\\"ls\\" ' + KEY + '"]', "not supported"),
+        ('[users.a]\nkeys = ["no-pty ssh-ed25519 not-base64!!"]', "users.a.keys.0.: key is not"),
+        ('[users.a]\nkeys = ["command=\\"hg-ssh x ' + KEY + '"]', "not a public key line"),
+        ('[users.a]\nauthorized_keys = "missing.keys"', "missing.keys"),
         ('[[rules]]\nread = ["*"]', "repos"),
         ("not toml [", "access.toml"),
     ],
@@ -117,10 +121,93 @@ def test_authorized_key_lines() -> None:
     key = parse_authorized_key(f'no-pty,from="::1,127.0.0.1" {KEY}')
     assert key is not None and key.comment == "alice@laptop"
     assert key.from_patterns == ("::1", "127.0.0.1")
-    with pytest.raises(AccessFileError):
+    with pytest.raises(KeyRefused, match="command='hg serve' is not supported"):
         parse_authorized_key(f'command="hg serve" {KEY}')
     with pytest.raises(AccessFileError):
         parse_authorized_key("ssh-ed25519 not-base64!!")
+
+
+@pytest.mark.parametrize(
+    ("options", "repos", "read_only"),
+    [
+        ('command="hg-ssh repo1 team/proj"', {"repo1", "team/proj"}, False),
+        ('command="/usr/bin/hg-ssh --read-only repo1"', {"repo1"}, True),
+        # hg-ssh's own path forms: relative to the home directory (here the served root)
+        (
+            'command="hg-ssh ./a b/ ~/c /srv/hg/d . x/../y"',
+            {"a", "b", "c", "srv/hg/d", "", "y"},
+            False,
+        ),
+        # the options hg-ssh users put around it, OpenSSH's quoting
+        (
+            "restrict,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty,"
+            'no-touch-required,command="hg-ssh \\"with space\\" r"',
+            {"with space", "r"},
+            False,
+        ),
+        ('from="127.0.0.1",command="hg-ssh"', set(), False),
+    ],
+)
+def test_hg_ssh_keys(options: str, repos: set[str], read_only: bool) -> None:
+    """command="hg-ssh [--read-only] PATH..." limits the key to those repositories."""
+    key = parse_authorized_key(f"{options} {KEY}", where="keys:1")
+    assert key is not None and key.scope is not None
+    assert key.scope.repos == repos and key.scope.read_only is read_only
+    assert key.comment == "alice@laptop"
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ('command="hg -R x serve --stdio"', "command='hg -R x serve --stdio'"),
+        ('command="/usr/share/mercurial-server/hg-ssh-wrapper alice"', "hg-ssh-wrapper"),
+        ('command="hg-ssh ../outside"', "hg-ssh path '../outside'"),
+        ('command="hg-ssh ~bob/x"', "hg-ssh path '~bob/x'"),
+        ('command="hg-ssh --verbose x"', "hg-ssh path '--verbose'"),
+        ('environment="A=b"', "option environment='A=b'"),
+        ('permitopen="host:22"', "option permitopen='host:22'"),
+        ("pty", "option pty "),
+        ('expiry-time="20300101"', "option expiry-time"),
+    ],
+)
+def test_unsupported_key_options_refuse_the_key(options: str, named: str) -> None:
+    """Any other command or option refuses the key, naming where and what."""
+    with pytest.raises(KeyRefused, match=re.escape("keys:7: key refused: ")) as e:
+        parse_authorized_key(f"{options} {KEY}", where="keys:7")
+    assert named in str(e.value)
+
+
+def test_refused_keys_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    """A file with one unsupported key loads: that key is out (one warning naming the
+    file, line and option), the others work, the hg-ssh scope narrows the rules."""
+    other = f"ssh-ed25519 {CI_BLOB} ci"
+    (tmp_path / "team.keys").write_text(
+        f"# hg-ssh keys\n"
+        f'command="hg-ssh --read-only pub",no-pty {KEY}\n'
+        f'environment="X=1" {other}\n',
+        encoding="utf-8",
+    )
+    policy = AccessPolicy.load(
+        write_access(
+            tmp_path,
+            '[users.alice]\nauthorized_keys = "team.keys"\n'
+            '[[rules]]\nrepos = "*"\nread = ["*"]\nwrite = ["alice"]\n',
+        )
+    )
+    assert len(policy.warnings) == 1
+    assert (
+        f"{tmp_path / 'team.keys'}:3: key refused: option environment='X=1'" in (policy.warnings[0])
+    )
+    assert "user alice" in policy.warnings[0]
+    (key,) = policy.keys_for("alice")
+    assert policy.user_for_key(base64.b64decode(CI_BLOB)) is None
+    scope = key.scope
+    assert scope is not None
+    assert policy.can_write("alice", "pub") and policy.can_write("alice", "other")
+    assert policy.can_read("alice", "pub", scope) and not policy.can_write("alice", "pub", scope)
+    assert not policy.can_read("alice", "other", scope)
+    # the rules still decide within the scope: bob's rules would give nothing
+    assert not policy.can_read("nobody", "pub", scope)
 
 
 def test_login_cache_only_remembers_successes() -> None:

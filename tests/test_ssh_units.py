@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hgwire_tw.access import AccessPolicy
+from hgwire_tw.access import AccessPolicy, KeyScope
 from hgwire_tw.context import ServerContext, Settings
+from hgwire_tw.core.errors import PermissionDenied
 from hgwire_tw.repo.registry import RepositoryRegistry, ServedRepository
 from hgwire_tw.transports.ssh import make_ssh_factory
 from hgwire_tw.transports.ssh_auth import PublicKeyPortal
@@ -33,7 +34,7 @@ from hgwire_tw.transports.ssh_command import (
     repository_name,
 )
 from hgwire_tw.transports.ssh_keys import HOST_KEY_NAME, HostKeyError, load_host_keys
-from hgwire_tw.transports.ssh_session import HgSessionChannel, HgwireAvatar
+from hgwire_tw.transports.ssh_session import HgSessionChannel, HgwireAvatar, open_repository
 from hgwire_tw.transports.ssh_v1 import V1SSHSession
 
 # -- exec commands and names ---------------------------------------------------------------
@@ -110,6 +111,8 @@ class FakePool:
     def __init__(self, answer: Callable[[bytes, dict[bytes, Any], Any], list[object]]) -> None:
         self.answer = answer
         self.calls: list[bytes] = []
+        #: the ``choose`` (response format) each command was run with
+        self.choices: list[Any] = []
         self.hold: Deferred[None] | None = None
 
     def iterate(
@@ -117,6 +120,7 @@ class FakePool:
     ) -> Deferred[None]:
         name, cmdargs, proto = args[0], args[1], args[2]
         self.calls.append(name)
+        self.choices.append(args[3])
         batch = self.answer(name, cmdargs, proto)
 
         def run(_: object = None) -> None:
@@ -221,9 +225,17 @@ def test_dsa_and_missing_host_keys_refused(tmp_path: Path) -> None:
 
 
 def _login(
-    ctx: ServerContext, login: bytes, key: Any, *, address: str = "127.0.0.1", sign: bool = True
+    ctx: ServerContext,
+    login: bytes,
+    key: Any,
+    *,
+    address: str = "127.0.0.1",
+    sign: bool = True,
+    portal: PublicKeyPortal | None = None,
 ) -> Any:
-    portal = PublicKeyPortal(ctx.access, lambda u, h: HgwireAvatar(ctx, u, h)).for_address(address)
+    if portal is None:
+        portal = PublicKeyPortal(lambda: ctx.access, lambda u, h, s: HgwireAvatar(ctx, u, h, s))
+    portal = portal.for_address(address)
     conch_key = keys.Key(key)
     blob = conch_key.public().blob()
     data = b"session-data"
@@ -256,6 +268,28 @@ def test_auth_refusals(tmp_path: Path) -> None:
     # A probe without signature for an acceptable key: Conch answers PK_OK.
     assert _login(ctx, b"bob", bob, sign=False).check(conch_error.ValidPublicKey)
     assert _login(ctx, b"bob", stranger, sign=False).check(UnauthorizedLogin)
+
+
+def test_logins_follow_a_reloaded_access_file(tmp_path: Path) -> None:
+    """The portal reads the current policy at each login (SIGHUP replaces ctx.access), and
+    the avatar carries the key's hg-ssh scope."""
+    ctx = _context(tmp_path)
+    portal = make_ssh_factory(ctx, tmp_path / "state").portal  # made once, at start
+    newcomer = ed25519.Ed25519PrivateKey.generate()
+    assert _login(ctx, b"carol", newcomer, portal=portal).check(UnauthorizedLogin)
+    reloaded = tmp_path / "reloaded.toml"
+    reloaded.write_text(
+        "[users.carol]\n"
+        f"keys = ['command=\"hg-ssh --read-only proj\" {_openssh_public(newcomer)}']\n"
+        '[[rules]]\nrepos = "*"\nread = ["*"]\nwrite = ["carol"]\n',
+        encoding="utf-8",
+    )
+    ctx.access = AccessPolicy.load(reloaded)
+    _, avatar, _ = _login(ctx, b"carol", newcomer, portal=portal)
+    assert avatar.user == "carol"
+    assert avatar.scope == KeyScope(repos=frozenset({"proj"}), read_only=True)
+    bob = ctx.test_keys["bob"]  # type: ignore[attr-defined]
+    assert _login(ctx, b"bob", bob, portal=portal).check(UnauthorizedLogin)
 
 
 def test_default_policy_admits_nobody(tmp_path: Path) -> None:
@@ -417,6 +451,97 @@ class V1SessionTests(SynchronousTestCase):
 
 
 # -- the channel: refusals, flow control, exit status ----------------------------------------
+
+
+class SessionExtrasTests(SynchronousTestCase):
+    """Response compression choice, the access lines, hg-ssh scopes."""
+
+    def setUp(self) -> None:
+        import tempfile
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        self.tmp = Path(tempfile.mkdtemp())
+        self.lines: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "hgwire_tw.transports.ssh_v1":
+                self.lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def _getbundle_choice(self, session: V1SSHSession, pool: FakePool) -> Any:
+        session.dataReceived(b"getbundle\n* 0\n")
+        self.assertEqual(pool.calls[-1], b"getbundle")
+        return pool.choices[-1]
+
+    def test_getbundle_engine_follows_protocaps_and_server_order(self) -> None:
+        """getbundle gets the first of the server's engines the client offered, as a
+        bundle2 format (raw when the answer prefers it); other commands and clients
+        that offered nothing get no format at all (raw, as before)."""
+        session, _, pool = _session(self.tmp)
+        self.assertIsNone(self._getbundle_choice(session, pool))
+        # what Mercurial's protocaps command does to the handler
+        session.proto._protocaps = {b"comp=zlib,zstd,none", b"partial-pull"}
+        choose = self._getbundle_choice(session, pool)
+        fmt = choose(False)
+        self.assertEqual((fmt.engine, fmt.level, fmt.bundle2), ("zstd", 3, True))
+        self.assertEqual(choose(True).engine, "none")
+        session.dataReceived(b"heads\n")
+        self.assertIsNone(pool.choices[-1])
+        session.ctx.settings = Settings(v1_compression=("zlib", "zstd"), zlib_level=9)
+        fmt = self._getbundle_choice(session, pool)(False)
+        self.assertEqual((fmt.engine, fmt.level), ("zlib", 9))
+        session.proto._protocaps = {b"comp=bzip2"}
+        self.assertIsNone(self._getbundle_choice(session, pool))
+
+    def test_one_access_line_per_command(self) -> None:
+        """Each command, unknown line and refused push leaves one line: address, user,
+        repository, command, outcome, engine, bytes, seconds."""
+        session, out, _ = _session(self.tmp, user="bob")
+        session.dataReceived(b'no"such\x1b[31m\nheads\n')
+        session.dataReceived(b"unbundle\nheads 10\n666f726365")
+        self.assertEqual(
+            self.lines[0:2],
+            [
+                '- bob "ssh proj no?such?[31m" unknown - 2 0.000s',
+                '- bob "ssh proj heads" ok - 15 0.000s',
+            ],
+        )
+        self.assertTrue(self.lines[-1].startswith('- bob "ssh proj unbundle" denied - '))
+        self.assertEqual(len(self.lines), 4)  # and the refusal's own warning
+        sent = sum(int(line.split()[-2]) for line in self.lines if '"ssh' in line)
+        self.assertEqual(sent, len(out.stdout) + len(out.stderr))
+
+    def test_client_gone_mid_command(self) -> None:
+        """A command cut short by the client leaving is logged as gone."""
+        session, _, pool = _session(self.tmp)
+        pool.hold = Deferred()
+        session.dataReceived(b"heads\n")
+        self.assertEqual(self.lines, [])
+        session.connectionLost()
+        self.assertEqual(self.lines, ['- alice "ssh proj heads" gone - 0 0.000s'])
+
+    def test_hg_ssh_scope_narrows_the_session(self) -> None:
+        """alice may push by the rules; a --read-only key's session may not, and a scope
+        without the repository does not even open it."""
+        pool = FakePool(_answers)
+        ctx = _context(self.tmp, pool)
+        served = ServedRepository("proj", self.tmp / "repo")
+        out = FakeOutput()
+        read_only = KeyScope(repos=frozenset({"proj"}), read_only=True)
+        session = V1SSHSession(ctx, out, served, "alice", scope=read_only)
+        session.dataReceived(b"unbundle\nheads 10\n666f726365")
+        self.assertIn(b"permission denied: user 'alice' may not push", out.stderr)
+        self.assertEqual(pool.calls, [])
+        with self.assertRaises(PermissionDenied):
+            session._checkperm(b"push")
+        session._checkperm(b"pull")
+        self.assertEqual(open_repository(ctx, "alice", "proj", read_only).name, "proj")
+        elsewhere = KeyScope(repos=frozenset({"other"}))
+        with self.assertRaises(ExecRefused):
+            open_repository(ctx, "alice", "proj", elsewhere)
 
 
 class FakeConn:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import urllib.parse
 import zlib
+from collections.abc import Iterator
 
 import pytest
 import zstandard
@@ -495,3 +496,118 @@ def test_core_v1_imports_no_twisted_or_mercurial() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- SSH compression
+
+
+@pytest.mark.parametrize(
+    ("protocaps", "server", "engine"),
+    [
+        (b"comp=zstd,zlib,none,bzip2 partial-pull", ("zstd", "zlib"), "zstd"),
+        (b"comp=zlib,none,bzip2 partial-pull", ("zstd", "zlib"), "zlib"),
+        # the server's order wins over the client's
+        (b"comp=zlib,zstd", ("zstd", "zlib"), "zstd"),
+        (b"comp=zstd,zlib", ("zlib", "zstd"), "zlib"),
+        (b"comp=zstd,zlib,none", ("none", "zstd"), "none"),
+        (b"comp=bzip2", ("zstd", "zlib"), "none"),
+        # no comp= at all: unlike HTTP there is no zlib default
+        (b"partial-pull", ("zstd", "zlib"), "none"),
+        (b"", ("zstd", "zlib"), "none"),
+    ],
+)
+def test_choose_ssh_engine(protocaps: bytes, server: tuple[str, ...], engine: str) -> None:
+    assert v1.choose_ssh_engine(v1.parse_protocaps(protocaps), server) == engine
+
+
+def _bundle2(params: bytes, payload: bytes) -> bytes:
+    return b"HG20" + len(params).to_bytes(4, "big") + params + payload
+
+
+PAYLOAD = b"".join(b"part %d of something compressible\n" % i for i in range(2000))
+
+
+def _split(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, i = [], 0
+    for n in itertools.cycle(sizes):
+        if i >= len(data):
+            return out
+        out.append(data[i : i + n])
+        i += n
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 5], [7], [4096]])
+@pytest.mark.parametrize(("engine", "code"), [("zstd", b"ZS"), ("zlib", b"GZ")])
+def test_compress_bundle2(sizes: list[int], engine: str, code: bytes) -> None:
+    """The head gains Compression=..., the rest is one stream of that engine; however the
+    source is split, the bytes are the same."""
+    source = _bundle2(b"a=b", PAYLOAD)
+    used, body = v1.compress_bundle2(_split(source, sizes), engine, piece=1000)
+    out = b"".join(body)
+    assert used == engine
+    params = b"a=b Compression=" + code
+    head = b"HG20" + len(params).to_bytes(4, "big") + params
+    assert out.startswith(head)
+    rest = out[len(head) :]
+    if engine == "zstd":
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(rest) == PAYLOAD
+    else:
+        assert zlib.decompress(rest) == PAYLOAD
+    assert len(rest) < len(PAYLOAD) // 5
+    assert v1.bundle2_engine(out) == engine
+
+
+def test_compress_bundle2_without_params() -> None:
+    used, body = v1.compress_bundle2([_bundle2(b"", PAYLOAD)], "zlib")
+    out = b"".join(body)
+    assert used == "zlib"
+    assert out.startswith(b"HG20\x00\x00\x00\x0eCompression=GZ")
+    assert zlib.decompress(out[22:]) == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    ("source", "engine", "named"),
+    [
+        # already compressed: never twice, whatever the spelling of the name
+        (_bundle2(b"Compression=ZS", PAYLOAD), "zlib", "zstd"),
+        (_bundle2(b"x=1 compression=GZ", PAYLOAD), "zstd", "zlib"),
+        (_bundle2(b"%43ompression=UN", PAYLOAD), "zstd", "none"),
+        # not a bundle2: bundle1, a bare changegroup, too short, empty
+        (b"HG10UN" + PAYLOAD, "zstd", "none"),
+        (b"\x00\x00\x01\x00" + PAYLOAD, "zstd", "none"),
+        (b"HG2", "zstd", "none"),
+        (b"", "zstd", "none"),
+        # a parameter block that is negative or too large to read ahead
+        (b"HG20\xff\xff\xff\xff" + PAYLOAD, "zstd", "none"),
+        (b"HG20\x01\x00\x00\x00" + PAYLOAD, "zstd", "none"),
+        # a head cut short
+        (b"HG20\x00\x00\x00\x10abc", "zstd", "none"),
+        # no engine, or one bundle2 has no name for
+        (_bundle2(b"", PAYLOAD), "none", "none"),
+        (_bundle2(b"", PAYLOAD), "bzip2", "none"),
+    ],
+)
+def test_compress_bundle2_passes_through(source: bytes, engine: str, named: str) -> None:
+    """Anything the rewrite does not apply to is sent byte for byte as it came."""
+    used, body = v1.compress_bundle2(_split(source, [5]), engine)
+    assert b"".join(body) == source
+    assert used == named
+
+
+def test_compress_bundle2_reads_only_the_head_ahead() -> None:
+    """Deciding takes the head's pieces only; the rest is read as the body is."""
+    taken: list[bytes] = []
+
+    def source() -> Iterator[bytes]:
+        for piece in [b"HG20", b"\x00\x00\x00\x00", b"a" * 100, b"b" * 100]:
+            taken.append(piece)
+            yield piece
+
+    used, body = v1.compress_bundle2(source(), "zstd")
+    assert used == "zstd" and len(taken) == 2
+    out = b"".join(body)
+    assert len(taken) == 4
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out[22:]) == b"a" * 100 + (
+        b"b" * 100
+    )

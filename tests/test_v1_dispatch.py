@@ -172,7 +172,101 @@ def test_protocol_handler_basics() -> None:
     assert p.name == b"http-v1"
     assert p.client() == b"remote:http:1.2.3.4:al%20ice"
     assert b"partial-pull" in p.getprotocaps()
-    s = proto(transport="ssh", remote_host="5.6.7.8")
-    assert s.name == b"ssh-v1" and s.client() == b"remote:ssh:5.6.7.8"
+    s = proto(transport="ssh", remote_host="5.6.7.8", remote_user="bob")
+    assert s.name == b"ssh-v1" and s.client() == b"remote:ssh:5.6.7.8:bob"
     p.args = {b"key": b"v", b"*": {}}
     assert p.getargs(b"key *") == [b"v", {}]
+
+
+# -- SSH: bundle2 compressed inside itself ----------------------------------------------------
+
+
+#: What a real client's bundlecaps say, trimmed to the changegroup and stream parts.
+BUNDLECAPS = b"HG20,bundle2=HG20%0Achangegroup%3D01%2C02%0Astream%3Dv2"
+
+
+def _ssh_getbundle(
+    repo: Path, engine: str, *, cache: Any = None, **options: bytes | None
+) -> tuple[V1StreamStart, bytes]:
+    """A getbundle answered as the SSH session asks for it; (start, body)."""
+    from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ResponseFormat
+    from hgwire_tw.v1.cache import cached_v1_response
+
+    fmt = ResponseFormat(media_type=MEDIA_TYPE_V01, engine=engine, bundle2=True)
+    raw = ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True)
+    head = rb.log_nodes(repo, "max(not secret())")[0].encode()
+    options = {"bundlecaps": BUNDLECAPS, "cg": b"1"} | options
+    star = {k.encode(): v for k, v in options.items() if v is not None}
+    args = {b"*": {b"heads": head, b"common": b"0" * 40} | star}
+    items = list(
+        cached_v1_response(
+            open_repo(repo),
+            b"getbundle",
+            args,
+            proto(transport="ssh"),
+            lambda prefer: raw if prefer else fmt,
+            cache,
+            b"ssh",
+        )
+    )
+    start = items[0]
+    assert isinstance(start, V1StreamStart)
+    assert all(isinstance(i, bytes) for i in items[1:])
+    return start, b"".join(items[1:])  # type: ignore[arg-type]
+
+
+def _parts(body: bytes) -> list[tuple[bytes, bytes]]:
+    """Each part's type and payload, as Mercurial's own bundle2 reader gets them."""
+    from mercurial import bundle2
+
+    unbundler = bundle2.getunbundler(make_ui(), io.BytesIO(body))
+    return [(part.type, part.read()) for part in unbundler.iterparts()]
+
+
+@pytest.mark.parametrize("engine", ["zstd", "zlib"])
+def test_ssh_getbundle_compressed_inside_the_bundle2(rich_repo: Path, engine: str) -> None:
+    """Mercurial's own reader gets exactly the parts of the raw answer from the
+    compressed one, which is smaller and says its engine in its head."""
+    start, body = _ssh_getbundle(rich_repo, engine)
+    assert start.engine == engine
+    plain_start, plain = _ssh_getbundle(rich_repo, "none")
+    assert plain_start.engine == "none"
+    assert b"Compression" not in plain[:64]
+    code = {"zstd": b"ZS", "zlib": b"GZ"}[engine]
+    assert b"Compression=" + code in body[:64]
+    assert len(body) < len(plain)
+    assert _parts(body) == _parts(plain)
+    assert any(t == b"changegroup" for t, _ in _parts(body))
+
+
+def test_ssh_getbundle_bundle1_stream_clone_and_errors_stay_raw(
+    rich_repo: Path, tmp_path: Path
+) -> None:
+    """A bundle1 getbundle (a bare changegroup), a stream clone and an error reply are
+    never touched."""
+    start, body = _ssh_getbundle(rich_repo, "zstd", bundlecaps=b"HG10UN", cg=None)
+    assert start.engine == "none" and not body.startswith(b"HG")
+    # the rich repository has a secret changeset: no stream clone, an error:abort reply
+    start, body = _ssh_getbundle(rich_repo, "zstd", stream=b"1", cg=b"0")
+    assert start.engine == "none" and b"Compression" not in body[:64]
+    assert [t for t, _ in _parts(body)] == [b"error:abort"]
+    public = rb.make_linear_repo(tmp_path / "public", commits=3)
+    start, body = _ssh_getbundle(public, "zstd", stream=b"1", cg=b"0")
+    assert start.engine == "none" and b"Compression" not in body[:64]
+    assert next(t for t, _ in _parts(body)) == b"stream2"
+
+
+def test_ssh_getbundle_cache_hit_is_not_compressed_again(rich_repo: Path) -> None:
+    """The second answer comes from the cache, byte for byte, naming the same engine;
+    another engine is another entry."""
+    from hgwire_tw.cache import MemoryStore
+
+    cache = MemoryStore()
+    first = _ssh_getbundle(rich_repo, "zstd", cache=cache)
+    assert cache.stats.snapshot()["stores"] == 1
+    again = _ssh_getbundle(rich_repo, "zstd", cache=cache)
+    assert cache.stats.snapshot()["hits"] == 1
+    assert again == first and first[0].engine == "zstd"
+    other = _ssh_getbundle(rich_repo, "zlib", cache=cache)
+    assert other[0].engine == "zlib" and cache.stats.snapshot()["stores"] == 2
+    assert _parts(other[1]) == _parts(first[1])

@@ -478,8 +478,8 @@ TABLE: tuple[Setting, ...] = (
         default="zstd,zlib",
         field="v1_compression",
         check=_compression,
-        help="v1 HTTP compression engines in server preference order (comma-separated "
-        "from zstd, zlib, none).",
+        help="v1 compression engines in server preference order (comma-separated from zstd, "
+        "zlib, none): HTTP responses, and SSH bundles for clients whose protocaps list one.",
     ),
     setting(
         name="no-v2",

@@ -10,8 +10,11 @@ repository:
 * HTTP v1 argument decoding (``X-HgArg-N`` headers, ``httppostargs`` body prefix, query
   string) and ``X-HgProto-N`` client capabilities (``ProtoCaps``);
 * the choice of media type and compression engine for a v1 stream response
-  (``choose_response_format``), the ``application/mercurial-0.2`` engine header and the
-  incremental compressors;
+  (``choose_response_format``, and ``choose_ssh_engine`` for SSH), the
+  ``application/mercurial-0.2`` engine header and the incremental compressors;
+* compressing a bundle2 stream inside itself, with its ``Compression`` stream
+  parameter (``compress_bundle2``: how SSH, which has no media types, sends compressed
+  bundles);
 * ``batch`` argument escaping and the parsing of its ``cmds`` argument;
 * the transport-specific capabilities the HTTP and SSH v1 servers add.
 
@@ -26,9 +29,10 @@ from __future__ import annotations
 import enum
 import string
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
+from urllib.parse import unquote_to_bytes
 
 import zstandard
 
@@ -41,7 +45,9 @@ __all__ = [
     "MEDIA_TYPE_V02",
     "SERVER_ENGINES",
     "ArgValue",
+    "Bundle2Head",
     "Compressor",
+    "HeadStatus",
     "ProtoCaps",
     "ResponseFormat",
     "SSHCommand",
@@ -51,7 +57,10 @@ __all__ = [
     "SSHRequestParser",
     "SSHShutdown",
     "SSHUnknownCommand",
+    "bundle2_engine",
     "choose_response_format",
+    "choose_ssh_engine",
+    "compress_bundle2",
     "decode_batch_cmds",
     "decode_batch_results",
     "decode_http_args",
@@ -63,6 +72,7 @@ __all__ = [
     "make_compressor",
     "media_type_02_prefix",
     "parse_arg_spec",
+    "parse_bundle2_head",
     "parse_protocaps",
     "parse_urlencoded",
     "select_command_args",
@@ -628,11 +638,17 @@ def parse_protocaps(value: bytes) -> ProtoCaps:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseFormat:
-    """How a v1 stream response goes out: media type, engine and its level."""
+    """How a v1 stream response goes out: media type, engine and its level.
+
+    ``bundle2`` (SSH): the engine compresses the payload of a bundle2 response inside
+    the bundle, announced by its ``Compression`` stream parameter
+    (``compress_bundle2``), instead of the whole body; ``media_type`` then plays no part.
+    """
 
     media_type: bytes
     engine: str
     level: int | None = None
+    bundle2: bool = False
 
     @property
     def prefix(self) -> bytes:
@@ -687,6 +703,21 @@ def choose_response_format(
     return ResponseFormat(media_type=MEDIA_TYPE_V01, engine="zlib", level=levels.get("zlib"))
 
 
+def choose_ssh_engine(caps: ProtoCaps, server_engines: Sequence[str]) -> str:
+    """The engine for a bundle2 sent over SSH: the first of the server's engines that the
+    client offered in the ``comp=`` token of its ``protocaps``, else ``"none"``.
+
+    Unlike HTTP there is no default list: a client that sent no ``comp=`` (or no
+    ``protocaps`` at all) never said it decodes anything, so it gets the raw bundle.
+    """
+    if caps.compression is None:
+        return "none"
+    for engine in server_engines:
+        if engine.encode("ascii") in caps.compression:
+            return engine
+    return "none"
+
+
 class Compressor(Protocol):
     """An incremental compressor: ``compress`` chunks, then ``finish`` once."""
 
@@ -738,6 +769,143 @@ def make_compressor(engine: str, level: int | None = None) -> Compressor:
     if engine == "zstd":
         return _Zstd(3 if level is None else level)
     raise ValueError(f"unknown v1 compression engine {engine!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# bundle2 compressed inside itself
+#
+# A bundle2 starts ``HG20``, a big-endian signed 32-bit size and that many bytes of
+# stream parameters (space-separated, URL-quoted ``name=value``). With a
+# ``Compression=ZS`` (zstd) or ``GZ`` (zlib) parameter, everything after the parameter
+# block is one stream of that engine; every Mercurial client since 4.x decodes it on any
+# transport. Over SSH this is the only way to compress a response, since there is no
+# media type to announce it with.
+
+#: Magic of a bundle2 stream.
+BUNDLE2_MAGIC: Final = b"HG20"
+
+#: bundle2 ``Compression`` parameter values, by the engine's wire name.
+BUNDLE2_COMPRESSION: Final = {"zstd": b"ZS", "zlib": b"GZ"}
+
+#: Engine wire names by bundle2 ``Compression`` value (what a header can say).
+_BUNDLE2_ENGINES: Final = {b"ZS": "zstd", b"GZ": "zlib", b"BZ": "bzip2", b"UN": "none"}
+
+#: Largest parameter block read ahead before deciding (Mercurial writes a few bytes).
+MAX_BUNDLE2_PARAMS: Final = 64 * 1024
+
+
+class HeadStatus(enum.Enum):
+    """Why ``parse_bundle2_head`` has no ``Bundle2Head`` to give."""
+
+    INCOMPLETE = enum.auto()  # more bytes are needed
+    NOT_BUNDLE2 = enum.auto()  # not a bundle2, or one whose head we do not touch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bundle2Head:
+    """The head of a bundle2 stream: its size in bytes and the raw parameter block."""
+
+    size: int
+    params: bytes
+
+    @property
+    def compression(self) -> bytes | None:
+        """The ``Compression`` parameter's value (names are case-insensitive), or None."""
+        for item in self.params.split(b" ") if self.params else ():
+            name, _, value = item.partition(b"=")
+            if unquote_to_bytes(name).lower() == b"compression":
+                return unquote_to_bytes(value)
+        return None
+
+
+def parse_bundle2_head(
+    data: bytes | bytearray, *, max_params: int = MAX_BUNDLE2_PARAMS
+) -> Bundle2Head | HeadStatus:
+    """The bundle2 head at the start of ``data``; ``INCOMPLETE`` until all of it is there.
+
+    Anything that does not start ``HG20`` (a bundle1 or a bare changegroup), and a
+    parameter block that is negative or larger than ``max_params``, is ``NOT_BUNDLE2``.
+    """
+    if len(data) < len(BUNDLE2_MAGIC):
+        return HeadStatus.INCOMPLETE if BUNDLE2_MAGIC.startswith(data) else HeadStatus.NOT_BUNDLE2
+    if not data.startswith(BUNDLE2_MAGIC):
+        return HeadStatus.NOT_BUNDLE2
+    if len(data) < 8:
+        return HeadStatus.INCOMPLETE
+    size = int.from_bytes(data[4:8], "big", signed=True)
+    if size < 0 or size > max_params:
+        return HeadStatus.NOT_BUNDLE2
+    if len(data) < 8 + size:
+        return HeadStatus.INCOMPLETE
+    return Bundle2Head(size=8 + size, params=bytes(data[8 : 8 + size]))
+
+
+def bundle2_engine(data: bytes) -> str:
+    """The engine a stream starting with ``data`` is compressed with: the wire name of
+    its bundle2 ``Compression`` parameter, or ``"none"`` (not a bundle2, no parameter,
+    or a head that ``data`` does not hold whole)."""
+    head = parse_bundle2_head(data)
+    if isinstance(head, HeadStatus):
+        return "none"
+    value = head.compression
+    if value is None:
+        return "none"
+    return _BUNDLE2_ENGINES.get(value, value.decode("ascii", "replace"))
+
+
+def compress_bundle2(
+    chunks: Iterable[bytes], engine: str, level: int | None = None, *, piece: int = 64 * 1024
+) -> tuple[str, Iterator[bytes]]:
+    """``(engine used, body)``: the stream ``chunks``, compressed inside its bundle2.
+
+    Reads ahead only as far as the bundle2 head. If ``chunks`` is a bundle2 without a
+    ``Compression`` parameter and ``engine`` is ``zstd`` or ``zlib``, the body is the
+    head with ``Compression=ZS``/``GZ`` appended to its parameters, then the rest of the
+    stream compressed as one stream of that engine, in pieces of about ``piece`` bytes.
+    Anything else (no engine, not a bundle2, a bundle2 that names its own compression,
+    so nothing is ever compressed twice) passes through unchanged with engine ``"none"``
+    (or the engine its own header names).
+    """
+    source = iter(chunks)
+    buf = bytearray()
+    status: Bundle2Head | HeadStatus = HeadStatus.INCOMPLETE
+    for data in source:
+        buf += data
+        status = parse_bundle2_head(buf)
+        if status is not HeadStatus.INCOMPLETE:
+            break
+    code = BUNDLE2_COMPRESSION.get(engine)
+    if not isinstance(status, Bundle2Head) or code is None or status.compression is not None:
+        return bundle2_engine(bytes(buf)), _passthrough(bytes(buf), source)
+    params = status.params + (b" " if status.params else b"") + b"Compression=" + code
+    head = BUNDLE2_MAGIC + len(params).to_bytes(4, "big", signed=True) + params
+    rest = bytes(buf[status.size :])
+    return engine, _compressed_after(head, rest, source, make_compressor(engine, level), piece)
+
+
+def _passthrough(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _compressed_after(
+    head: bytes, first: bytes, rest: Iterator[bytes], compressor: Compressor, piece: int
+) -> Iterator[bytes]:
+    out = [head]
+    size = len(head)
+    for data in _passthrough(first, rest):
+        packed = compressor.compress(data)
+        if packed:
+            out.append(packed)
+            size += len(packed)
+            if size >= piece:
+                yield b"".join(out)
+                out, size = [], 0
+    out.append(compressor.finish())
+    tail = b"".join(out)
+    if tail:
+        yield tail
 
 
 # ---------------------------------------------------------------------------------------

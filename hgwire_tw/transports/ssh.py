@@ -9,7 +9,12 @@ The pieces, each in its own module:
   flow control, exit status);
 * ``ssh_command``: which ``exec`` commands run and how their path names a repository;
 * ``ssh_v1``: ``hg -R <repo> serve --stdio`` (wire protocol v1);
-* ``ssh_subsystem``: the ``hgwire`` subsystem (v2 frames through the frame reactor).
+* ``ssh_subsystem``: the ``hgwire`` subsystem (v2 frames through the frame reactor);
+* ``ssh_log``: the access line per command and the line per connection.
+
+This module adds the connection-level pieces: ``HgwireTransport`` logs one line when a
+connection ends (user, repositories, duration, bytes sent; at ``info`` for a client that
+said "disconnected by user"), and ``HgwireConnection`` counts the channel bytes sent.
 
 ``docs/ssh.md`` describes the behaviour for administrators and client users.
 """
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.conch.ssh import connection, factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hgwire_tw.context import ServerContext
 from hgwire_tw.transports.ssh_auth import HgwireUserAuthServer, PublicKeyPortal
@@ -28,18 +35,85 @@ from hgwire_tw.transports.ssh_keys import (
     host_key_algorithms,
     load_host_keys,
 )
+from hgwire_tw.transports.ssh_log import DISCONNECT_BY_APPLICATION, ConchChatter, connection_line
 from hgwire_tw.transports.ssh_session import HgwireAvatar
 
-__all__ = ["HgwireSSHFactory", "make_ssh_factory"]
+__all__ = ["HgwireConnection", "HgwireSSHFactory", "HgwireTransport", "make_ssh_factory"]
+
+log = Logger()
+
+
+class HgwireConnection(connection.SSHConnection):
+    """Conch's connection service, counting the channel bytes it sends."""
+
+    _log = ConchChatter()
+    #: stdout and stderr bytes of every channel, as handed to the transport
+    sent = 0
+
+    def sendData(self, channel: Any, data: bytes) -> None:
+        self.sent += len(data)
+        super().sendData(channel, data)
+
+    def sendExtendedData(self, channel: Any, dataType: int, data: bytes) -> None:
+        self.sent += len(data)
+        super().sendExtendedData(channel, dataType, data)
+
+
+class HgwireTransport(HgwireServerTransport):
+    """Our SSH transport: one log line per connection, when it ends."""
+
+    _log = ConchChatter()
+    _started: float | None = None
+    #: the client's SSH_MSG_DISCONNECT (code, description), if it sent one
+    _disconnect: tuple[int, bytes] | None = None
+
+    def connectionMade(self) -> None:
+        self._started = self.factory.reactor.seconds()
+        super().connectionMade()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """The client's disconnect message: kept for the connection's line (Conch would
+        log every one, "disconnected by user" included, as an error)."""
+        self._disconnect = (reasonCode, description)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        avatar = getattr(self, "avatar", None)
+        service = self.service
+        started = self._started
+        line = connection_line(
+            address=str(getattr(self.transport.getPeer(), "host", "")),
+            user=getattr(avatar, "user", None),
+            repos=list(getattr(avatar, "repos", [])),
+            seconds=self.factory.reactor.seconds() - started if started is not None else 0.0,
+            sent=service.sent if isinstance(service, HgwireConnection) else 0,
+            how=self._how_it_ended(),
+        )
+        if avatar is None:
+            log.debug("{line}", line=line)  # never logged in: the refusal was logged
+        elif self._disconnect is None or self._disconnect[0] == DISCONNECT_BY_APPLICATION:
+            log.info("{line}", line=line)
+        else:
+            log.warn("{line}", line=line)
+
+    def _how_it_ended(self) -> str:
+        if self._disconnect is None:
+            return "connection closed"
+        code, description = self._disconnect
+        text = description.decode("utf-8", "replace")[:200]
+        if code == DISCONNECT_BY_APPLICATION:
+            return text or "disconnected by user"
+        return f"disconnect code {code}: {text}"
 
 
 class HgwireSSHFactory(factory.SSHFactory):
     """Conch's server factory with our host keys, algorithms, portal and services."""
 
-    protocol = HgwireServerTransport
+    protocol = HgwireTransport
+    _log = ConchChatter()
     services = {
         b"ssh-userauth": HgwireUserAuthServer,
-        b"ssh-connection": connection.SSHConnection,
+        b"ssh-connection": HgwireConnection,
     }
 
     def __init__(self, ctx: ServerContext, host_keys: list[Any]) -> None:
@@ -49,7 +123,11 @@ class HgwireSSHFactory(factory.SSHFactory):
         self.publicKeys = {key.sshType(): key.public() for key in host_keys}
         # No moduli file: group-exchange key exchanges are not offered at all.
         self.primes = None
-        self.portal = PublicKeyPortal(ctx.access, lambda user, host: HgwireAvatar(ctx, user, host))
+        # ``ctx.access`` is replaced on reload: look it up at each login.
+        self.portal = PublicKeyPortal(
+            lambda: ctx.access,
+            lambda user, host, scope: HgwireAvatar(ctx, user, host, scope),
+        )
 
     def buildProtocol(self, addr: Any) -> Any:
         t = super().buildProtocol(addr)

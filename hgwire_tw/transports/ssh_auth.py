@@ -10,7 +10,11 @@ this module has a small portal, bound to the client address for each connection 
 Who logs in: when the SSH login name is a user of the access file, the key must be one
 of that user's keys. Any other login name (e.g. ``hg@host``, as hosting services do) is
 a generic login: the key alone names the user. With no access file there are no users
-and no keys, so nobody gets in over SSH.
+and no keys, so nobody gets in over SSH. The avatar also carries the key's hg-ssh
+``KeyScope`` (``command="hg-ssh ..."``), which narrows every permission of the session.
+
+The portal reads the server's current access policy at each login, so a reload (SIGHUP)
+adds and removes keys for new connections.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hgwire_tw.access import AccessPolicy, AuthorizedKey
+from hgwire_tw.access import AccessPolicy, AuthorizedKey, KeyScope
 
 __all__ = ["AvatarFactory", "HgwireUserAuthServer", "PublicKeyPortal", "find_key"]
 
 log = Logger()
 
-#: Builds the avatar of an authenticated user: ``(user, client address) -> IConchUser``.
-AvatarFactory = Callable[[str, str], Any]
+#: Builds the avatar of an authenticated user:
+#: ``(user, client address, the key's hg-ssh scope or None) -> IConchUser``.
+AvatarFactory = Callable[[str, str, KeyScope | None], Any]
 
 #: Signature algorithms refused from clients: SHA-1 RSA and DSA.
 _WEAK_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
@@ -65,14 +70,16 @@ class PublicKeyPortal:
     makes Conch answer ``PK_OK``).
     """
 
-    def __init__(self, access: AccessPolicy, make_avatar: AvatarFactory, address: str = "") -> None:
-        self.access = access
+    def __init__(
+        self, policy: Callable[[], AccessPolicy], make_avatar: AvatarFactory, address: str = ""
+    ) -> None:
+        self.policy = policy
         self.make_avatar = make_avatar
         self.address = address
 
     def for_address(self, address: str) -> PublicKeyPortal:
         """The same portal, checking ``from=`` patterns against ``address``."""
-        return PublicKeyPortal(self.access, self.make_avatar, address)
+        return PublicKeyPortal(self.policy, self.make_avatar, address)
 
     def listCredentialsInterfaces(self) -> list[Any]:
         """Only public keys: the userauth service offers ``publickey`` and nothing else."""
@@ -89,7 +96,7 @@ class PublicKeyPortal:
             login = credentials.username.decode("utf-8")
         except UnicodeDecodeError:
             raise UnauthorizedLogin("login name is not UTF-8") from None
-        found = find_key(self.access, login, credentials.blob)
+        found = find_key(self.policy(), login, credentials.blob)
         if found is None:
             log.info(
                 "SSH key refused for {login!r} from {address}", login=login, address=self.address
@@ -118,7 +125,7 @@ class PublicKeyPortal:
         if not public.verify(credentials.signature, credentials.sigData):
             raise UnauthorizedLogin("bad signature")
         log.info("SSH login: {user} from {address}", user=user, address=self.address)
-        avatar = self.make_avatar(user, self.address)
+        avatar = self.make_avatar(user, self.address, authorized.scope)
         return IConchUser, avatar, getattr(avatar, "logout", lambda: None)
 
 

@@ -1,8 +1,10 @@
 """The logged-in SSH user and their ``session`` channels.
 
-``HgwireAvatar`` is what authentication produces: it carries the user name and lets
-the client open ``session`` channels only (no port forwarding, no other channel types,
-no global requests). ``HgSessionChannel`` accepts, per channel, exactly one of:
+``HgwireAvatar`` is what authentication produces: it carries the user name, the hg-ssh
+scope of the key they logged in with (every permission check of the connection passes it
+to ``AccessPolicy``) and the repositories the connection opened (for the line logged when
+it ends), and lets the client open ``session`` channels only (no port forwarding, no
+other channel types, no global requests). ``HgSessionChannel`` accepts, per channel, exactly one of:
 
 * ``exec`` of ``hg -R <repo> serve --stdio`` (see ``ssh_command``) → ``V1SSHSession``;
 * ``subsystem hgwire`` → v2 frames through the frame reactor (``ssh_subsystem``).
@@ -32,10 +34,12 @@ from twisted.conch.ssh.common import getNS
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from hgwire_tw.access import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import UnknownRepository
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_command import ExecRefused, parse_exec_command, repository_name
+from hgwire_tw.transports.ssh_log import ConchChatter
 
 __all__ = ["SUBSYSTEM_NAME", "HgSessionChannel", "HgwireAvatar", "open_repository"]
 
@@ -45,8 +49,11 @@ log = Logger()
 SUBSYSTEM_NAME = b"hgwire"
 
 
-def open_repository(ctx: ServerContext, user: str, path: str) -> ServedRepository:
-    """The repository ``path`` names for ``user``, or ``ExecRefused``.
+def open_repository(
+    ctx: ServerContext, user: str, path: str, scope: KeyScope | None = None
+) -> ServedRepository:
+    """The repository ``path`` names for ``user`` (logged in with a key of ``scope``), or
+    ``ExecRefused``.
 
     An unknown repository and one the user may not read get the same answer, so the
     reply does not tell which names exist.
@@ -56,20 +63,31 @@ def open_repository(ctx: ServerContext, user: str, path: str) -> ServedRepositor
         served = ctx.registry.resolve(name)
     except UnknownRepository:
         served = None
-    if served is None or not ctx.access.can_read(user, served.name):
+    if served is None or not ctx.access.can_read(user, served.name, scope):
         raise ExecRefused(f"repository {path!r} not found (or access denied)")
     return served
 
 
 class HgwireAvatar(ConchUser):
-    """An authenticated SSH user: a name from the access file and where they came from."""
+    """An authenticated SSH user: a name from the access file, where they came from and
+    the hg-ssh scope of their key."""
 
-    def __init__(self, ctx: ServerContext, user: str, peer_host: str) -> None:
+    def __init__(
+        self, ctx: ServerContext, user: str, peer_host: str, scope: KeyScope | None = None
+    ) -> None:
         super().__init__()
         self.ctx = ctx
         self.user = user
         self.peer_host = peer_host
+        self.scope = scope
+        #: Registry names of the repositories opened, in order, each once.
+        self.repos: list[str] = []
         self.channelLookup[b"session"] = HgSessionChannel
+
+    def opened(self, name: str) -> None:
+        """A session of this connection opened repository ``name``."""
+        if name not in self.repos:
+            self.repos.append(name)
 
     def logout(self) -> None:
         """Nothing to release: channels clean up when the connection goes."""
@@ -79,6 +97,7 @@ class HgSessionChannel(channel.SSHChannel):
     """A ``session`` channel running one hg session (v1 exec or the v2 subsystem)."""
 
     name = b"session"
+    _log = ConchChatter()
     hg_avatar: HgwireAvatar
     ctx: ServerContext
     reactor: Any
@@ -116,7 +135,7 @@ class HgSessionChannel(channel.SSHChannel):
         command = getNS(data)[0]
         try:
             path = parse_exec_command(command)
-            served = open_repository(self.ctx, self.hg_avatar.user, path)
+            served = open_repository(self.ctx, self.hg_avatar.user, path, self.hg_avatar.scope)
         except ExecRefused as e:
             log.info(
                 "SSH exec refused for {user}: {command!r}: {why}",
@@ -128,9 +147,11 @@ class HgSessionChannel(channel.SSHChannel):
             return 1
         from hgwire_tw.transports.ssh_v1 import V1SSHSession
 
-        log.info("SSH v1 session: {user} on {repo!r}", user=self.hg_avatar.user, repo=served.name)
+        log.debug("SSH v1 session: {user} on {repo!r}", user=self.hg_avatar.user, repo=served.name)
+        self.hg_avatar.opened(served.name)
+        avatar = self.hg_avatar
         self.session = V1SSHSession(
-            self.ctx, self, served, self.hg_avatar.user, self.hg_avatar.peer_host
+            self.ctx, self, served, avatar.user, avatar.peer_host, scope=avatar.scope
         )
         return 1
 
@@ -154,8 +175,9 @@ class HgSessionChannel(channel.SSHChannel):
         from hgwire_tw.transports.ssh_subsystem import FrameSubsystemSession
 
         self._started = True
+        avatar = self.hg_avatar
         self.session = FrameSubsystemSession(
-            self.ctx, self, self.hg_avatar.user, self.hg_avatar.peer_host
+            self.ctx, self, avatar.user, avatar.peer_host, scope=avatar.scope, opened=avatar.opened
         )
         return 1
 

@@ -17,6 +17,9 @@ every running command is cancelled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from hgwire_tw.access import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.framesession import FrameSession, SessionRefused
@@ -32,17 +35,29 @@ class FrameSubsystemSession(FrameSession):
     transport = "ssh"
 
     def __init__(
-        self, ctx: ServerContext, output: SessionOutput, user: str, peer_host: str = ""
+        self,
+        ctx: ServerContext,
+        output: SessionOutput,
+        user: str,
+        peer_host: str = "",
+        *,
+        scope: KeyScope | None = None,
+        opened: Callable[[str], None] | None = None,
     ) -> None:
         self.user = user
         self.peer_host = peer_host
+        #: The hg-ssh scope of the key the user logged in with (narrows every check).
+        self.scope = scope
+        self._opened = opened
         super().__init__(ctx, output, self._open_for_user, label=f"SSH hgwire subsystem {user}")
 
     def _open_for_user(self, name: str) -> tuple[ServedRepository, bool]:
         from hgwire_tw.transports.ssh_session import open_repository
 
         try:
-            served = open_repository(self.ctx, self.user, name)
+            served = open_repository(self.ctx, self.user, name, self.scope)
         except ExecRefused as e:
             raise SessionRefused(str(e)) from None
-        return served, self.ctx.access.can_write(self.user, served.name)
+        if self._opened is not None:
+            self._opened(served.name)
+        return served, self.ctx.access.can_write(self.user, served.name, self.scope)

@@ -23,6 +23,15 @@ payload (``0\\n``), spools it to an anonymous temporary file (bounded by
 on the worker thread. ``pushkey`` (and ``unbundle``, again) are checked through
 ``V1Protocol.checkperm`` on the worker, so ``batch`` cannot smuggle a push command in.
 
+``getbundle`` answers are compressed when the client's ``protocaps`` offered an engine
+of ``Settings.v1_compression``: the first of the server's order that the client lists
+compresses the bundle2 inside itself (its ``Compression`` stream parameter, see
+``core.v1.compress_bundle2``), on the worker thread, under the same window
+back-pressure. Clients that sent no ``protocaps``, bundle1 answers, stream clones and
+error replies go out raw, as Mercurial's own server sends everything.
+
+Each command leaves one access line in the log (``ssh_log.command_line``).
+
 Remote output (the "adding changesets" lines, hook output) goes to stderr, which the
 client prints as ``remote: ...``. When the client closes its side (EOF), requests
 already received are still answered; then the session ends with exit status 0. A
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -41,9 +51,12 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hgwire_tw.access import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import PermissionDenied, ProtocolError
 from hgwire_tw.core.v1 import (
+    MEDIA_TYPE_V01,
+    ResponseFormat,
     SSHCommand,
     SSHEvent,
     SSHPayloadChunk,
@@ -51,6 +64,7 @@ from hgwire_tw.core.v1 import (
     SSHRequestParser,
     SSHShutdown,
     SSHUnknownCommand,
+    choose_ssh_engine,
     ssh_bytes_response,
     ssh_capabilities,
     ssh_ooberror,
@@ -59,6 +73,7 @@ from hgwire_tw.core.v1 import (
 )
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
+from hgwire_tw.transports.ssh_log import command_line
 from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
@@ -96,6 +111,39 @@ class _InputError:
 _Queued = SSHEvent | _InputError
 
 
+class _CountedOutput:
+    """The session's output, counting the bytes written (stdout and stderr)."""
+
+    def __init__(self, output: SessionOutput) -> None:
+        self._output = output
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+        self._output.write(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.sent += len(data)
+        self._output.write_stderr(data)
+
+    def drained(self) -> Deferred[None] | None:
+        return self._output.drained()
+
+    def finish(self, status: int) -> None:
+        self._output.finish(status)
+
+
+@dataclass(slots=True)
+class _Command:
+    """The command being answered, for its access line."""
+
+    name: str
+    started: float
+    sent_before: int
+    engine: str = "-"
+    outcome: str = "ok"
+
+
 def _v1_command_specs() -> dict[bytes, bytes]:
     from mercurial import wireprotov1server
 
@@ -112,14 +160,19 @@ class V1SSHSession:
         served: ServedRepository,
         user: str,
         peer_host: str = "",
+        *,
+        scope: KeyScope | None = None,
     ) -> None:
         from hgwire_tw.clonebundles import source_for
         from hgwire_tw.v1.protocol import V1Protocol
 
         self.ctx = ctx
-        self.output = output
+        self.output = _CountedOutput(output)
+        self.peer_host = peer_host
         self.served = served
         self.user = user
+        #: The hg-ssh scope of the user's key: passed to every permission check.
+        self.scope = scope
         self.parser = SSHRequestParser(_v1_command_specs(), max_payload=ctx.settings.max_push_bytes)
         server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
         if not ctx.settings.stream_clone:
@@ -145,6 +198,7 @@ class V1SSHSession:
         self._spool: IO[bytes] | None = None
         #: The first bytes of the push being spooled (``HG20`` for a bundle2).
         self._push_head = b""
+        self._command: _Command | None = None
 
     # -- input --------------------------------------------------------------------------
 
@@ -177,6 +231,7 @@ class V1SSHSession:
         self._done = True
         self._queue.clear()
         if self._in_flight is not None:
+            self._log_command("gone")
             self._in_flight.cancel()
         self._close_spool()
 
@@ -202,20 +257,24 @@ class V1SSHSession:
         elif isinstance(event, SSHUnknownCommand):
             # Includes the dead ``upgrade`` handshake: answering an empty string keeps
             # the client on plain v1.
+            self._begin_command(event.line.split(b" ", 1)[0][:40])
             self.output.write(ssh_unknown_command())
+            self._log_command("unknown")
         elif isinstance(event, SSHShutdown):
             self._finish(0)
         elif isinstance(event, _InputError):
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
-        if not self.ctx.access.can_write(self.user, self.served.name):
+        if not self.ctx.access.can_write(self.user, self.served.name, self.scope):
             log.warn(
                 "push to {repo} refused for {user} over SSH: not authorized",
                 repo=self.served.name or "/",
                 user=self.user or "anonymous",
             )
+            self._begin_command(command.name)
             self._write_ooberror(self._denied_message(b"push"))
+            self._log_command("denied")
             self._queue.extend(self._parser_call(self.parser.skip_payload))
             return
         try:
@@ -266,9 +325,9 @@ class V1SSHSession:
         """``V1Protocol.checkperm``, run on the worker thread."""
         access = self.ctx.access
         allowed = (
-            access.can_write(self.user, self.served.name)
+            access.can_write(self.user, self.served.name, self.scope)
             if perm == b"push"
-            else access.can_read(self.user, self.served.name)
+            else access.can_read(self.user, self.served.name, self.scope)
         )
         if not allowed:
             raise PermissionDenied(self._denied_message(perm).decode("utf-8").rstrip("\n"))
@@ -287,7 +346,9 @@ class V1SSHSession:
 
         self._busy = True
         self._started_output = False
-        cargs = (name, args, self.proto, None, self.ctx.cache, b"ssh", server_salt())
+        self._begin_command(name)
+        choose = self._response_format(name)
+        cargs = (name, args, self.proto, choose, self.ctx.cache, b"ssh", server_salt())
         d = self.ctx.pool.iterate(
             self.served,
             cached_v1_response,
@@ -318,6 +379,8 @@ class V1SSHSession:
                 self.output.write(item)
             elif isinstance(item, V1StreamStart):
                 self._started_output = True  # raw stream: nothing precedes the body
+                if self._command is not None:
+                    self._command.engine = item.engine
             elif isinstance(item, V1Bytes):
                 self.output.write(ssh_bytes_response(item.data))
             elif isinstance(item, V1PushResult):
@@ -326,8 +389,10 @@ class V1SSHSession:
             elif isinstance(item, V1PushError):
                 self._flush_remote_output(item.output)
                 self.output.write(ssh_bytes_response(item.message))
+                self._set_outcome("error")
             elif isinstance(item, V1OutOfBandError):
                 self._write_ooberror(item.message)
+                self._set_outcome("error")
             else:
                 raise TypeError(f"unexpected v1 result {type(item).__name__}")
         return self.output.drained()
@@ -345,10 +410,12 @@ class V1SSHSession:
         self.output.write_stderr(stderr)
         self.output.write(stdout)
 
-    def _end_command(self) -> None:
+    def _end_command(self, outcome: str | None = None, *, log_now: bool = True) -> None:
         self._in_flight = None
         self._busy = False
         self._close_spool()
+        if log_now:
+            self._log_command(outcome)
 
     def _command_done(self, _: None) -> None:
         if self._done:
@@ -361,11 +428,14 @@ class V1SSHSession:
         if self._done or failure.check(CancelledError):
             return
         self._flush_remote_output()
-        self._end_command()
         if failure.check(PermissionDenied) and not self._started_output:
             self._write_ooberror(str(failure.value).encode("utf-8"))
+            self._end_command("denied")
             self._pump()
             return
+        self._set_outcome("error")
+        # logged once the answer below is written, so that its bytes count
+        self._end_command(log_now=False)
         from hgwire_tw.v1.dispatch import describe_failure, push_failure
 
         # The text the client gets; for a bug it names an incident id, logged here too.
@@ -386,6 +456,7 @@ class V1SSHSession:
             )
         if self._started_output:
             # The response is half sent; there is no way to tell the client in-band.
+            self._log_command()
             self._fail("internal server error; see the server log")
             return
         if name == b"unbundle":
@@ -395,6 +466,7 @@ class V1SSHSession:
             self._deliver_failure(push_failure(message, hint, transport="ssh", bundle2=bundle2))
         else:
             self._write_ooberror(message + (b"\n(%s)" % hint if hint else b""))
+        self._log_command()
         self._pump()
 
     def _deliver_failure(self, result: object) -> None:
@@ -425,3 +497,61 @@ class V1SSHSession:
             self._in_flight.cancel()
         self._close_spool()
         self.output.finish(status)
+
+    # -- response compression -----------------------------------------------------------
+
+    def _response_format(self, name: bytes) -> Callable[[bool], ResponseFormat] | None:
+        """How ``name``'s stream answer is compressed: only ``getbundle``, only when the
+        client's ``protocaps`` offered one of our engines (else None: raw, as ever)."""
+        if name != b"getbundle":
+            return None
+        settings = self.ctx.settings
+        engine = choose_ssh_engine(self.proto.client_caps(), settings.v1_compression)
+        if engine == "none":
+            return None
+        level = {"zstd": settings.zstd_level, "zlib": settings.zlib_level}.get(engine)
+        chosen = ResponseFormat(media_type=MEDIA_TYPE_V01, engine=engine, level=level, bundle2=True)
+        # stream clones and error replies prefer to go out as they are
+        raw = ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True)
+
+        def choose(prefer_uncompressed: bool) -> ResponseFormat:
+            return raw if prefer_uncompressed else chosen
+
+        return choose
+
+    # -- access log ---------------------------------------------------------------------
+
+    def _begin_command(self, name: bytes) -> None:
+        # an unknown line is the client's text: nothing in it may forge log output
+        text = "".join(
+            c if c.isprintable() and c not in '"\\' else "?"
+            for c in name.decode("ascii", "replace")
+        )
+        self._command = _Command(
+            name=text,
+            started=self.ctx.reactor.seconds(),
+            sent_before=self.output.sent,
+        )
+
+    def _set_outcome(self, outcome: str) -> None:
+        if self._command is not None and self._command.outcome == "ok":
+            self._command.outcome = outcome
+
+    def _log_command(self, outcome: str | None = None) -> None:
+        """The access line of the command being answered (once)."""
+        command, self._command = self._command, None
+        if command is None:
+            return
+        log.info(
+            "{line}",
+            line=command_line(
+                address=self.peer_host,
+                user=self.user,
+                repo=self.served.name,
+                command=command.name,
+                outcome=outcome or command.outcome,
+                engine=command.engine,
+                sent=self.output.sent - command.sent_before,
+                seconds=self.ctx.reactor.seconds() - command.started,
+            ),
+        )

@@ -9,15 +9,17 @@ on everything that can change its bytes:
   repository's ``hgrc``;
 * every ``getbundle`` argument as received (``heads``, ``common``, ``bundlecaps``
   with the client's bundle2 capabilities, ``cg``, ``bookmarks``, ``phases`` …);
-* the response encoding: the transport (HTTP bodies are compressed here, SSH bodies
-  are raw) and, over HTTP, the media type, compression engine and level chosen for the
-  client; plus the Mercurial version.
+* the response encoding: the transport and the media type, compression engine and level
+  chosen for the client (over SSH: the engine and level a bundle2 is compressed with
+  inside itself, or nothing for a raw answer); plus the Mercurial version.
 
 So a push, a phase or bookmark move, or a new obsolescence marker yields a new key
 and nothing stale is served; no invalidation is needed. Only compressed-preferred
 stream results are stored: that excludes stream clones and the bundle2 error replies
 Mercurial makes of an ``Abort`` (both prefer uncompressed), and out-of-band errors are
-not streams at all. The permission check runs before the cache is consulted.
+not streams at all. The permission check runs before the cache is consulted. A hit is
+sent as stored, never compressed again; for SSH the engine it names is read from the
+stored bundle2 head.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ from twisted.logger import Logger
 from hgwire_tw.cache.base import stored_while_streaming
 from hgwire_tw.commands.cachekeys import cache_key_digest
 from hgwire_tw.core.errors import CommandError
-from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ArgValue, ResponseFormat
+from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ArgValue, ResponseFormat, bundle2_engine
 from hgwire_tw.v1.dispatch import (
     STREAM_PIECE,
     V1Stream,
     V1StreamStart,
     close_chunks,
+    encode_stream,
     run_v1_command,
-    stream_body,
     v1_response,
 )
 from hgwire_tw.v1.protocol import V1Protocol
@@ -81,7 +83,10 @@ def getbundle_state(view: Any) -> dict[bytes, object]:
 def _format_key(fmt: ResponseFormat | None) -> list[object] | None:
     if fmt is None:
         return None
-    return [fmt.media_type, fmt.engine.encode(), fmt.level]
+    key: list[object] = [fmt.media_type, fmt.engine.encode(), fmt.level]
+    if fmt.bundle2:
+        key.append(b"bundle2")  # appended only here, so HTTP keys stay as they were
+    return key
 
 
 def cached_v1_response(
@@ -135,8 +140,16 @@ def cached_v1_response(
             key=key,
             size=entry.size,
         )
-        yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
-        yield from entry.chunks()
+        pieces = entry.chunks()
+        if fmt is not None and fmt.bundle2:
+            # What the stored bytes say, not what was asked: a raw bundle is stored raw.
+            first = next(pieces, b"")
+            engine = bundle2_engine(first)
+            yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
+            yield first
+        else:
+            yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
+        yield from pieces
         return
 
     result = run_v1_command(repo, name, args, proto)
@@ -146,7 +159,8 @@ def cached_v1_response(
         return
     chunks = result.chunks
     try:
-        yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
-        yield from stored_while_streaming(cache, key, stream_body(chunks, fmt, piece))
+        start, body = encode_stream(chunks, fmt, piece)
+        yield start
+        yield from stored_while_streaming(cache, key, body)
     finally:
         close_chunks(chunks)

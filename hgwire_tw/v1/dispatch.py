@@ -13,7 +13,10 @@ Results come back as small frozen dataclasses that the transports format.
 ``RepositoryPool.iterate``: it runs the command, then yields the result and, for stream
 results, a ``V1StreamStart`` followed by the response body in pieces of about
 ``STREAM_PIECE`` bytes, compressed here, on the worker thread, as the transport
-consumes them (nothing is built whole in memory).
+consumes them (nothing is built whole in memory). Over HTTP the whole body is
+compressed as its media type says; over SSH (a format with ``bundle2`` set) a bundle2
+is compressed inside itself (``core.v1.compress_bundle2``) and anything else goes out
+raw.
 
 Failures of writes. A command that needs the ``push`` permission and finds an abandoned
 transaction (its writer died while we waited for the lock) gets it rolled back
@@ -43,6 +46,7 @@ from hgwire_tw.core.v1 import (
     MEDIA_TYPE_V01,
     ArgValue,
     ResponseFormat,
+    compress_bundle2,
     decode_batch_cmds,
     encode_batch_results,
     make_compressor,
@@ -70,6 +74,7 @@ __all__ = [
     "command_permission",
     "command_spec",
     "describe_failure",
+    "encode_stream",
     "is_command",
     "push_failure",
     "run_v1_command",
@@ -453,6 +458,24 @@ def stream_body(
     return _compressed(_pieces(chunks, piece), fmt, piece)
 
 
+def encode_stream(
+    chunks: Iterator[bytes], fmt: ResponseFormat | None, piece: int = STREAM_PIECE
+) -> tuple[V1StreamStart, Iterator[bytes]]:
+    """How a stream result goes out as ``fmt`` says, and its body (worker thread).
+
+    For a ``bundle2`` format (SSH) this reads ahead to the bundle2 head to learn whether
+    the engine applies; the start names the engine the body really uses.
+    """
+    if fmt is not None and fmt.bundle2:
+        engine, body = compress_bundle2(_pieces(chunks, piece), fmt.engine, fmt.level, piece=piece)
+        return V1StreamStart(media_type=MEDIA_TYPE_V01, engine=engine, legacy=False), body
+    if fmt is None:
+        start = V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=False)
+    else:
+        start = V1StreamStart(media_type=fmt.media_type, engine=fmt.engine, legacy=False)
+    return start, stream_body(chunks, fmt, piece)
+
+
 def close_chunks(chunks: Iterator[bytes]) -> None:
     """Close a command's chunk generator (if it is one), on the worker that ran it."""
     close = getattr(chunks, "close", None)
@@ -473,7 +496,8 @@ def v1_response(
 
     Non-stream results are yielded alone. A stream yields ``V1StreamStart`` and then
     ``bytes`` pieces. ``choose(prefer_uncompressed)`` picks the media type and engine
-    (HTTP); with ``choose=None`` (SSH) streams go out raw. The command's own generator is
+    (HTTP), or the engine for a bundle2 (SSH, ``ResponseFormat.bundle2``); with
+    ``choose=None`` streams go out raw. The command's own generator is
     closed when this one is, on the same worker thread. ``result`` is the command's
     result when the caller already ran it (``v1.cache``).
     """
@@ -482,17 +506,16 @@ def v1_response(
     if isinstance(result, V1Stream):
         chunks = result.chunks
         try:
-            if choose is None:
-                yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=False)
-                yield from stream_body(chunks, None, piece)
-                return
-            try:
-                fmt = choose(result.prefer_uncompressed)
-            except CommandError as e:
-                yield V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
-                return
-            yield V1StreamStart(media_type=fmt.media_type, engine=fmt.engine, legacy=False)
-            yield from stream_body(chunks, fmt, piece)
+            fmt = None
+            if choose is not None:
+                try:
+                    fmt = choose(result.prefer_uncompressed)
+                except CommandError as e:
+                    yield V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
+                    return
+            start, body = encode_stream(chunks, fmt, piece)
+            yield start
+            yield from body
         finally:
             close_chunks(chunks)
     elif isinstance(result, V1LegacyStream):

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Literal
 
-from hgwire_tw.core.v1 import ArgValue, parse_arg_spec, parse_protocaps
+from hgwire_tw.core.v1 import BUNDLE2_MAGIC, ArgValue, ProtoCaps, parse_arg_spec, parse_protocaps
 
 __all__ = ["BUNDLE2_MAGIC", "PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
-
-#: The first bytes of a bundle2 (``HG20``); bundle1 payloads start ``HG10``.
-BUNDLE2_MAGIC = b"HG20"
 
 #: Size of the pieces a spooled payload is read back in.
 PAYLOAD_CHUNK = 64 * 1024
@@ -127,6 +123,14 @@ class V1Protocol:
         """The client's protocol capability tokens (``X-HgProto-N`` or ``protocaps``)."""
         return self._protocaps
 
+    def client_caps(self) -> ProtoCaps:
+        """The client's capabilities, parsed (over SSH: what its ``protocaps`` said).
+
+        Mercurial's ``protocaps`` command stores the tokens as a set; the order that
+        matters (engines inside one ``comp=`` token) survives that.
+        """
+        return parse_protocaps(b" ".join(sorted(self._protocaps)))
+
     def getpayload(self) -> Iterator[bytes]:
         """The pushed data, in pieces."""
         return self._payload()
@@ -175,11 +179,11 @@ class V1Protocol:
                 self.captured.write(out.getvalue())
 
     def client(self) -> bytes:
-        """``remote:<scheme>:<host>:<user>``; ``remote:http`` makes bundle2 capture output."""
+        """``remote:<scheme>:<host>:<user>`` (hooks see it as ``HG_URL``; over SSH the
+        user is the one the key logged in as); ``remote:http`` makes bundle2 capture
+        output."""
         from urllib.parse import quote
 
-        if self.transport == "ssh":
-            return b"remote:ssh:" + os.fsencode(self._remote_host)
         return b"remote:%s:%s:%s" % (
             self.transport.encode("ascii"),
             quote(self._remote_host).encode("ascii"),
