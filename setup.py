@@ -31,6 +31,8 @@ setup(
             "pytest>=7",
             "hypothesis>=6.80",
             "pytest-timeout>=2.1",
+            # two workers: most integration tests wait on real hg subprocesses
+            "pytest-xdist>=3.5",
         ],
         "dev": [
             "ruff>=0.4",
