@@ -148,6 +148,7 @@ def _keys(site: LeakSite) -> list[str]:
         site.shared_prefix,  # shared with one served node: must resolve to it
         "x" + site.shared_prefix,
         "hidden-bm",  # a bookmark on a secret changeset
+        "",  # the empty prefix: ambiguous, as everywhere (it once raised: a 500)
     ]
 
 

@@ -172,7 +172,8 @@ def front_end(tmp_path: Path, access: AccessPolicy | None = None) -> WebFrontEnd
 
 
 def test_refusals_before_hgweb(tmp_path: Path) -> None:
-    """Pages take GET/HEAD only; past threads + max_waiting pages the answer is 503;
+    """Pages take GET/HEAD only; a query string hgweb cannot parse is 400; past
+    threads + max_waiting pages the answer is 503;
     archives are refused unless enabled; a private page needs a login. None of these
     reach a web thread."""
     web = front_end(tmp_path)
@@ -189,6 +190,13 @@ def test_refusals_before_hgweb(tmp_path: Path) -> None:
         == NOT_DONE_YET
     )
     assert request.responseCode == 403 and b"archives are disabled" in b"".join(request.written)
+    # hgweb cannot parse escapes of non-ASCII bytes (it raised: a 500 and a traceback)
+    for query in (b"?style=%FF", b"?x=%C3%A9", b"?a\xff=1"):
+        request = request_for(b"/r/shortlog" + query)
+        assert web.render(request, ["r", "shortlog"], served, ["shortlog"]).startswith(
+            b"malformed query string"
+        )
+        assert request.responseCode == 400
     web.pages = web.max_pages
     request = request_for(b"/r/shortlog")
     web.render(request, ["r", "shortlog"], served, ["shortlog"])

@@ -133,8 +133,12 @@ def _served_prefix(repo: Any, prefix: bytes) -> bytes | None:
 
     def walk(p: bytes) -> None:
         try:
-            node = index.partialmatch(p)
-        except error.RevlogError:  # several nodes below p
+            # The index wants at least one digit; the empty prefix matches every node.
+            node = index.partialmatch(p) if p else None
+            several = not p
+        except error.RevlogError:
+            several = True
+        if several:
             for digit in _HEX_DIGITS:
                 if len(matches) >= cap:
                     return

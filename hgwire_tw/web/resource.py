@@ -69,6 +69,18 @@ def _query_cmds(request: IRequest) -> list[bytes]:
     return [value.encode("latin-1") for key, value in pairs if key == "cmd"]
 
 
+def _hgweb_parses_query(request: IRequest) -> bool:
+    """Whether hgweb can read the query string: it parses it as ASCII bytes, and a
+    ``%XX`` escape of a non-ASCII byte (or a raw one) makes it raise, which would be a
+    500 with a critical traceback instead of the client's error."""
+    _, _, query = request.uri.partition(b"?")
+    try:
+        parse_qsl(query, keep_blank_values=True)
+    except UnicodeError:
+        return False
+    return True
+
+
 def is_web_request(request: IRequest) -> bool:
     """Whether a request (already known not to be ``<repo>/api/...`` nor a blob) is a
     page: every ``cmd`` query parameter, if any, names an hgweb command that is not also
@@ -185,6 +197,8 @@ class WebFrontEnd:
         if self.pages >= self.max_pages:
             request.setHeader(b"Retry-After", b"1")
             return plain(request, 503, "too many web pages in progress, try again\n")
+        if not _hgweb_parses_query(request):
+            return plain(request, 400, "malformed query string: escapes must decode to ASCII\n")
         started = time.monotonic()
         cmds = _query_cmds(request)
         page = page_name(served, rest, cmds[-1] if cmds else None)
