@@ -232,6 +232,7 @@ def _login(
     address: str = "127.0.0.1",
     sign: bool = True,
     portal: PublicKeyPortal | None = None,
+    algorithm: bytes | None = None,
 ) -> Any:
     if portal is None:
         portal = PublicKeyPortal(lambda: ctx.access, lambda u, h, s: HgwireAvatar(ctx, u, h, s))
@@ -239,8 +240,9 @@ def _login(
     conch_key = keys.Key(key)
     blob = conch_key.public().blob()
     data = b"session-data"
-    signature = conch_key.sign(data) if sign else None
-    creds = SSHPrivateKey(login, b"ssh-ed25519", blob, data if sign else None, signature)
+    algorithm = algorithm or conch_key.sshType()
+    signature = conch_key.sign(data, signatureType=algorithm) if sign else None
+    creds = SSHPrivateKey(login, algorithm, blob, data if sign else None, signature)
     results: list[Any] = []
     portal.login(creds, None, IConchUser).addBoth(results.append)
     return results[0]
@@ -268,6 +270,21 @@ def test_auth_refusals(tmp_path: Path) -> None:
     # A probe without signature for an acceptable key: Conch answers PK_OK.
     assert _login(ctx, b"bob", bob, sign=False).check(conch_error.ValidPublicKey)
     assert _login(ctx, b"bob", stranger, sign=False).check(UnauthorizedLogin)
+
+
+def test_rsa_keys_sign_with_sha2_only(tmp_path: Path) -> None:
+    """An RSA user key logs in with rsa-sha2-512/256 signatures; its SHA-1 ssh-rsa
+    signature is refused even though it verifies."""
+    ctx = _context(tmp_path)
+    rita = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    access = tmp_path / "rsa.toml"
+    user = f'[users.rita]\nkeys = ["{_openssh_public(rita)}"]\n'
+    access.write_text(user + '[[rules]]\nrepos = "*"\nread = ["*"]\n', encoding="utf-8")
+    ctx.access = AccessPolicy.load(access)
+    for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+        assert _login(ctx, b"rita", rita, algorithm=algorithm)[1].user == "rita"
+    refused = _login(ctx, b"rita", rita, algorithm=b"ssh-rsa")
+    assert refused.check(UnauthorizedLogin), refused
 
 
 def test_logins_follow_a_reloaded_access_file(tmp_path: Path) -> None:
