@@ -438,6 +438,61 @@ class V1SessionTests(SynchronousTestCase):
         self.assertRegex(out.stdout, rb"^0\n\d+\ninternal server error \(incident \w+ in")
         self.assertTrue(out.stdout.endswith(b"12\nanswer:heads"))
 
+    def _push_revoked_midway(self, payload: bytes) -> tuple[FakeOutput, FakePool]:
+        """alice pushes ``payload``; the access file is reloaded while it arrives and
+        no longer lets her push, so the worker's permission check refuses the run."""
+        from twisted.internet.defer import maybeDeferred
+
+        session, out, pool = _session(self.tmp)
+        iterate = pool.iterate
+
+        def run(served: Any, gen_fn: Any, args: Any, deliver: Any, **kw: Any) -> Any:
+            if args[0] == b"unbundle":
+                pool.calls.append(b"unbundle")
+                # what run_v1_command does first on the worker, with the session's check
+                return maybeDeferred(args[2].checkperm, b"push")
+            return iterate(served, gen_fn, args, deliver, **kw)
+
+        pool.iterate = run  # type: ignore[method-assign]
+        session.dataReceived(b"unbundle\nheads 10\n666f726365")
+        session.dataReceived(b"%d\n%s" % (len(payload), payload))
+        reloaded = self.tmp / "read-only.toml"
+        reloaded.write_text('[[rules]]\nrepos = "*"\nread = ["*"]\n', encoding="utf-8")
+        session.ctx.access = AccessPolicy.load(reloaded)
+        session.dataReceived(b"0\n")
+        session.dataReceived(b"heads\n")  # the session goes on after the refused push
+        return out, pool
+
+    def test_bundle2_push_revoked_midway_gets_a_bundle2_error_reply(self) -> None:
+        """Permission withdrawn between the payload and the run (before: an out-of-band
+        error, which a bundle2 client never reads): a bundle2 reply that Mercurial reads
+        as error:abort naming the refusal."""
+        import io
+
+        from mercurial import bundle2
+
+        from hgwire_tw.repo.ui import make_ui
+
+        out, pool = self._push_revoked_midway(b"HG20\0\0\0\0\0\0\0\0")
+        self.assertEqual(pool.calls, [b"unbundle", b"heads"])
+        self.assertTrue(out.stdout.startswith(b"0\nHG20"), out.stdout)
+        self.assertTrue(out.stdout.endswith(b"12\nanswer:heads"), out.stdout)
+        reply = out.stdout[2 : -len(b"12\nanswer:heads")]
+        unbundler = bundle2.getunbundler(make_ui(), io.BytesIO(reply))
+        parts = [(p.type, dict(p.params)) for p in unbundler.iterparts()]
+        self.assertEqual([t for t, _ in parts], [b"error:abort"])
+        self.assertEqual(
+            parts[0][1][b"message"],
+            b"permission denied: user 'alice' may not push to repository 'proj'",
+        )
+        self.assertIsNone(out.status)
+
+    def test_bundle1_push_revoked_midway_gets_the_failed_push_frame(self) -> None:
+        """The same for a bundle1 push: the failed-push reply frame, then ``heads``."""
+        out, _ = self._push_revoked_midway(b"HG10UN")
+        message = b"permission denied: user 'alice' may not push to repository 'proj'\n"
+        self.assertEqual(out.stdout, b"0\n%d\n%s12\nanswer:heads" % (len(message), message))
+
     def test_push_too_large(self) -> None:
         """A payload beyond max_push_bytes ends the session with exit status 1."""
         session, out, pool = _session(self.tmp)

@@ -32,6 +32,10 @@ error replies go out raw, as Mercurial's own server sends everything.
 
 Each command leaves one access line in the log (``ssh_log.command_line``).
 
+A push whose permission is withdrawn after its payload was taken (the access file was
+reloaded in between) is refused in the push's own answer form, like any failed push:
+by then a bundle2 client reads nothing but a bundle2 reply.
+
 Remote output (the "adding changesets" lines, hook output) goes to stderr, which the
 client prints as ``remote: ...``. When the client closes its side (EOF), requests
 already received are still answered; then the session ends with exit status 0. A
@@ -74,6 +78,7 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_log import command_line
+from hgwire_tw.v1.dispatch import describe_failure, push_failure
 from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
@@ -429,15 +434,25 @@ class V1SSHSession:
             return
         self._flush_remote_output()
         if failure.check(PermissionDenied) and not self._started_output:
-            self._write_ooberror(str(failure.value).encode("utf-8"))
+            denied = str(failure.value).encode("utf-8")
+            if name == b"unbundle":
+                # Allowed when the push began, withdrawn since (a reload): the client
+                # has sent its payload and reads only the push's own answer form.
+                log.warn(
+                    "push to {repo} refused for {user} over SSH: not authorized any more",
+                    repo=self.served.name or "/",
+                    user=self.user or "anonymous",
+                )
+                bundle2 = self._push_head == BUNDLE2_MAGIC
+                self._deliver_failure(push_failure(denied, transport="ssh", bundle2=bundle2))
+            else:
+                self._write_ooberror(denied)
             self._end_command("denied")
             self._pump()
             return
         self._set_outcome("error")
         # logged once the answer below is written, so that its bytes count
         self._end_command(log_now=False)
-        from hgwire_tw.v1.dispatch import describe_failure, push_failure
-
         # The text the client gets; for a bug it names an incident id, logged here too.
         message, hint = describe_failure(failure.value)
         if failure.check(RepositoryLocked):
