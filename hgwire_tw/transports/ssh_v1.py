@@ -30,7 +30,11 @@ compresses the bundle2 inside itself (its ``Compression`` stream parameter, see
 back-pressure. Clients that sent no ``protocaps``, bundle1 answers, stream clones and
 error replies go out raw, as Mercurial's own server sends everything.
 
-Each command leaves one access line in the log (``ssh_log.command_line``).
+Each command leaves one access line in the log (``ssh_log.command_line``). An error
+answer refusing the client's input (a malformed argument, an unknown node, a corrupt
+push) adds one ``info`` line in the words HTTP uses, ``v1 REPO COMMAND from ADDRESS: bad
+input: ...``, naming the argument; a broken request stream one ``info`` line before the
+session ends. Neither carries a traceback.
 
 A push whose permission is withdrawn after its payload was taken (the access file was
 reloaded in between) is refused in the push's own answer form, like any failed push:
@@ -78,7 +82,7 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_log import command_line
-from hgwire_tw.v1.dispatch import describe_failure, push_failure
+from hgwire_tw.v1.dispatch import LOGGED_FAILURES, describe_failure, one_line, push_failure
 from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
@@ -268,6 +272,13 @@ class V1SSHSession:
         elif isinstance(event, SSHShutdown):
             self._finish(0)
         elif isinstance(event, _InputError):
+            log.info(
+                "v1 {repo} session of {user} from {host} ended: protocol error: {error}",
+                repo=self.served.name or "/",
+                user=self.user or "-",
+                host=self.peer_host or "-",
+                error=one_line(event.message),
+            )
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
@@ -395,9 +406,13 @@ class V1SSHSession:
                 self._flush_remote_output(item.output)
                 self.output.write(ssh_bytes_response(item.message))
                 self._set_outcome("error")
+                if item.bad_input:
+                    self._bad_input(item.message)
             elif isinstance(item, V1OutOfBandError):
                 self._write_ooberror(item.message)
                 self._set_outcome("error")
+                if not item.message.startswith(LOGGED_FAILURES):
+                    self._bad_input(item.message)
             else:
                 raise TypeError(f"unexpected v1 result {type(item).__name__}")
         return self.output.drained()
@@ -409,6 +424,18 @@ class V1SSHSession:
         captured.truncate()
         if data:
             self.output.write_stderr(data)
+
+    def _bad_input(self, message: bytes) -> None:
+        """One info line for an error answer refusing the client's input, naming the
+        command (the message names the argument). Never louder: any user who may read
+        can send bad input, and must not fill the log with errors or tracebacks."""
+        log.info(
+            "v1 {repo} {cmd} from {host}: bad input: {error}",
+            repo=self.served.name or "/",
+            cmd=self._command.name if self._command is not None else "-",
+            host=self.peer_host or "-",
+            error=one_line(message),
+        )
 
     def _write_ooberror(self, message: bytes) -> None:
         stdout, stderr = ssh_ooberror(message.rstrip(b"\n"))
