@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -221,6 +222,34 @@ class LoginLimitTests(SynchronousTestCase):
                 self._send(client, pump, MSG_USERAUTH_REQUEST, request)
         self.assertIsNotNone(client.disconnect)
         self.assertLessEqual(client.failures(), 2)
+
+    def test_malformed_login_messages_log_one_line_each(self) -> None:
+        """A key that is no key, under an algorithm name that is not ASCII or holds a
+        newline, is one refused attempt; a truncated request ends the connection. No
+        exception escapes, nothing is logged above info, and no client text starts a
+        line of its own."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        _, client, pump = self._connect()
+        self._send(client, pump, transport.MSG_SERVICE_REQUEST, NS(b"ssh-userauth"))
+        for algorithm in (b"\xffkey", b"ssh-ed25519\nforged line"):
+            request = NS(b"bob") + NS(b"ssh-connection") + NS(b"publickey") + b"\0"
+            self._send(client, pump, MSG_USERAUTH_REQUEST, request + NS(algorithm) + NS(b"junk"))
+        self.assertEqual((client.failures(), client.disconnect), (2, None))
+        self._send(client, pump, MSG_USERAUTH_REQUEST, b"\0\0")
+        assert client.disconnect is not None
+        self.assertEqual(
+            client.disconnect, (transport.DISCONNECT_PROTOCOL_ERROR, b"malformed message")
+        )
+        # the traceback is kept, at debug
+        self.assertEqual(len(self.flushLoggedErrors(struct.error)), 1)
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual([e["log_level"] for e in failures], [LogLevel.debug])
+        loud = [e for e in events if e["log_level"] > LogLevel.info]
+        self.assertEqual(loud, [])
+        text = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+        self.assertFalse([line for line in text if "\n" in line], text)
 
     def test_service_request_before_key_exchange_refused(self) -> None:
         """Nothing but key exchange until it is done: no user authentication in clear."""

@@ -31,7 +31,7 @@ from typing import Any
 
 from twisted.conch.ssh import connection, factory, transport
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from hgwire_tw.context import ServerContext
@@ -206,7 +206,21 @@ class HgwireTransport(HgwireServerTransport):
             # key-exchange messages until the key exchange is done.
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"key exchange first")
             return
-        super().dispatchMessage(messageNum, payload)
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except Exception:
+            if getattr(self, "avatar", None) is not None:
+                raise
+            # Before a login this is a message Conch could not parse (it reads lengths
+            # without checking them): anyone may send one, so one line and no traceback
+            # (that goes to debug).
+            log.failure("SSH message {n} before login", level=LogLevel.debug, n=messageNum)
+            log.info(
+                "SSH message {number} from {address} before login is malformed; disconnected",
+                number=messageNum,
+                address=self.peer_host or "-",
+            )
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"malformed message")
 
     def _cut(self) -> None:
         self._linger_timer = None

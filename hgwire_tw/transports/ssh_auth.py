@@ -125,11 +125,11 @@ class PublicKeyPortal:
         signature_type = getNS(credentials.signature)[0]
         if signature_type not in USER_SIGNATURE_ALGORITHMS:
             log.info(
-                "SSH key of {user} refused from {address}: signature algorithm {algorithm} "
+                "SSH key of {user} refused from {address}: signature algorithm {algorithm!r} "
                 "is not accepted",
                 user=user,
                 address=self.address,
-                algorithm=signature_type.decode("ascii", "replace")[:64],
+                algorithm=signature_type[:64].decode("ascii", "replace"),
             )
             raise UnauthorizedLogin("signature algorithm not accepted")
         if not public.verify(credentials.signature, credentials.sigData):
@@ -153,6 +153,20 @@ class HgwireUserAuthServer(userauth.SSHUserAuthServer):
         super().serviceStarted()
         peer = self.transport.getPeer().address  # type: ignore[union-attr]
         self.portal = factory.portal.for_address(str(getattr(peer, "host", "")))
+
+    def auth_publickey(self, packet: bytes) -> defer.Deferred[Any]:
+        """Conch's ``publickey`` method, once the key in ``packet`` reads as a key.
+
+        Conch logs a key it cannot read at ``error`` level, with the client's algorithm
+        name in the line (newlines included), and fails outright on a name that is not
+        ASCII: anyone who connects could write the log.
+        """
+        try:
+            keys.Key.fromString(getNS(packet[1:], 2)[1])
+        except Exception:  # whatever fails to parse, the client sent no key we know
+            log.info("SSH login from {address}: unreadable public key", address=self.portal.address)
+            return defer.fail(UnauthorizedLogin("unreadable key"))
+        return super().auth_publickey(packet)
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         """Conch's attempt, its failure counted by the transport."""
