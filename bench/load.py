@@ -262,6 +262,9 @@ def hgwire_ssh(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
             str(access),
             "--cache",
             HGWIRE_CACHE[0],
+            # every clone and the pusher come from 127.0.0.1, past the default cap of 16
+            "--ssh-max-per-address",
+            "1000",
             http=None,
         ) as server:
             port = server.ports["ssh"][0]

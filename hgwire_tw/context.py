@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hgwire_tw.repo.pool import RepositoryPool
     from hgwire_tw.repo.registry import RepositoryRegistry
     from hgwire_tw.transports.httpsite import HTTPLimits
+    from hgwire_tw.transports.ssh_limits import SSHLimits
     from hgwire_tw.transports.tcp import TCPLimits
 
 MiB = 1024 * 1024
@@ -57,6 +58,9 @@ class Settings:
     #: Extra OpenSSH private host keys offered by the SSH server (besides the generated
     #: ed25519 key in the state directory).
     ssh_host_keys: tuple[str, ...] = ()
+    #: SSH connection caps, login deadline and failed-attempt limit
+    #: (``hgwire_tw.transports.ssh_limits.SSHLimits``); None: its defaults.
+    ssh_limits: SSHLimits | None = None
     #: Realm shown to HTTP clients asked to log in.
     realm: str = "hgwire"
     #: Where an external static server or CDN serves the blob directory (None: the

@@ -34,9 +34,10 @@ def ssh_argv(key: Path) -> list[str]:
     return [SSH, "-i", str(key), "-F", "/dev/null", *(a for o in options for a in ("-o", o))]
 
 
-def keygen(path: Path, kind: str = "ed25519") -> Path:
-    """A new passphrase-less OpenSSH key pair at ``path`` (and ``path.pub``)."""
-    extra = ["-b", "2048"] if kind == "rsa" else []
+def keygen(path: Path, kind: str = "ed25519", bits: int = 2048) -> Path:
+    """A new passphrase-less OpenSSH key pair at ``path`` (and ``path.pub``); ``bits``
+    is the size of an RSA key."""
+    extra = ["-b", str(bits)] if kind == "rsa" else []
     subprocess.run(
         [SSH_KEYGEN, "-q", "-t", kind, *extra, "-N", "", "-C", path.name, "-f", str(path)],
         check=True,

@@ -19,6 +19,7 @@ from hgwire_tw.app.settings import TABLE, Kind
 from hgwire_tw.context import Settings
 from hgwire_tw.tap import Options
 from hgwire_tw.transports.httpsite import HTTPLimits
+from hgwire_tw.transports.ssh_limits import SSHLimits
 from hgwire_tw.transports.tcp import TCPLimits
 from tests.repobuilders import init_repo
 
@@ -63,7 +64,7 @@ def test_defaults_build_the_default_settings(
     default written in the table cannot contradict the dataclass)."""
     monkeypatch.chdir(init_repo(tmp_path / "cwd"))
     assert parse().settings() == replace(
-        Settings(), tcp_limits=TCPLimits(), http_limits=HTTPLimits()
+        Settings(), tcp_limits=TCPLimits(), http_limits=HTTPLimits(), ssh_limits=SSHLimits()
     )
 
 
@@ -77,6 +78,8 @@ def test_toml_keys_set_what_the_options_set(tmp_path: Path) -> None:
         "compression": "zlib",
         "tcp-streams": "3",
         "tcp-idle-timeout": "7",
+        "ssh-login-timeout": "12",
+        "ssh-max-per-address": "4",
         "cache": "disk",
         "cache-size": "123",
         "blob-retention": "60",
@@ -99,6 +102,8 @@ def test_toml_keys_set_what_the_options_set(tmp_path: Path) -> None:
         assert from_file[dest] == cli[dest], name
     assert from_file.settings() == cli.settings()
     assert cli.settings().workers == 3 and cli.settings().tcp_limits.streams == 3
+    ssh = cli.settings().ssh_limits
+    assert ssh is not None and (ssh.login_timeout, ssh.max_per_address) == (12.0, 4)
 
 
 @pytest.mark.parametrize(

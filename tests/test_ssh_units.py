@@ -232,6 +232,7 @@ def _login(
     address: str = "127.0.0.1",
     sign: bool = True,
     portal: PublicKeyPortal | None = None,
+    algorithm: bytes | None = None,
 ) -> Any:
     if portal is None:
         portal = PublicKeyPortal(lambda: ctx.access, lambda u, h, s: HgwireAvatar(ctx, u, h, s))
@@ -239,8 +240,9 @@ def _login(
     conch_key = keys.Key(key)
     blob = conch_key.public().blob()
     data = b"session-data"
-    signature = conch_key.sign(data) if sign else None
-    creds = SSHPrivateKey(login, b"ssh-ed25519", blob, data if sign else None, signature)
+    algorithm = algorithm or conch_key.sshType()
+    signature = conch_key.sign(data, signatureType=algorithm) if sign else None
+    creds = SSHPrivateKey(login, algorithm, blob, data if sign else None, signature)
     results: list[Any] = []
     portal.login(creds, None, IConchUser).addBoth(results.append)
     return results[0]
@@ -268,6 +270,21 @@ def test_auth_refusals(tmp_path: Path) -> None:
     # A probe without signature for an acceptable key: Conch answers PK_OK.
     assert _login(ctx, b"bob", bob, sign=False).check(conch_error.ValidPublicKey)
     assert _login(ctx, b"bob", stranger, sign=False).check(UnauthorizedLogin)
+
+
+def test_rsa_keys_sign_with_sha2_only(tmp_path: Path) -> None:
+    """An RSA user key logs in with rsa-sha2-512/256 signatures; its SHA-1 ssh-rsa
+    signature is refused even though it verifies."""
+    ctx = _context(tmp_path)
+    rita = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    access = tmp_path / "rsa.toml"
+    user = f'[users.rita]\nkeys = ["{_openssh_public(rita)}"]\n'
+    access.write_text(user + '[[rules]]\nrepos = "*"\nread = ["*"]\n', encoding="utf-8")
+    ctx.access = AccessPolicy.load(access)
+    for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+        assert _login(ctx, b"rita", rita, algorithm=algorithm)[1].user == "rita"
+    refused = _login(ctx, b"rita", rita, algorithm=b"ssh-rsa")
+    assert refused.check(UnauthorizedLogin), refused
 
 
 def test_logins_follow_a_reloaded_access_file(tmp_path: Path) -> None:
@@ -420,6 +437,61 @@ class V1SessionTests(SynchronousTestCase):
         self.flushLoggedErrors(RuntimeError)
         self.assertRegex(out.stdout, rb"^0\n\d+\ninternal server error \(incident \w+ in")
         self.assertTrue(out.stdout.endswith(b"12\nanswer:heads"))
+
+    def _push_revoked_midway(self, payload: bytes) -> tuple[FakeOutput, FakePool]:
+        """alice pushes ``payload``; the access file is reloaded while it arrives and
+        no longer lets her push, so the worker's permission check refuses the run."""
+        from twisted.internet.defer import maybeDeferred
+
+        session, out, pool = _session(self.tmp)
+        iterate = pool.iterate
+
+        def run(served: Any, gen_fn: Any, args: Any, deliver: Any, **kw: Any) -> Any:
+            if args[0] == b"unbundle":
+                pool.calls.append(b"unbundle")
+                # what run_v1_command does first on the worker, with the session's check
+                return maybeDeferred(args[2].checkperm, b"push")
+            return iterate(served, gen_fn, args, deliver, **kw)
+
+        pool.iterate = run  # type: ignore[method-assign]
+        session.dataReceived(b"unbundle\nheads 10\n666f726365")
+        session.dataReceived(b"%d\n%s" % (len(payload), payload))
+        reloaded = self.tmp / "read-only.toml"
+        reloaded.write_text('[[rules]]\nrepos = "*"\nread = ["*"]\n', encoding="utf-8")
+        session.ctx.access = AccessPolicy.load(reloaded)
+        session.dataReceived(b"0\n")
+        session.dataReceived(b"heads\n")  # the session goes on after the refused push
+        return out, pool
+
+    def test_bundle2_push_revoked_midway_gets_a_bundle2_error_reply(self) -> None:
+        """Permission withdrawn between the payload and the run (before: an out-of-band
+        error, which a bundle2 client never reads): a bundle2 reply that Mercurial reads
+        as error:abort naming the refusal."""
+        import io
+
+        from mercurial import bundle2
+
+        from hgwire_tw.repo.ui import make_ui
+
+        out, pool = self._push_revoked_midway(b"HG20\0\0\0\0\0\0\0\0")
+        self.assertEqual(pool.calls, [b"unbundle", b"heads"])
+        self.assertTrue(out.stdout.startswith(b"0\nHG20"), out.stdout)
+        self.assertTrue(out.stdout.endswith(b"12\nanswer:heads"), out.stdout)
+        reply = out.stdout[2 : -len(b"12\nanswer:heads")]
+        unbundler = bundle2.getunbundler(make_ui(), io.BytesIO(reply))
+        parts = [(p.type, dict(p.params)) for p in unbundler.iterparts()]
+        self.assertEqual([t for t, _ in parts], [b"error:abort"])
+        self.assertEqual(
+            parts[0][1][b"message"],
+            b"permission denied: user 'alice' may not push to repository 'proj'",
+        )
+        self.assertIsNone(out.status)
+
+    def test_bundle1_push_revoked_midway_gets_the_failed_push_frame(self) -> None:
+        """The same for a bundle1 push: the failed-push reply frame, then ``heads``."""
+        out, _ = self._push_revoked_midway(b"HG10UN")
+        message = b"permission denied: user 'alice' may not push to repository 'proj'\n"
+        self.assertEqual(out.stdout, b"0\n%d\n%s12\nanswer:heads" % (len(message), message))
 
     def test_push_too_large(self) -> None:
         """A payload beyond max_push_bytes ends the session with exit status 1."""

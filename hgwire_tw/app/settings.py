@@ -91,6 +91,7 @@ class Lazy:
 NESTED: dict[str, Lazy] = {
     "tcp_limits": Lazy("hgwire_tw.transports.tcp", "TCPLimits"),
     "http_limits": Lazy("hgwire_tw.transports.httpsite", "HTTPLimits"),
+    "ssh_limits": Lazy("hgwire_tw.transports.ssh_limits", "SSHLimits"),
 }
 
 
@@ -283,6 +284,7 @@ REPOS = "Repositories"
 LISTEN = "Listeners"
 ACCESS = "Access and pushes"
 SERVICE = "Service"
+SSH = "SSH limits"
 TCP = "Raw TCP limits"
 HTTP = "HTTP limits"
 CACHE = "Response cache, redirects and blobs"
@@ -497,6 +499,51 @@ TABLE: tuple[Setting, ...] = (
         to_field=lambda off: not off,
         help="Refuse stream clones on every transport (hg clone --stream over HTTP and "
         "SSH, v2 rawstorefiledata); clients fall back to changegroups.",
+    ),
+    # -- SSH limits (hgwire_tw.transports.ssh_limits; docs/ssh.md)
+    setting(
+        name="ssh-max-connections",
+        type=int,
+        group=SSH,
+        metavar="N",
+        default=FIELD,
+        field="ssh_limits.max_connections",
+        check=positive,
+        see="docs/ssh.md",
+        help="SSH connections at once, per SSH listener; more are refused with an SSH "
+        "disconnect message and closed at once.",
+    ),
+    setting(
+        name="ssh-max-per-address",
+        type=int,
+        group=SSH,
+        metavar="N",
+        default=FIELD,
+        field="ssh_limits.max_per_address",
+        check=positive,
+        help="SSH connections at once from one client address, per SSH listener.",
+    ),
+    setting(
+        name="ssh-login-timeout",
+        type=float,
+        group=SSH,
+        metavar="SECONDS",
+        default=FIELD,
+        field="ssh_limits.login_timeout",
+        check=positive,
+        help="Seconds an SSH client has from connecting to being logged in (version and "
+        "key exchange and authentication together, a key passphrase typed included).",
+    ),
+    setting(
+        name="ssh-login-attempts",
+        type=int,
+        group=SSH,
+        metavar="N",
+        default=FIELD,
+        field="ssh_limits.login_attempts",
+        check=positive,
+        help="Failed authentication attempts (keys refused) after which an SSH connection "
+        "is closed; counted per connection.",
     ),
     # -- raw TCP limits
     setting(

@@ -75,6 +75,7 @@ from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimi
 from hgwire_tw.transports.pausegate import PauseGate
 from hgwire_tw.v1.cache import cached_v1_response
 from hgwire_tw.v1.dispatch import (
+    LOGGED_FAILURES,
     V1Bytes,
     V1OutOfBandError,
     V1PushError,
@@ -84,6 +85,7 @@ from hgwire_tw.v1.dispatch import (
     command_spec,
     describe_failure,
     is_command,
+    one_line,
     run_v1_command,
 )
 from hgwire_tw.v1.protocol import V1Protocol, file_payload
@@ -116,16 +118,6 @@ def _path_segments(request: IRequest) -> list[str]:
 def _query(request: IRequest) -> bytes:
     _, _, query = request.uri.partition(b"?")
     return query
-
-
-#: Longest error text written in a log line about bad input.
-MAX_LOGGED_ERROR = 300
-
-
-def one_line(text: str, limit: int = MAX_LOGGED_ERROR) -> str:
-    """``text`` on one line, at most ``limit`` characters (a client chose it)."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 def _logged_path(request: IRequest) -> str:
@@ -657,7 +649,7 @@ class _V1Request:
         elif isinstance(result, V1OutOfBandError):
             body = result.message
             media_type = MEDIA_TYPE_ERROR
-            if not body.startswith(_LOGGED_BY_DISPATCH):
+            if not body.startswith(LOGGED_FAILURES):
                 self._bad_input(body)
         else:
             raise TypeError(f"unexpected v1 result {type(result).__name__}")
@@ -666,11 +658,6 @@ class _V1Request:
         request.setHeader(b"Content-Length", b"%d" % len(body))
         self._log(200, media_type, "-")
         request.write(body)
-
-
-#: Out-of-band answers that are no bad input, whose cause ``v1.dispatch`` logged already
-#: (a push that hit a bug, or a lock held past the timeout).
-_LOGGED_BY_DISPATCH = (b"internal server error (incident ", b"the repository is locked by ")
 
 
 def _abort(request: IRequest) -> None:

@@ -15,6 +15,10 @@ and no keys, so nobody gets in over SSH. The avatar also carries the key's hg-ss
 
 The portal reads the server's current access policy at each login, so a reload (SIGHUP)
 adds and removes keys for new connections.
+
+Signatures are accepted in the algorithms of ``ssh_keys.USER_SIGNATURE_ALGORITHMS``
+only. Failed attempts are counted by the transport, for the whole connection
+(``ssh_limits``); the login deadline is the transport's too.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hgwire_tw.access import AccessPolicy, AuthorizedKey, KeyScope
+from hgwire_tw.transports.ssh_keys import USER_SIGNATURE_ALGORITHMS
 
 __all__ = ["AvatarFactory", "HgwireUserAuthServer", "PublicKeyPortal", "find_key"]
 
@@ -41,9 +47,6 @@ log = Logger()
 #: Builds the avatar of an authenticated user:
 #: ``(user, client address, the key's hg-ssh scope or None) -> IConchUser``.
 AvatarFactory = Callable[[str, str, KeyScope | None], Any]
-
-#: Signature algorithms refused from clients: SHA-1 RSA and DSA.
-_WEAK_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
 
 
 def find_key(access: AccessPolicy, login: str, blob: bytes) -> tuple[str, AuthorizedKey] | None:
@@ -120,8 +123,15 @@ class PublicKeyPortal:
             # The client asks whether this key would do; it signs only if we say yes.
             raise conch_error.ValidPublicKey()
         signature_type = getNS(credentials.signature)[0]
-        if signature_type in _WEAK_SIGNATURES:
-            raise UnauthorizedLogin("SHA-1 signatures are not accepted")
+        if signature_type not in USER_SIGNATURE_ALGORITHMS:
+            log.info(
+                "SSH key of {user} refused from {address}: signature algorithm {algorithm!r} "
+                "is not accepted",
+                user=user,
+                address=self.address,
+                algorithm=signature_type[:64].decode("ascii", "replace"),
+            )
+            raise UnauthorizedLogin("signature algorithm not accepted")
         if not public.verify(credentials.signature, credentials.sigData):
             raise UnauthorizedLogin("bad signature")
         log.info("SSH login: {user} from {address}", user=user, address=self.address)
@@ -130,15 +140,42 @@ class PublicKeyPortal:
 
 
 class HgwireUserAuthServer(userauth.SSHUserAuthServer):
-    """Conch's userauth service, with the factory's reactor and a per-address portal."""
-
-    #: Seconds a client has to log in.
-    loginTimeout = 120
-    attemptsBeforeDisconnect = 10
+    """Conch's userauth service, with the factory's reactor and a per-address portal;
+    failed attempts are counted by the transport (``HgwireTransport.failed_login``)."""
 
     def serviceStarted(self) -> None:
         factory = self.transport.factory  # type: ignore[union-attr]
         self.clock = factory.reactor
+        # The transport's deadline and count apply to the connection as a whole and end
+        # it first; Conch's own (per service) are kept as they are, only never sooner.
+        self.loginTimeout = factory.limits.login_timeout
+        self.attemptsBeforeDisconnect = factory.limits.login_attempts
         super().serviceStarted()
         peer = self.transport.getPeer().address  # type: ignore[union-attr]
         self.portal = factory.portal.for_address(str(getattr(peer, "host", "")))
+
+    def auth_publickey(self, packet: bytes) -> defer.Deferred[Any]:
+        """Conch's ``publickey`` method, once the key in ``packet`` reads as a key.
+
+        Conch logs a key it cannot read at ``error`` level, with the client's algorithm
+        name in the line (newlines included), and fails outright on a name that is not
+        ASCII: anyone who connects could write the log.
+        """
+        try:
+            keys.Key.fromString(getNS(packet[1:], 2)[1])
+        except Exception:  # whatever fails to parse, the client sent no key we know
+            log.info("SSH login from {address}: unreadable public key", address=self.portal.address)
+            return defer.fail(UnauthorizedLogin("unreadable key"))
+        return super().auth_publickey(packet)
+
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
+        """Conch's attempt, its failure counted by the transport."""
+        return super().tryAuth(kind, user, data).addErrback(self._attempt_failed, kind)
+
+    def _attempt_failed(self, reason: Failure, kind: bytes) -> Failure:
+        if reason.check(conch_error.IgnoreAuthentication):
+            return reason  # answered already (PK_OK for a key we would accept)
+        if self.transport.failed_login(kind):  # type: ignore[union-attr]
+            # the connection is being closed: no USERAUTH_FAILURE after the disconnect
+            return Failure(conch_error.IgnoreAuthentication())
+        return reason

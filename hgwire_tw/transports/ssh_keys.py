@@ -8,7 +8,8 @@ host keys (``Settings.ssh_host_keys``); DSA keys are refused.
 Conch's defaults still offer CBC ciphers, SHA-1 and MD5 MACs, SHA-1 key exchanges and
 ``ssh-rsa``/``ssh-dss`` signatures. ``MODERN_*`` below are what we offer instead;
 ``HgwireServerTransport`` carries them and the factory filters the signature algorithms
-of its host keys through ``host_key_algorithms``.
+of its host keys through ``host_key_algorithms``. ``USER_SIGNATURE_ALGORITHMS`` are the
+signatures accepted from users' keys (and advertised to clients as ``server-sig-algs``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "MODERN_COMPRESSIONS",
     "MODERN_KEX",
     "MODERN_MACS",
+    "USER_SIGNATURE_ALGORITHMS",
     "HgwireServerTransport",
     "HostKeyError",
     "host_key_algorithms",
@@ -46,6 +48,19 @@ MODERN_COMPRESSIONS: tuple[bytes, ...] = (b"none",)
 
 #: Signature algorithms never offered, whatever the host key supports.
 _WEAK_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss"})
+
+#: Signature algorithms accepted from users' keys, in the order clients are told: every
+#: key type the access file takes, RSA only with SHA-2 (no SHA-1 ``ssh-rsa``, no DSA).
+USER_SIGNATURE_ALGORITHMS: tuple[bytes, ...] = (
+    b"ssh-ed25519",
+    b"sk-ssh-ed25519@openssh.com",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"sk-ecdsa-sha2-nistp256@openssh.com",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+)
 
 
 def _modern_kex(available: Iterable[bytes]) -> tuple[bytes, ...]:

@@ -30,7 +30,15 @@ compresses the bundle2 inside itself (its ``Compression`` stream parameter, see
 back-pressure. Clients that sent no ``protocaps``, bundle1 answers, stream clones and
 error replies go out raw, as Mercurial's own server sends everything.
 
-Each command leaves one access line in the log (``ssh_log.command_line``).
+Each command leaves one access line in the log (``ssh_log.command_line``). An error
+answer refusing the client's input (a malformed argument, an unknown node, a corrupt
+push) adds one ``info`` line in the words HTTP uses, ``v1 REPO COMMAND from ADDRESS: bad
+input: ...``, naming the argument; a broken request stream one ``info`` line before the
+session ends. Neither carries a traceback.
+
+A push whose permission is withdrawn after its payload was taken (the access file was
+reloaded in between) is refused in the push's own answer form, like any failed push:
+by then a bundle2 client reads nothing but a bundle2 reply.
 
 Remote output (the "adding changesets" lines, hook output) goes to stderr, which the
 client prints as ``remote: ...``. When the client closes its side (EOF), requests
@@ -74,6 +82,7 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_log import command_line
+from hgwire_tw.v1.dispatch import LOGGED_FAILURES, describe_failure, one_line, push_failure
 from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
@@ -263,6 +272,13 @@ class V1SSHSession:
         elif isinstance(event, SSHShutdown):
             self._finish(0)
         elif isinstance(event, _InputError):
+            log.info(
+                "v1 {repo} session of {user} from {host} ended: protocol error: {error}",
+                repo=self.served.name or "/",
+                user=self.user or "-",
+                host=self.peer_host or "-",
+                error=one_line(event.message),
+            )
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
@@ -390,9 +406,13 @@ class V1SSHSession:
                 self._flush_remote_output(item.output)
                 self.output.write(ssh_bytes_response(item.message))
                 self._set_outcome("error")
+                if item.bad_input:
+                    self._bad_input(item.message)
             elif isinstance(item, V1OutOfBandError):
                 self._write_ooberror(item.message)
                 self._set_outcome("error")
+                if not item.message.startswith(LOGGED_FAILURES):
+                    self._bad_input(item.message)
             else:
                 raise TypeError(f"unexpected v1 result {type(item).__name__}")
         return self.output.drained()
@@ -404,6 +424,18 @@ class V1SSHSession:
         captured.truncate()
         if data:
             self.output.write_stderr(data)
+
+    def _bad_input(self, message: bytes) -> None:
+        """One info line for an error answer refusing the client's input, naming the
+        command (the message names the argument). Never louder: any user who may read
+        can send bad input, and must not fill the log with errors or tracebacks."""
+        log.info(
+            "v1 {repo} {cmd} from {host}: bad input: {error}",
+            repo=self.served.name or "/",
+            cmd=self._command.name if self._command is not None else "-",
+            host=self.peer_host or "-",
+            error=one_line(message),
+        )
 
     def _write_ooberror(self, message: bytes) -> None:
         stdout, stderr = ssh_ooberror(message.rstrip(b"\n"))
@@ -429,15 +461,25 @@ class V1SSHSession:
             return
         self._flush_remote_output()
         if failure.check(PermissionDenied) and not self._started_output:
-            self._write_ooberror(str(failure.value).encode("utf-8"))
+            denied = str(failure.value).encode("utf-8")
+            if name == b"unbundle":
+                # Allowed when the push began, withdrawn since (a reload): the client
+                # has sent its payload and reads only the push's own answer form.
+                log.warn(
+                    "push to {repo} refused for {user} over SSH: not authorized any more",
+                    repo=self.served.name or "/",
+                    user=self.user or "anonymous",
+                )
+                bundle2 = self._push_head == BUNDLE2_MAGIC
+                self._deliver_failure(push_failure(denied, transport="ssh", bundle2=bundle2))
+            else:
+                self._write_ooberror(denied)
             self._end_command("denied")
             self._pump()
             return
         self._set_outcome("error")
         # logged once the answer below is written, so that its bytes count
         self._end_command(log_now=False)
-        from hgwire_tw.v1.dispatch import describe_failure, push_failure
-
         # The text the client gets; for a bug it names an incident id, logged here too.
         message, hint = describe_failure(failure.value)
         if failure.check(RepositoryLocked):

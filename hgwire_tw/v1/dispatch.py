@@ -28,6 +28,13 @@ reply holding an ``error:abort`` part when the client pushed a bundle2, else an
 out-of-band error (HTTP) or the non-empty reply frame of a failed push (SSH). A client
 that sent a bundle2 over SSH reads nothing but a bundle2 reply, so any other answer
 would leave it waiting forever.
+
+Bad input. An error answer refusing the client's own input (a malformed argument, an
+unknown node, a corrupt push) is logged by the transport that sends it, in one ``info``
+line naming the command (``one_line`` keeps it short); the answers whose cause was
+logged here already start with one of ``LOGGED_FAILURES``. A push refused for bad input
+is marked (``V1PushError.bad_input``) for the transport, except a bundle2 reply, which
+transports pass on unread: that refusal is logged here.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from hgwire_tw.v1 import guard
 from hgwire_tw.v1.protocol import V1Protocol
 
 __all__ = [
+    "LOGGED_FAILURES",
     "NOT_BATCHABLE",
     "STREAM_PIECE",
     "UnknownCommand",
@@ -76,6 +84,7 @@ __all__ = [
     "describe_failure",
     "encode_stream",
     "is_command",
+    "one_line",
     "push_failure",
     "run_v1_command",
     "stream_body",
@@ -86,6 +95,22 @@ log = Logger()
 
 #: Bytes per piece of a streamed body handed to the transport.
 STREAM_PIECE = 64 * 1024
+
+#: Beginnings of error answers whose cause was logged where it happened (a bug, with
+#: its incident id; a lock held past the timeout): these are no bad input.
+LOGGED_FAILURES = (b"internal server error (incident ", b"the repository is locked by ")
+
+#: Longest error text written in a log line about bad input.
+MAX_LOGGED_ERROR = 300
+
+
+def one_line(text: str | bytes, limit: int = MAX_LOGGED_ERROR) -> str:
+    """``text`` on one line, at most ``limit`` characters (a client chose it)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
 
 #: Commands whose result is not a string, or that cannot run inside ``batch``.
 NOT_BATCHABLE = frozenset(
@@ -141,6 +166,9 @@ class V1PushError:
 
     message: bytes
     output: bytes = b""
+    #: Refused for the client's bad input (a malformed argument, a corrupt bundle),
+    #: which the transport logs; Mercurial's own refusals and logged failures are not.
+    bad_input: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,18 +326,24 @@ def _clip(text: bytes, limit: int = 255) -> bytes:
 
 
 def push_failure(
-    message: bytes, hint: bytes | None = None, *, transport: str, bundle2: bool
+    message: bytes,
+    hint: bytes | None = None,
+    *,
+    transport: str,
+    bundle2: bool,
+    bad_input: bool = False,
 ) -> V1Result:
     """The answer to a push that failed with ``message``, in the form the client reads:
     a bundle2 ``error:abort`` reply to a bundle2 push; else an out-of-band error over
-    HTTP, or the non-empty reply frame of a failed push over SSH."""
+    HTTP, or the non-empty reply frame of a failed push over SSH (``bad_input`` marks
+    it for the transport's log)."""
     if bundle2:
         return V1LegacyStream(chunks=iter([bundle2_abort_reply(message, hint)]))
     text = message.rstrip(b"\n") + b"\n"
     if hint:
         text += b"(%s)\n" % hint
     if transport == "ssh":
-        return V1PushError(message=text)
+        return V1PushError(message=text, bad_input=bad_input)
     return V1OutOfBandError(message=text)
 
 
@@ -341,9 +375,19 @@ def _run_unbundle(
             message, hint, transport=proto.transport, bundle2=proto.payload_is_bundle2()
         )
     if isinstance(result, V1OutOfBandError):
-        # an Abort or argument error of ours: the SSH client cannot read it as such
+        # an argument or payload error of ours: the SSH client cannot read it as such
+        bundle2 = proto.payload_is_bundle2()
+        if bundle2:
+            # the bundle2 reply is a stream the transports pass on unread: log it here
+            log.info(
+                "unbundle into {root} from {host} ({transport}): bad input: {error}",
+                root=repo.root.decode("utf-8", "replace"),
+                host=proto.remote_host or "-",
+                transport=proto.transport,
+                error=one_line(result.message),
+            )
         return push_failure(
-            result.message, transport=proto.transport, bundle2=proto.payload_is_bundle2()
+            result.message, transport=proto.transport, bundle2=bundle2, bad_input=True
         )
     return result
 

@@ -178,6 +178,11 @@ class V1Protocol:
             if self.transport == "ssh":
                 self.captured.write(out.getvalue())
 
+    @property
+    def remote_host(self) -> str:
+        """The client's address, as the transport gave it (``""`` when unknown)."""
+        return self._remote_host
+
     def client(self) -> bytes:
         """``remote:<scheme>:<host>:<user>`` (hooks see it as ``HG_URL``; over SSH the
         user is the one the key logged in as); ``remote:http`` makes bundle2 capture
