@@ -8,7 +8,7 @@ default: secret and hidden changesets do not exist for them), see ``served_view`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mercurial import discovery, error
@@ -27,6 +27,7 @@ __all__ = [
     "mercurial_errors",
     "resolve_revisions",
     "revision_records",
+    "served_referrers",
     "served_view",
 ]
 
@@ -196,6 +197,45 @@ def file_matcher(repo: Any, pathfilter: object) -> Any:
         # An explicit empty include list matches nothing, not everything.
         matcher = matchmod.never()
     return repo.narrowmatch(matcher)
+
+
+#: The manifest or file nodes changeset revision ``rev`` references (``served_referrers``).
+_Refs = Callable[[int], Iterable[bytes]]
+
+
+def served_referrers(repo: Any, linkrevs: Mapping[bytes, int], refs: _Refs) -> dict[bytes, int]:
+    """A served changeset revision referencing each node of ``linkrevs`` that has one.
+
+    ``linkrevs`` maps manifest or file nodes to their linkrev, the first changeset that
+    introduced them; ``refs(rev)`` names the nodes changeset ``rev`` references. A node
+    whose linkrev is served is answered by it. Otherwise the changeset that introduced
+    it is secret or hidden, yet a later served one may hold the same node: after
+    ``hg commit --amend -m`` the new changeset reuses the manifest and file revisions
+    of the one it obsoletes, whose linkrevs stay on the hidden predecessor. Those nodes
+    are looked up in one pass over the served changesets after the smallest such
+    linkrev (every referencing changeset comes at or after the linkrev), which ends as
+    soon as all are found; a node no served changeset references is left out, so the
+    caller refuses it like an unknown one and nothing reachable only from secret or
+    hidden changesets leaves.
+    """
+    filtered = repo.changelog.filteredrevs
+    found: dict[bytes, int] = {}
+    pending: dict[bytes, int] = {}
+    for node, linkrev in linkrevs.items():
+        if linkrev in filtered:
+            pending[node] = linkrev
+        else:
+            found[node] = linkrev
+    if pending:
+        cl = repo.changelog
+        for rev in cl.revs(min(pending.values()) + 1):
+            for node in refs(rev):
+                if node in pending and pending[node] < rev:
+                    found[node] = rev
+                    del pending[node]
+            if not pending:
+                break
+    return found
 
 
 def store_records(

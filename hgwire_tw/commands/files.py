@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mercurial import error
@@ -14,6 +14,7 @@ from hgwire_tw.commands.common import (
     file_matcher,
     resolve_revisions,
     revision_records,
+    served_referrers,
     store_records,
 )
 from hgwire_tw.commands.manifests import unique
@@ -22,13 +23,35 @@ from hgwire_tw.core.errors import CommandError
 __all__ = ["filedata", "filesdata", "served_file_revisions"]
 
 
+def _file_refs(repo: Any, path: bytes) -> Callable[[int], tuple[bytes, ...]]:
+    """``served_referrers``' ``refs`` for one file: the node of ``path`` in a changeset
+    that touched it (a changeset reusing a file revision of a hidden or secret one, as an
+    amend does, lists the file as touched too)."""
+    cl = repo.changelog
+    manifestlog = repo.manifestlog
+
+    def refs(rev: int) -> tuple[bytes, ...]:
+        entry = cl.changelogrevision(rev)
+        if path not in entry.files:
+            return ()
+        try:
+            return (manifestlog[entry.manifest].find(path)[0],)
+        except KeyError:
+            return ()
+
+    return refs
+
+
 def _filelog(repo: Any, path: object) -> Any:
     """The file's store; ``unknown file`` also when only filtered (secret, hidden)
     changesets ever had the file, so its name does not leak."""
     path = check_path(b"path", path)
     store = repo.file(path)
     filtered = repo.changelog.filteredrevs
-    if not any(store.linkrev(r) not in filtered for r in store):
+    if any(store.linkrev(r) not in filtered for r in store):
+        return store
+    linkrevs = {store.node(r): store.linkrev(r) for r in store}
+    if not served_referrers(repo, linkrevs, _file_refs(repo, path)):
         raise CommandError(b"unknown file: %s", (path,))
     return store
 
@@ -53,19 +76,24 @@ def served_file_revisions(
     Also run before a cache lookup (``cachekeys.filedata_key``), so a revision cached
     while its changeset was served is not handed out once it is secret.
     """
-    store = _filelog(repo, args[b"path"])
+    path = check_path(b"path", args[b"path"])
+    store = _filelog(repo, path)
     nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
     cl = repo.changelog
-    filtered = cl.filteredrevs
-    linknodes: dict[bytes, bytes] = {}
+    linkrevs: dict[bytes, int] = {}
     for node in nodes:
         try:
-            linkrev = store.linkrev(store.rev(node))
+            linkrevs[node] = store.linkrev(store.rev(node))
         except error.LookupError:
             raise CommandError(b"unknown file node: %s", (hex(node),)) from None
-        if linkrev in filtered:
+    # A served changeset referencing each node: its linkrev, or a later one where the
+    # linkrev's changeset is hidden or secret (see served_referrers).
+    referrers = served_referrers(repo, linkrevs, _file_refs(repo, path))
+    linknodes: dict[bytes, bytes] = {}
+    for node in nodes:
+        if node not in referrers:
             raise CommandError(b"unknown file node: %s", (hex(node),))
-        linknodes[node] = cl.node(linkrev)
+        linknodes[node] = cl.node(referrers[node])
     return store, nodes, linknodes
 
 
@@ -124,7 +152,8 @@ def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     }
     for path in sorted(wanted):
         filenodes = wanted.pop(path)
-        store = _filelog(repo, path)
+        # Every path here comes from a served changeset's manifest: no check is needed.
+        store = repo.file(path)
         yield {b"path": path, b"totalitems": len(filenodes)}
         revisions = store.emitrevisions(
             list(filenodes),
