@@ -18,6 +18,7 @@ from hgwire_tw.commands.common import (
     store_records,
 )
 from hgwire_tw.commands.manifests import unique
+from hgwire_tw.commands.summaries import summary
 from hgwire_tw.core.errors import CommandError
 
 __all__ = ["filedata", "filesdata", "served_file_revisions"]
@@ -97,26 +98,29 @@ def served_file_revisions(
     return store, nodes, linknodes
 
 
-def _touched_file_nodes(mstore: Any, ctx: Any) -> list[tuple[bytes, bytes]]:
-    """``(path, file node)`` of the files ``ctx`` touched that its manifest has.
+def _touched_file_nodes(repo: Any, mstore: Any, rev: int) -> list[tuple[bytes, bytes]]:
+    """``(path, file node)`` of the files changeset ``rev`` touched that its manifest has.
 
     Reading a whole manifest per changeset was most of a full clone's server time: for a
     changeset with one parent whose manifest is stored as a delta against the parent's,
     that delta alone holds every entry that changed, so it is read instead (a touched
     file missing from it was removed, or kept its parent's file node, which a client
-    with the parents already has). Otherwise the whole manifest is read.
+    with the parents already has). Otherwise the whole manifest is read. The manifest
+    nodes and touched paths usually come from what changesetdata kept (summaries.py).
     """
-    paths = ctx.files()
+    cl = repo.changelog
+    manifest, paths = summary(cl, rev)
     if not paths:
         return []
-    p1, p2 = ctx.p1(), ctx.p2()
-    if p1.rev() != nullrev and p2.rev() == nullrev:
-        base = mstore.rev(p1.manifestnode())
-        used, delta = ctx.manifestctx().read_any_fast_delta({base})
+    p1, p2 = cl.parentrevs(rev)
+    mctx = repo.manifestlog[manifest]
+    if p1 != nullrev and p2 == nullrev:
+        base = mstore.rev(summary(cl, p1)[0])
+        used, delta = mctx.read_any_fast_delta({base})
         if used == base:
             return [(path, delta[path]) for path in paths if path in delta]
-    manifest = ctx.manifest()
-    return [(path, manifest[path]) for path in paths if path in manifest]
+    full = mctx.read()
+    return [(path, full[path]) for path in paths if path in full]
 
 
 def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
@@ -136,12 +140,12 @@ def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     # path -> {file node: linknode}; metadata only, the data itself is streamed below.
     wanted: dict[bytes, dict[bytes, bytes]] = {}
     mstore = repo.manifestlog.getstorage(b"")
+    cl = repo.changelog
     for node in nodes:
-        ctx = repo[node]
         if haveparents:
-            found = _touched_file_nodes(mstore, ctx)
+            found = _touched_file_nodes(repo, mstore, cl.rev(node))
         else:
-            found = list(ctx.manifest().items())
+            found = list(repo[node].manifest().items())
         for path, fnode in found:
             if matcher(path):
                 wanted.setdefault(path, {}).setdefault(fnode, node)
