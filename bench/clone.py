@@ -24,7 +24,8 @@ Three more sections:
   `hg serve`: wall time, client and server CPU (the client's from wait4 of the reaped
   child) and peak RSS of both; plus `hgwire clone --no-stream` (the revision path).
 * stream: `hg clone --stream -U` from hgwire_tw and from Mercurial's servers, over HTTP
-  (hg serve) and SSH (sshd + hg serve --stdio).
+  (hg serve) and SSH (sshd + hg serve --stdio); both servers run at once and each round
+  clones from both, in alternating order.
 * streams: one TCP connection carrying several big `filesdata` requests at once, with
   `--tcp-streams 1` versus `--tcp-streams N`: the server compresses each stream on its
   own worker thread, so with N > 1 its CPU% (CPU time / wall time) can exceed 100.
@@ -418,32 +419,71 @@ def client_section(
     return rows
 
 
+def measure_alternating(
+    cases: list[tuple[str, str, int, list[str]]], rounds: int, work: Path, expected: int
+) -> list[dict[str, float]]:
+    """Like ``measure`` for several servers at once: each round clones from every one of
+    ``cases`` ``(label, url, pid, extra hg args)``, the order reversed every other round,
+    so a change in the machine's load hits all of them alike. Medians per case."""
+    walls: list[list[float]] = [[] for _ in cases]
+    cpus: list[list[float]] = [[] for _ in cases]
+    for i, (_, url, pid, extra) in enumerate(cases):
+        timed_clone(url, pid, extra, work / f"warmup{i}", expected)
+    for r in range(rounds):
+        order = list(range(len(cases)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            _, url, pid, extra = cases[i]
+            wall, cpu = timed_clone(url, pid, extra, work / f"c{i}", expected)
+            walls[i].append(wall)
+            cpus[i].append(cpu)
+    results = []
+    for i, (label, *_) in enumerate(cases):
+        result = {"wall": statistics.median(walls[i]), "cpu": statistics.median(cpus[i])}
+        print(
+            f"  {label:<28} strm  wall {result['wall']:7.3f}s  server cpu "
+            f"{result['cpu']:7.3f}s  (walls {' '.join(f'{w:.2f}' for w in walls[i])})",
+            file=sys.stderr,
+        )
+        results.append(result)
+    return results
+
+
 def stream_section(
     repo: Path, work: Path, rounds: int, expected: int
 ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
     """``hg clone --stream -U`` (Mercurial 7.2) from us and from Mercurial's servers: HTTP
-    (hgwire_tw vs hg serve) and SSH (our Conch server vs sshd + hg serve --stdio)."""
+    (hgwire_tw vs hg serve) and SSH (our Conch server vs sshd + hg serve --stdio). Both
+    servers of a transport run at once and the rounds alternate between them."""
     rows = []
-    with running_server(work, "--repo", f"bench={repo}", *NO_CACHE) as server:
-        ours = measure(
-            "hgwire_tw (HTTP v1)", server.url("bench"), server.proc.pid, "strm", rounds,
-            work, expected, ["--stream"],
-        )  # fmt: skip
-    with hg_serve(repo, work, "zstd") as (url, pid):
-        theirs = measure(
-            "hg serve (HTTP v1)", url, pid, "strm", rounds, work, expected, ["--stream"]
+    with (
+        running_server(work, "--repo", f"bench={repo}", *NO_CACHE) as server,
+        hg_serve(repo, work, "zstd") as (url, pid),
+    ):
+        ours, theirs = measure_alternating(
+            [
+                ("hgwire_tw (HTTP v1)", server.url("bench"), server.proc.pid, ["--stream"]),
+                ("hg serve (HTTP v1)", url, pid, ["--stream"]),
+            ],
+            rounds,
+            work,
+            expected,
         )
     rows.append(("http", ours, theirs))
-    with hgwire_ssh(repo, work) as (url, pid, extra):
-        ours = measure(
-            "hgwire_tw (SSH, Conch)", url, pid, "strm", rounds, work, expected,
-            [*extra, "--stream"],
-        )  # fmt: skip
-    with openssh_hg_stdio(repo, work) as (url, pid, extra):
-        theirs = measure(
-            "sshd + hg serve --stdio", url, pid, "strm", rounds, work, expected,
-            [*extra, "--stream"],
-        )  # fmt: skip
+    with (
+        hgwire_ssh(repo, work) as (url, pid, extra),
+        openssh_hg_stdio(repo, work) as (their_url, their_pid, their_extra),
+    ):
+        ours, theirs = measure_alternating(
+            [
+                ("hgwire_tw (SSH, Conch)", url, pid, [*extra, "--stream"]),
+                ("sshd + hg serve --stdio", their_url, their_pid, [*their_extra, "--stream"]),
+            ],
+            rounds,
+            work,
+            expected,
+        )
     rows.append(("ssh", ours, theirs))
     return rows
 
