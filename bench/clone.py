@@ -362,60 +362,72 @@ def hgwire_ssh_client_case(repo: Path, work: Path, rounds: int, expected: int) -
         )
 
 
+def _client_result(
+    label: str, runs: list[tuple[float, float, float, float]], pid: int
+) -> dict[str, float]:
+    result = {
+        "wall": statistics.median(r[0] for r in runs),
+        "client": statistics.median(r[1] for r in runs),
+        "server": statistics.median(r[2] for r in runs),
+        "client_rss": max(r[3] for r in runs),
+        "server_rss": peak_rss_mib(pid),
+    }
+    result["cpu"] = result["client"] + result["server"]
+    print(
+        f"  {label:<34} wall {result['wall']:7.3f}s  client cpu {result['client']:7.3f}s"
+        f"  server cpu {result['server']:7.3f}s  peak RSS client {result['client_rss']:.0f}"
+        f" MiB, server {result['server_rss']:.0f} MiB",
+        file=sys.stderr,
+    )
+    return result
+
+
 def client_section(
     repo: Path, work: Path, rounds: int, expected: int, revisions: bool = True
 ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
     """hgwire clone (TCP, HTTP v2, SSH; all without a working copy) against
     ``hg clone -U`` (v1) from hg serve; with ``revisions`` also the forced revision path
-    over TCP."""
-    with hg_serve(repo, work, "zstd") as (url, pid):
-        theirs = measure_client(
-            "hg clone, hg serve (HTTP v1)",
-            [HG, "clone", "-q", "-U", url, str(work / "hgc")],
-            pid,
-            rounds,
-            work,
-            expected,
-        )
-    rows = []
-    with running_server(
-        work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
-    ) as server:
+    over TCP. hg serve and our server (a fresh one, so its peak RSS is this section's)
+    run at once, and every round runs each TCP/HTTP case once, the order reversed every
+    other round, so load changes hit both sides alike; SSH is measured afterwards."""
+    with (
+        hg_serve(repo, work, "zstd") as (url, pid),
+        running_server(
+            work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
+        ) as server,
+    ):
         tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
-        ours = measure_client(
-            "hgwire clone (TCP)",
-            [*HGWIRE, "clone", "-U", tcp_url, str(work / "hwt")],
-            server.proc.pid,
-            rounds,
-            work,
-            expected,
-        )
-        rows.append(("hgwire tcp", ours, theirs))
-        ours = measure_client(
-            "hgwire clone (HTTP v2)",
-            [*HGWIRE, "clone", "-U", server.url("bench"), str(work / "hwh")],
-            server.proc.pid,
-            rounds,
-            work,
-            expected,
-        )
-        rows.append(("hgwire v2", ours, theirs))
+        ours_pid = server.proc.pid
+        cases = [
+            ("hg clone, hg serve (HTTP v1)", [HG, "clone", "-q", "-U", url], pid),
+            ("hgwire clone (TCP)", [*HGWIRE, "clone", "-U", tcp_url], ours_pid),
+            ("hgwire clone (HTTP v2)", [*HGWIRE, "clone", "-U", server.url("bench")], ours_pid),
+        ]
+        if revisions:
+            cases.append(
+                (
+                    "hgwire clone --no-stream (TCP)",
+                    [*HGWIRE, "clone", "-U", "--no-stream", tcp_url],
+                    ours_pid,
+                )
+            )
+        runs: list[list[tuple[float, float, float, float]]] = [[] for _ in cases]
+        for i, (_, argv, server_pid) in enumerate(cases):  # warm-up
+            timed_client([*argv, str(work / f"cl{i}")], server_pid, work / f"cl{i}", expected)
+        for r in range(rounds):
+            order = list(range(len(cases)))
+            if r % 2:
+                order.reverse()
+            for i in order:
+                _, argv, server_pid = cases[i]
+                dest = work / f"cl{i}"
+                runs[i].append(timed_client([*argv, str(dest)], server_pid, dest, expected))
+        results = [_client_result(label, runs[i], p) for i, (label, _, p) in enumerate(cases)]
+    theirs = results[0]
+    rows = [("hgwire tcp", results[1], theirs), ("hgwire v2", results[2], theirs)]
     rows.append(("hgwire ssh", hgwire_ssh_client_case(repo, work, rounds, expected), theirs))
     if revisions:
-        # The revision path (what a server with secret changesets gets), on a fresh server.
-        with running_server(
-            work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
-        ) as server:
-            tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
-            ours = measure_client(
-                "hgwire clone --no-stream (TCP)",
-                [*HGWIRE, "clone", "-U", "--no-stream", tcp_url, str(work / "hwr")],
-                server.proc.pid,
-                rounds,
-                work,
-                expected,
-            )
-            rows.append(("revs tcp", ours, theirs))
+        rows.append(("revs tcp", results[3], theirs))
     return rows
 
 
