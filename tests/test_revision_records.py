@@ -1,9 +1,12 @@
-"""``revision_records`` writes its records already encoded: byte for byte what the
-general CBOR encoder writes for the same record map and payload."""
+"""Server shortcuts of the revision path give exactly what the plain way gives:
+``revision_records`` writes its records already encoded, byte for byte what the general
+CBOR encoder writes; ``filesdata`` finds file revisions from linkrevs where that is valid.
+"""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -50,3 +53,33 @@ def test_encoded_records_equal_the_general_encoder(size: int, full: bool) -> Non
         [ours] = revision_records([rev], fields, linknodes)
         expected = _reference(rev, fields, linknodes[rev.node] if linknodes else None)
         assert bytes(ours) == expected, (parents, revision, linked)
+
+
+def test_filesdata_by_linkrev_equals_reading_manifests(rich_repo: Path) -> None:
+    """Where the requested changesets complete the repository, the file revisions found
+    from linkrevs (no manifest read) are exactly those the manifests name, with the same
+    linknodes (merges, a named branch, copies, a removal); a request that leaves a head
+    out, or a view hiding a changeset, does not take that path."""
+    from mercurial import hg as hgmod
+
+    from hgwire_tw.commands import files
+    from hgwire_tw.commands.common import file_matcher, served_view
+    from hgwire_tw.repo.ui import make_ui
+    from tests.repobuilders import hg
+
+    hg("phase", "--draft", "--force", "-r", "secret()", cwd=rich_repo)
+    repo = served_view(hgmod.repository(make_ui(), bytes(rich_repo)))
+    cl = repo.changelog
+    revs = list(cl)
+    assert files._completes_the_repository(cl, revs)
+    assert not files._completes_the_repository(cl, revs[:-1])
+    by_linkrev = files._by_linkrev(repo, revs, file_matcher(repo, None))
+    mstore = repo.manifestlog.getstorage(b"")
+    by_manifests: dict[bytes, dict[bytes, bytes]] = {}
+    for rev in revs:
+        for path, fnode in files._touched_file_nodes(repo, mstore, rev):
+            by_manifests.setdefault(path, {}).setdefault(fnode, cl.node(rev))
+    assert by_linkrev == by_manifests and len(by_linkrev) > 3
+    hg("phase", "--secret", "--force", "-r", "tip", cwd=rich_repo)
+    hidden = served_view(hgmod.repository(make_ui(), bytes(rich_repo)))
+    assert not files._completes_the_repository(hidden.changelog, list(hidden.changelog))
