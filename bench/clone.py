@@ -30,7 +30,8 @@ Three more sections:
   `hg serve`: wall time, client and server CPU (the client's from wait4 of the reaped
   child) and peak RSS of both; plus `hgwire clone --no-stream` (the revision path).
 * stream: `hg clone --stream -U` from hgwire_tw and from Mercurial's servers, over HTTP
-  (hg serve) and SSH (sshd + hg serve --stdio).
+  (hg serve) and SSH (sshd + hg serve --stdio); both servers run at once and each round
+  clones from both, in alternating order.
 * streams: one TCP connection carrying several big `filesdata` requests at once, with
   `--tcp-streams 1` versus `--tcp-streams N`: the server compresses each stream on its
   own worker thread, so with N > 1 its CPU% (CPU time / wall time) can exceed 100.
@@ -442,89 +443,140 @@ def hgwire_ssh_client_case(repo: Path, work: Path, rounds: int, expected: int) -
         )
 
 
+def _client_result(
+    label: str, runs: list[tuple[float, float, float, float]], pid: int
+) -> dict[str, float]:
+    result = {
+        "wall": statistics.median(r[0] for r in runs),
+        "client": statistics.median(r[1] for r in runs),
+        "server": statistics.median(r[2] for r in runs),
+        "client_rss": max(r[3] for r in runs),
+        "server_rss": peak_rss_mib(pid),
+    }
+    result["cpu"] = result["client"] + result["server"]
+    print(
+        f"  {label:<34} wall {result['wall']:7.3f}s  client cpu {result['client']:7.3f}s"
+        f"  server cpu {result['server']:7.3f}s  peak RSS client {result['client_rss']:.0f}"
+        f" MiB, server {result['server_rss']:.0f} MiB",
+        file=sys.stderr,
+    )
+    return result
+
+
 def client_section(
     repo: Path, work: Path, rounds: int, expected: int, revisions: bool = True
 ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
     """hgwire clone (TCP, HTTP v2, SSH; all without a working copy) against
     ``hg clone -U`` (v1) from hg serve; with ``revisions`` also the forced revision path
-    over TCP."""
-    with hg_serve(repo, work, "zstd") as (url, pid):
-        theirs = measure_client(
-            "hg clone, hg serve (HTTP v1)",
-            [HG, "clone", "-q", "-U", url, str(work / "hgc")],
-            pid,
-            rounds,
-            work,
-            expected,
-        )
-    rows = []
-    with running_server(
-        work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
-    ) as server:
+    over TCP. hg serve and our server (a fresh one, so its peak RSS is this section's)
+    run at once, and every round runs each TCP/HTTP case once, the order reversed every
+    other round, so load changes hit both sides alike; SSH is measured afterwards."""
+    with (
+        hg_serve(repo, work, "zstd") as (url, pid),
+        running_server(
+            work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
+        ) as server,
+    ):
         tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
-        ours = measure_client(
-            "hgwire clone (TCP)",
-            [*HGWIRE, "clone", "-U", tcp_url, str(work / "hwt")],
-            server.proc.pid,
-            rounds,
-            work,
-            expected,
-        )
-        rows.append(("hgwire tcp", ours, theirs))
-        ours = measure_client(
-            "hgwire clone (HTTP v2)",
-            [*HGWIRE, "clone", "-U", server.url("bench"), str(work / "hwh")],
-            server.proc.pid,
-            rounds,
-            work,
-            expected,
-        )
-        rows.append(("hgwire v2", ours, theirs))
+        ours_pid = server.proc.pid
+        cases = [
+            ("hg clone, hg serve (HTTP v1)", [HG, "clone", "-q", "-U", url], pid),
+            ("hgwire clone (TCP)", [*HGWIRE, "clone", "-U", tcp_url], ours_pid),
+            ("hgwire clone (HTTP v2)", [*HGWIRE, "clone", "-U", server.url("bench")], ours_pid),
+        ]
+        if revisions:
+            cases.append(
+                (
+                    "hgwire clone --no-stream (TCP)",
+                    [*HGWIRE, "clone", "-U", "--no-stream", tcp_url],
+                    ours_pid,
+                )
+            )
+        runs: list[list[tuple[float, float, float, float]]] = [[] for _ in cases]
+        for i, (_, argv, server_pid) in enumerate(cases):  # warm-up
+            timed_client([*argv, str(work / f"cl{i}")], server_pid, work / f"cl{i}", expected)
+        for r in range(rounds):
+            order = list(range(len(cases)))
+            if r % 2:
+                order.reverse()
+            for i in order:
+                _, argv, server_pid = cases[i]
+                dest = work / f"cl{i}"
+                runs[i].append(timed_client([*argv, str(dest)], server_pid, dest, expected))
+        results = [_client_result(label, runs[i], p) for i, (label, _, p) in enumerate(cases)]
+    theirs = results[0]
+    rows = [("hgwire tcp", results[1], theirs), ("hgwire v2", results[2], theirs)]
     rows.append(("hgwire ssh", hgwire_ssh_client_case(repo, work, rounds, expected), theirs))
     if revisions:
-        # The revision path (what a server with secret changesets gets), on a fresh server.
-        with running_server(
-            work, "--repo", f"bench={repo}", "--tcp", "tcp:0:interface=127.0.0.1", *NO_CACHE
-        ) as server:
-            tcp_url = f"hgwire://127.0.0.1:{server.ports['tcp'][0]}/bench"
-            ours = measure_client(
-                "hgwire clone --no-stream (TCP)",
-                [*HGWIRE, "clone", "-U", "--no-stream", tcp_url, str(work / "hwr")],
-                server.proc.pid,
-                rounds,
-                work,
-                expected,
-            )
-            rows.append(("revs tcp", ours, theirs))
+        rows.append(("revs tcp", results[3], theirs))
     return rows
+
+
+def measure_alternating(
+    cases: list[tuple[str, str, int, list[str]]], rounds: int, work: Path, expected: int
+) -> list[dict[str, float]]:
+    """Like ``measure`` for several servers at once: each round clones from every one of
+    ``cases`` ``(label, url, pid, extra hg args)``, the order reversed every other round,
+    so a change in the machine's load hits all of them alike. Medians per case."""
+    walls: list[list[float]] = [[] for _ in cases]
+    cpus: list[list[float]] = [[] for _ in cases]
+    for i, (_, url, pid, extra) in enumerate(cases):
+        timed_clone(url, pid, extra, work / f"warmup{i}", expected)
+    for r in range(rounds):
+        order = list(range(len(cases)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            _, url, pid, extra = cases[i]
+            wall, cpu = timed_clone(url, pid, extra, work / f"c{i}", expected)
+            walls[i].append(wall)
+            cpus[i].append(cpu)
+    results = []
+    for i, (label, *_) in enumerate(cases):
+        result = {"wall": statistics.median(walls[i]), "cpu": statistics.median(cpus[i])}
+        print(
+            f"  {label:<28} strm  wall {result['wall']:7.3f}s  server cpu "
+            f"{result['cpu']:7.3f}s  (walls {' '.join(f'{w:.2f}' for w in walls[i])})",
+            file=sys.stderr,
+        )
+        results.append(result)
+    return results
 
 
 def stream_section(
     repo: Path, work: Path, rounds: int, expected: int
 ) -> list[tuple[str, dict[str, float], dict[str, float]]]:
     """``hg clone --stream -U`` (Mercurial 7.2) from us and from Mercurial's servers: HTTP
-    (hgwire_tw vs hg serve) and SSH (our Conch server vs sshd + hg serve --stdio)."""
+    (hgwire_tw vs hg serve) and SSH (our Conch server vs sshd + hg serve --stdio). Both
+    servers of a transport run at once and the rounds alternate between them."""
     rows = []
-    with running_server(work, "--repo", f"bench={repo}", *NO_CACHE) as server:
-        ours = measure(
-            "hgwire_tw (HTTP v1)", server.url("bench"), server.proc.pid, "strm", rounds,
-            work, expected, ["--stream"],
-        )  # fmt: skip
-    with hg_serve(repo, work, "zstd") as (url, pid):
-        theirs = measure(
-            "hg serve (HTTP v1)", url, pid, "strm", rounds, work, expected, ["--stream"]
+    with (
+        running_server(work, "--repo", f"bench={repo}", *NO_CACHE) as server,
+        hg_serve(repo, work, "zstd") as (url, pid),
+    ):
+        ours, theirs = measure_alternating(
+            [
+                ("hgwire_tw (HTTP v1)", server.url("bench"), server.proc.pid, ["--stream"]),
+                ("hg serve (HTTP v1)", url, pid, ["--stream"]),
+            ],
+            rounds,
+            work,
+            expected,
         )
     rows.append(("http", ours, theirs))
-    with hgwire_ssh(repo, work) as (url, pid, extra):
-        ours = measure(
-            "hgwire_tw (SSH, Conch)", url, pid, "strm", rounds, work, expected,
-            [*extra, "--stream"],
-        )  # fmt: skip
-    with openssh_hg_stdio(repo, work) as (url, pid, extra):
-        theirs = measure(
-            "sshd + hg serve --stdio", url, pid, "strm", rounds, work, expected,
-            [*extra, "--stream"],
-        )  # fmt: skip
+    with (
+        hgwire_ssh(repo, work) as (url, pid, extra),
+        openssh_hg_stdio(repo, work) as (their_url, their_pid, their_extra),
+    ):
+        ours, theirs = measure_alternating(
+            [
+                ("hgwire_tw (SSH, Conch)", url, pid, [*extra, "--stream"]),
+                ("sshd + hg serve --stdio", their_url, their_pid, [*their_extra, "--stream"]),
+            ],
+            rounds,
+            work,
+            expected,
+        )
     rows.append(("ssh", ours, theirs))
     return rows
 

@@ -102,13 +102,22 @@ def call_command(
 
     from hgwire_tw.commands.common import served_view
     from hgwire_tw.commands.registry import COMMANDS, normalize_args
+    from hgwire_tw.core.cbor import EncodedCBOR, loads_sequence
     from hgwire_tw.repo.ui import make_ui
 
     table = commands or COMMANDS
     spec = table[name]
     normalized = normalize_args(spec, args or {})  # type: ignore[arg-type]
     repo = served_view(hg.repository(make_ui(), os.fsencode(repo_path)))
-    return list(spec.handler(repo, normalized))  # type: ignore[attr-defined]
+    objs: list[object] = []
+    for obj in spec.handler(repo, normalized):  # type: ignore[attr-defined]
+        # A record (a map) and its payload written already encoded (revision_records)
+        # come back as the two objects they stand for.
+        if type(obj) is EncodedCBOR and obj[0] >> 5 == 5:
+            objs += loads_sequence(obj)
+        else:
+            objs.append(obj)
+    return objs
 
 
 @pytest.fixture

@@ -43,7 +43,10 @@ class LocalRemote:
         assert isinstance(caps, dict)
         return caps
 
-    def call(self, name: bytes, args: Mapping[bytes, object]) -> Iterator[object]:
+    def call(
+        self, name: bytes, args: Mapping[bytes, object], *, after: object = None
+    ) -> Iterator[object]:
+        # ``after`` (pipelining) changes nothing here: answers are made as they are read.
         self.calls.append(name)
         spec = COMMANDS[name]
         normalized = normalize_args(spec, cbor.loads(cbor.dumps(dict(args))))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Protocol
 
 from twisted.internet.threads import blockingCallFromThread
@@ -36,8 +36,18 @@ class Remote(Protocol):
     def capabilities(self) -> dict[bytes, Any]:
         """The v2 capabilities descriptor."""
 
-    def call(self, name: bytes, args: Mapping[bytes, object]) -> Iterator[object]:
-        """Run one command; iterate over its output objects (errors raise)."""
+    def call(
+        self,
+        name: bytes,
+        args: Mapping[bytes, object],
+        *,
+        after: Iterator[object] | None = None,
+    ) -> Iterator[object]:
+        """Run one command; iterate over its output objects (errors raise).
+
+        ``after``: an answer of an earlier call; this command is sent once that answer
+        has fully arrived (pipelining without letting two answers share the buffers).
+        """
 
     def call_many(
         self, commands: Sequence[tuple[bytes, Mapping[bytes, object]]]
@@ -114,6 +124,20 @@ class ObjectQueue:
         self._error: Exception | None = None
         self._done = False
         self._file_items: Iterator[object] | None = None
+        self._arrived: list[Callable[[], None]] | None = []
+
+    def when_arrived(self, callback: Callable[[], None]) -> None:
+        """Reactor thread: ``callback()`` once the whole answer has arrived (or failed),
+        now if it has."""
+        if self._arrived is None:
+            callback()
+        else:
+            self._arrived.append(callback)
+
+    def _run_arrived(self) -> None:
+        callbacks, self._arrived = self._arrived, None
+        for callback in callbacks or ():
+            callback()
 
     # ResponseSink (reactor thread)
     def objects(self, objs: Sequence[object]) -> None:
@@ -138,6 +162,7 @@ class ObjectQueue:
         with self._cond:
             self._done = True
             self._cond.notify_all()
+        self._run_arrived()
 
     def failed(self, error: Exception) -> None:
         with self._cond:
@@ -145,6 +170,7 @@ class ObjectQueue:
                 self._error = error
                 self._done = True
             self._cond.notify_all()
+        self._run_arrived()
 
     def drain_nowait(self) -> list[object]:
         """Everything queued so far (reactor thread, for small answers)."""
@@ -208,8 +234,29 @@ class ThreadedRemote:
             self.redirect = redirect_request(self._caps)
         return self._caps
 
-    def call(self, name: bytes, args: Mapping[bytes, object]) -> Iterator[object]:
-        return self.call_many([(name, args)])[0]
+    def call(
+        self,
+        name: bytes,
+        args: Mapping[bytes, object],
+        *,
+        after: Iterator[object] | None = None,
+    ) -> Iterator[object]:
+        if after is None:
+            return self.call_many([(name, args)])[0]
+        if self._aborted:
+            raise ConnectionFailed("the connection was aborted")
+        queue = ObjectQueue(name, self._flow)
+
+        def start() -> None:
+            # Reactor thread.
+            items = [(name, args, queue)]
+            if isinstance(after, ObjectQueue):
+                after.when_arrived(lambda: self._start_commands(items))
+            else:
+                self._start_commands(items)
+
+        self._reactor.callFromThread(start)
+        return iter(queue)
 
     def call_many(
         self, commands: Sequence[tuple[bytes, Mapping[bytes, object]]]

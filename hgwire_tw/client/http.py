@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from hgwire_tw.client.credentials import HTTPLogin, strip_userinfo
+from hgwire_tw.client.decoding import OffThreadDecoder
 from hgwire_tw.client.peer import Command, CommandFailed, ConnectionFailed
 from hgwire_tw.core import cbor
 from hgwire_tw.core.errors import ProtocolError
@@ -54,16 +56,47 @@ USER_AGENT = b"hgwire_tw client"
 MAX_CAPABILITIES_BODY = 4 * 1024 * 1024
 
 
+class _Closed:
+    """A decoding step's result: the channel ended (``error`` None: cleanly)."""
+
+    def __init__(self, events: list[ClientEvent], error: Exception | None) -> None:
+        self.events = events
+        self.error = error
+
+
 class FrameChannel:
     """Routes a client frame reactor's events to the sinks of its commands.
 
     Shared by the HTTP and TCP peers: feed it bytes with :meth:`data`, and
-    :meth:`closed` when the channel ends.
+    :meth:`closed` when the channel ends. With a ``reactor`` the bytes are decoded on
+    its thread pool (:class:`~hgwire_tw.client.decoding.OffThreadDecoder`, which calls
+    ``pause(True/False)`` to bound the backlog) and the events still reach the sinks on
+    the reactor thread; without one, everything happens in :meth:`data`. Commands added
+    while bytes are decoded take :attr:`lock` around the frame reactor.
     """
 
-    def __init__(self, frame_reactor: ClientFrameReactor) -> None:
+    def __init__(
+        self,
+        frame_reactor: ClientFrameReactor,
+        *,
+        reactor: Any = None,
+        pause: Callable[[bool], None] | None = None,
+    ) -> None:
         self.frame_reactor = frame_reactor
         self.commands: dict[int, Command] = {}
+        self.lock = threading.Lock()
+        #: Called with True/False when decoding falls behind / catches up (settable:
+        #: the HTTP body reader only exists once the response arrived).
+        self.on_pause: Callable[[bool], None] = pause or (lambda _: None)
+        self._decoder: OffThreadDecoder | None = None
+        if reactor is not None:
+            self._decoder = OffThreadDecoder(
+                reactor,
+                reactor.getThreadPool(),
+                self._decode,
+                self._delivered,
+                lambda on: self.on_pause(on),
+            )
 
     def add(self, request_id: int, command: Command) -> None:
         """Route the responses of ``request_id`` to ``command.sink``."""
@@ -71,13 +104,39 @@ class FrameChannel:
 
     def data(self, data: bytes) -> None:
         """Bytes from the server."""
-        self._dispatch(self.frame_reactor.receive_data(data))
+        if self._decoder is not None:
+            self._decoder.data(data)
+        else:
+            self._dispatch(self.frame_reactor.receive_data(data))
 
     def closed(self, error: Exception | None) -> None:
-        """The channel ended: cleanly (``None``) or with ``error``."""
-        if error is None:
-            self._dispatch(self.frame_reactor.end_of_input())
-        self.fail_all(error or ConnectionFailed("the server closed the connection"))
+        """The channel ended: cleanly (``None``) or with ``error``; bytes received
+        before are decoded first."""
+        if self._decoder is not None:
+            self._decoder.call(lambda: self._close_step(error))
+        else:
+            self._delivered(self._close_step(error))
+
+    def _close_step(self, error: Exception | None) -> _Closed:
+        if error is not None:
+            return _Closed([], error)
+        with self.lock:
+            return _Closed(self.frame_reactor.end_of_input(), None)
+
+    def _decode(self, data: bytes) -> list[ClientEvent]:
+        # A decoding thread (or the reactor thread without one).
+        with self.lock:
+            return self.frame_reactor.receive_data(data)
+
+    def _delivered(self, result: object) -> None:
+        # Reactor thread: a step's events, its exception, or the end of the channel.
+        if isinstance(result, _Closed):
+            self._dispatch(result.events)
+            self.fail_all(result.error or ConnectionFailed("the server closed the connection"))
+        elif isinstance(result, Exception):
+            self.fail_all(ConnectionFailed(f"cannot decode the server's answer: {result}"))
+        else:
+            self._dispatch(result)  # type: ignore[arg-type]
 
     def fail_all(self, error: Exception) -> None:
         """Fail every command still waiting."""
@@ -118,11 +177,27 @@ class _BodyReader(Protocol):
     def __init__(self, peer: HTTPPeer, channel: FrameChannel) -> None:
         self.peer = peer
         self.channel = channel
+        self.decoding_behind = False
+        self._transport_paused = False
+        channel.on_pause = self._decoding_behind
 
     def connectionMade(self) -> None:
         self.peer._readers.add(self)
-        if self.peer._paused:
-            self.transport.pauseProducing()
+        self.update_pause()
+
+    def _decoding_behind(self, behind: bool) -> None:
+        self.decoding_behind = behind
+        self.update_pause()
+
+    def update_pause(self) -> None:
+        """Read while neither the consumer (the peer) nor decoding is behind."""
+        paused = self.peer._paused or self.decoding_behind
+        if paused != self._transport_paused and self.transport is not None:
+            self._transport_paused = paused
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -203,6 +278,7 @@ class HTTPPeer:
         self.url = strip_userinfo(url)
         self._base = self.url.rstrip("/")
         self._login = login
+        self._reactor = reactor
         self._pool = _QuietPool(reactor, persistent=True)
         self._agent = Agent(reactor, contextFactory=_tls_policy(cacerts), pool=self._pool)
         self._api: str | None = None
@@ -271,7 +347,7 @@ class HTTPPeer:
         if self._api is None:
             raise ConnectionFailed("capabilities() must come first")
         frame_reactor = ClientFrameReactor()
-        channel = FrameChannel(frame_reactor)
+        channel = FrameChannel(frame_reactor, reactor=self._reactor)
         body = []
         for command in commands:
             request_id, actions = frame_reactor.call_command(
@@ -325,12 +401,12 @@ class HTTPPeer:
     def pauseProducing(self) -> None:
         self._paused = True
         for reader in self._readers:
-            reader.transport.pauseProducing()
+            reader.update_pause()
 
     def resumeProducing(self) -> None:
         self._paused = False
         for reader in list(self._readers):
-            reader.transport.resumeProducing()
+            reader.update_pause()
 
     def close(self) -> None:
         self._closed = True

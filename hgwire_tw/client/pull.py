@@ -167,6 +167,21 @@ def _has_node(store: Any, node: bytes) -> bool:
     return True
 
 
+def _reuse_policy(store: Any) -> Any:
+    """How ``addgroup`` treats the server's delta bases for ``store``.
+
+    Into an empty revlog (a clone), the deltas are used as they come: a full clone's
+    answers carry the server's stored deltas (every base is sent before the revisions
+    built on it), so storing them as-is copies the server's chains, which Mercurial's
+    ``pulled-delta-reuse-policy = forced`` does too, and skips a delta search per
+    revision (a quarter of a clone's client time). Otherwise (None) Mercurial's default
+    applies: it keeps a base only when its own delta rules accept the chain.
+    """
+    from mercurial.revlogutils.constants import DELTA_BASE_REUSE_FORCE
+
+    return DELTA_BASE_REUSE_FORCE if len(store) == 0 else None
+
+
 def _batches(items: Sequence[bytes], size: int) -> Iterator[list[bytes]]:
     size = max(1, size)
     for i in range(0, len(items), size):
@@ -235,8 +250,14 @@ def pull(
             )
             stats.bookmarks = sum(1 for k, v in repo._bookmarks.items() if before.get(k) != v)
 
-        _apply_manifests(repo, tr, remote, manifest_links, manifest_batch, stats, progress)
-        _apply_files(repo, tr, remote, added, files_batch, stats, progress)
+        # Pipelined: every answer is asked for now, each sent by the reactor thread once
+        # the one before it has arrived, so the server prepares the next while we apply
+        # the last. Answers arrive in the order we read them, so the bounded queues
+        # never wait on data stuck behind an answer nobody reads.
+        wanted, manifest_answers = _request_manifests(repo, remote, manifest_links, manifest_batch)
+        file_answers = _request_files(remote, added, files_batch, manifest_answers)
+        _apply_manifests(repo, tr, manifest_links, wanted, manifest_answers, stats, progress)
+        _apply_files(repo, tr, remote, added, files_batch, stats, progress, file_answers)
         stats.topic = "closing transaction"
         progress(stats)
     stats.topic = ""
@@ -298,33 +319,51 @@ def _apply_changesets(
     return added, by_phase, marks, manifest_links
 
 
+def _request_manifests(
+    repo: Any, remote: Remote, links: dict[bytes, int], batch_size: int
+) -> tuple[list[bytes], list[Iterator[object]]]:
+    """Ask for the manifests of ``links`` we lack, batch after batch (each batch is sent
+    once the previous answer has arrived); returns the nodes and the answers."""
+    store = repo.manifestlog.getstorage(b"")
+    wanted = [n for n in links if not _has_node(store, n)]
+    answers: list[Iterator[object]] = []
+    for batch in _batches(wanted, batch_size):
+        args = {
+            b"tree": b"",
+            b"nodes": batch,
+            b"haveparents": True,
+            b"fields": {b"parents", b"revision"},
+        }
+        answers.append(_call_after(remote, b"manifestdata", args, answers))
+    return wanted, answers
+
+
+def _call_after(
+    remote: Remote, name: bytes, args: dict[bytes, object], earlier: list[Iterator[object]]
+) -> Iterator[object]:
+    """``name`` sent as soon as the last of ``earlier`` has arrived (or now)."""
+    if earlier:
+        return remote.call(name, args, after=earlier[-1])
+    return remote.call(name, args)
+
+
 def _apply_manifests(
     repo: Any,
     tr: Any,
-    remote: Remote,
     links: dict[bytes, int],
-    batch_size: int,
+    wanted: list[bytes],
+    answers: list[Iterator[object]],
     stats: PullStats,
     progress: ProgressFn,
 ) -> None:
     store = repo.manifestlog.getstorage(b"")
-    wanted = [n for n in links if not _has_node(store, n)]
     stats.topic, stats.total, stats.done = "manifests", len(wanted), 0
     progress(stats)
 
     def on_added(_store: Any, _rev: int) -> None:
         stats.manifests += 1
 
-    for batch in _batches(wanted, batch_size):
-        objs = remote.call(
-            b"manifestdata",
-            {
-                b"tree": b"",
-                b"nodes": batch,
-                b"haveparents": True,
-                b"fields": {b"parents", b"revision"},
-            },
-        )
+    for objs in answers:
         _next(objs, "manifestdata")
 
         def revisions(objs: Iterator[object] = objs) -> Iterator[Any]:
@@ -344,8 +383,30 @@ def _apply_manifests(
                     progress(stats)
                 yield inbound
 
-        store.addgroup(revisions(), repo.changelog.rev, weakref.proxy(tr), addrevisioncb=on_added)
+        store.addgroup(
+            revisions(),
+            repo.changelog.rev,
+            weakref.proxy(tr),
+            addrevisioncb=on_added,
+            delta_base_reuse_policy=_reuse_policy(store),
+        )
     progress(stats)
+
+
+def _request_files(
+    remote: Remote, csets: list[bytes], batch_size: int, earlier: list[Iterator[object]]
+) -> list[Iterator[object]]:
+    """Ask for the file revisions ``csets`` need, each batch sent once the answer before
+    it (the last of ``earlier`` for the first one) has arrived."""
+    answers: list[Iterator[object]] = []
+    for batch in _batches(csets, batch_size):
+        args = {
+            b"revisions": [{b"type": b"changesetexplicit", b"nodes": batch}],
+            b"fields": {b"parents", b"revision", b"linknode"},
+            b"haveparents": True,
+        }
+        answers.append(_call_after(remote, b"filesdata", args, [*earlier, *answers]))
+    return answers
 
 
 def _apply_files(
@@ -356,7 +417,10 @@ def _apply_files(
     batch_size: int,
     stats: PullStats,
     progress: ProgressFn,
+    answers: list[Iterator[object]] | None = None,
 ) -> None:
+    """Add the file revisions ``csets`` need: from ``answers`` when they were asked for
+    already (``_request_files``), else asked for here."""
     cl = repo.changelog
     stats.topic, stats.total, stats.done = "files", None, 0
     progress(stats)
@@ -364,15 +428,9 @@ def _apply_files(
     def on_added(_store: Any, _rev: int) -> None:
         stats.files += 1
 
-    for batch in _batches(csets, batch_size):
-        objs = remote.call(
-            b"filesdata",
-            {
-                b"revisions": [{b"type": b"changesetexplicit", b"nodes": batch}],
-                b"fields": {b"parents", b"revision", b"linknode"},
-                b"haveparents": True,
-            },
-        )
+    if answers is None:
+        answers = _request_files(remote, csets, batch_size, [])
+    for objs in answers:
         overall = _next(objs, "filesdata")
         stats.total = (stats.total or 0) + int(overall.get(b"totalitems", 0))
         for _ in range(int(overall.get(b"totalpaths", 0))):
@@ -404,6 +462,7 @@ def _apply_files(
                 weakref.proxy(tr),
                 addrevisioncb=on_added,
                 use_hasmeta_flag=False,
+                delta_base_reuse_policy=_reuse_policy(store),
             )
         _drain(objs)
     progress(stats)

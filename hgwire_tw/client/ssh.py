@@ -351,7 +351,7 @@ class _SubsystemChannel(channel.SSHChannel):
         d.addCallbacks(self._subsystem_started, self._subsystem_refused)
 
     def _subsystem_started(self, _: object) -> None:
-        protocol = FrameStreamProtocol(self.attempt.url.path)
+        protocol = FrameStreamProtocol(self.attempt.url.path, self.attempt.reactor)
         self.protocol = protocol
         protocol.ready.addCallbacks(self._accepted, self._preamble_failed)
         protocol.makeConnection(self)

@@ -34,12 +34,33 @@ __all__ = ["FrameStreamProtocol", "StreamPeer", "TCPPeer"]
 class FrameStreamProtocol(Protocol):
     """Client side of a preamble + frames byte stream."""
 
-    def __init__(self, repo_name: str) -> None:
+    def __init__(self, repo_name: str, reactor: Any = None) -> None:
+        """``reactor``: decode on its thread pool (see ``FrameChannel``); None: here."""
         self.repo_name = repo_name
         self.reply: PreambleReplyParser | None = PreambleReplyParser()
-        self.channel = FrameChannel(ClientFrameReactor())
+        self.channel = FrameChannel(
+            ClientFrameReactor(),
+            reactor=reactor,
+            pause=lambda on: self.pause_for("decoding", on),
+        )
         self.ready: Deferred[FrameStreamProtocol] = Deferred()
         self.lost = False
+        # Why reading is paused: "consumer" (the pull is behind), "decoding".
+        self._pause_reasons: set[str] = set()
+
+    def pause_for(self, reason: str, paused: bool) -> None:
+        """Stop reading while any reason holds; read again once none does."""
+        before = bool(self._pause_reasons)
+        if paused:
+            self._pause_reasons.add(reason)
+        else:
+            self._pause_reasons.discard(reason)
+        after = bool(self._pause_reasons)
+        if before != after and not self.lost and self.transport is not None:
+            if after:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            else:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         self.transport.write(encode_request(self.repo_name))  # type: ignore[union-attr]
@@ -50,9 +71,10 @@ class FrameStreamProtocol(Protocol):
             raise ConnectionFailed("the connection is closed")
         out = []
         for command in commands:
-            request_id, actions = self.channel.frame_reactor.call_command(
-                command.name, command.args, redirect=command.redirect
-            )
+            with self.channel.lock:  # the frame reactor may be decoding on a thread
+                request_id, actions = self.channel.frame_reactor.call_command(
+                    command.name, command.args, redirect=command.redirect
+                )
             self.channel.add(request_id, command)
             out += [a.data for a in actions]
         self.transport.write(b"".join(out))  # type: ignore[union-attr]
@@ -90,18 +112,22 @@ class FrameStreamProtocol(Protocol):
         )
         if not self.ready.called:
             self.ready.errback(error)
-        self.channel.fail_all(error)
+        # After the bytes that arrived before (they may still be decoding).
+        self.channel.closed(error)
 
 
 class _Factory(ClientFactory):
     noisy = False  # no "Starting factory" line per connection (mirrors pull often)
 
-    def __init__(self, repo_name: str, connected: Deferred[FrameStreamProtocol]) -> None:
+    def __init__(
+        self, repo_name: str, connected: Deferred[FrameStreamProtocol], reactor: Any
+    ) -> None:
         self.repo_name = repo_name
         self.connected = connected
+        self.reactor = reactor
 
     def buildProtocol(self, addr: Any) -> FrameStreamProtocol:
-        protocol = FrameStreamProtocol(self.repo_name)
+        protocol = FrameStreamProtocol(self.repo_name, self.reactor)
         protocol.ready.chainDeferred(self.connected)
         return protocol
 
@@ -151,7 +177,7 @@ class StreamPeer:
             def up(protocol: FrameStreamProtocol) -> FrameStreamProtocol:
                 self._protocol = protocol
                 if self._paused:
-                    protocol.transport.pauseProducing()  # type: ignore[union-attr]
+                    protocol.pause_for("consumer", True)
                 return protocol
 
             def settle(outcome: FrameStreamProtocol | Failure) -> None:
@@ -203,13 +229,13 @@ class StreamPeer:
 
     def pauseProducing(self) -> None:
         self._paused = True
-        if self._protocol is not None and not self._protocol.lost:
-            self._protocol.transport.pauseProducing()  # type: ignore[union-attr]
+        if self._protocol is not None:
+            self._protocol.pause_for("consumer", True)
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._protocol is not None and not self._protocol.lost:
-            self._protocol.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._protocol is not None:
+            self._protocol.pause_for("consumer", False)
 
     def close(self) -> None:
         if self._protocol is not None and not self._protocol.lost:
@@ -227,5 +253,6 @@ class TCPPeer(StreamPeer):
 
     def _open(self) -> Deferred[FrameStreamProtocol]:
         connected: Deferred[FrameStreamProtocol] = Deferred()
-        self._reactor.connectTCP(self._host, self._port, _Factory(self._name, connected), 30)
+        factory = _Factory(self._name, connected, self._reactor)
+        self._reactor.connectTCP(self._host, self._port, factory, 30)
         return connected

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mercurial import bookmarks, phases
+from mercurial import bookmarks, changelog, phases
 
 from hgwire_tw.commands.common import mercurial_errors, resolve_revisions
+from hgwire_tw.commands.summaries import SUMMARIES
 
 __all__ = ["changesetdata"]
 
@@ -28,6 +29,10 @@ def changesetdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
             repo.hook(b"preoutgoing", throw=True, source=b"serve")
 
     cl = repo.changelog
+    # filesdata will want each changeset's manifest and touched paths (summaries.py);
+    # they are in the text read here, unless copies live in sidedata (which also holds
+    # the touched paths then).
+    keep_summaries = repo.filecopiesmode is None
     publishing = repo.publishing()
     phasecache = repo._phasecache
 
@@ -54,6 +59,9 @@ def changesetdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
         if b"revision" in fields:
             text = bytes(cl.revision(node))
             record[b"fieldsfollowing"] = [[b"revision", len(text)]]
+            if keep_summaries:
+                entry = changelog.changelogrevision(cl, text, {}, False)
+                SUMMARIES.remember(node, entry.manifest, tuple(entry.files))
         yield record
         if text is not None:
             yield text

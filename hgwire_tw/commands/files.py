@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mercurial import error
@@ -14,12 +14,33 @@ from hgwire_tw.commands.common import (
     file_matcher,
     resolve_revisions,
     revision_records,
+    served_referrers,
     store_records,
 )
 from hgwire_tw.commands.manifests import unique
+from hgwire_tw.commands.summaries import summary
 from hgwire_tw.core.errors import CommandError
 
 __all__ = ["filedata", "filesdata", "served_file_revisions"]
+
+
+def _file_refs(repo: Any, path: bytes) -> Callable[[int], tuple[bytes, ...]]:
+    """``served_referrers``' ``refs`` for one file: the node of ``path`` in a changeset
+    that touched it (a changeset reusing a file revision of a hidden or secret one, as an
+    amend does, lists the file as touched too)."""
+    cl = repo.changelog
+    manifestlog = repo.manifestlog
+
+    def refs(rev: int) -> tuple[bytes, ...]:
+        entry = cl.changelogrevision(rev)
+        if path not in entry.files:
+            return ()
+        try:
+            return (manifestlog[entry.manifest].find(path)[0],)
+        except KeyError:
+            return ()
+
+    return refs
 
 
 def _filelog(repo: Any, path: object) -> Any:
@@ -28,7 +49,10 @@ def _filelog(repo: Any, path: object) -> Any:
     path = check_path(b"path", path)
     store = repo.file(path)
     filtered = repo.changelog.filteredrevs
-    if not any(store.linkrev(r) not in filtered for r in store):
+    if any(store.linkrev(r) not in filtered for r in store):
+        return store
+    linkrevs = {store.node(r): store.linkrev(r) for r in store}
+    if not served_referrers(repo, linkrevs, _file_refs(repo, path)):
         raise CommandError(b"unknown file: %s", (path,))
     return store
 
@@ -53,42 +77,86 @@ def served_file_revisions(
     Also run before a cache lookup (``cachekeys.filedata_key``), so a revision cached
     while its changeset was served is not handed out once it is secret.
     """
-    store = _filelog(repo, args[b"path"])
+    path = check_path(b"path", args[b"path"])
+    store = _filelog(repo, path)
     nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
     cl = repo.changelog
-    filtered = cl.filteredrevs
-    linknodes: dict[bytes, bytes] = {}
+    linkrevs: dict[bytes, int] = {}
     for node in nodes:
         try:
-            linkrev = store.linkrev(store.rev(node))
+            linkrevs[node] = store.linkrev(store.rev(node))
         except error.LookupError:
             raise CommandError(b"unknown file node: %s", (hex(node),)) from None
-        if linkrev in filtered:
+    # A served changeset referencing each node: its linkrev, or a later one where the
+    # linkrev's changeset is hidden or secret (see served_referrers).
+    referrers = served_referrers(repo, linkrevs, _file_refs(repo, path))
+    linknodes: dict[bytes, bytes] = {}
+    for node in nodes:
+        if node not in referrers:
             raise CommandError(b"unknown file node: %s", (hex(node),))
-        linknodes[node] = cl.node(linkrev)
+        linknodes[node] = cl.node(referrers[node])
     return store, nodes, linknodes
 
 
-def _touched_file_nodes(mstore: Any, ctx: Any) -> list[tuple[bytes, bytes]]:
-    """``(path, file node)`` of the files ``ctx`` touched that its manifest has.
+def _touched_file_nodes(repo: Any, mstore: Any, rev: int) -> list[tuple[bytes, bytes]]:
+    """``(path, file node)`` of the files changeset ``rev`` touched that its manifest has.
 
     Reading a whole manifest per changeset was most of a full clone's server time: for a
     changeset with one parent whose manifest is stored as a delta against the parent's,
     that delta alone holds every entry that changed, so it is read instead (a touched
     file missing from it was removed, or kept its parent's file node, which a client
-    with the parents already has). Otherwise the whole manifest is read.
+    with the parents already has). Otherwise the whole manifest is read. The manifest
+    nodes and touched paths usually come from what changesetdata kept (summaries.py).
     """
-    paths = ctx.files()
+    cl = repo.changelog
+    manifest, paths = summary(cl, rev)
     if not paths:
         return []
-    p1, p2 = ctx.p1(), ctx.p2()
-    if p1.rev() != nullrev and p2.rev() == nullrev:
-        base = mstore.rev(p1.manifestnode())
-        used, delta = ctx.manifestctx().read_any_fast_delta({base})
+    p1, p2 = cl.parentrevs(rev)
+    mctx = repo.manifestlog[manifest]
+    if p1 != nullrev and p2 == nullrev:
+        base = mstore.rev(summary(cl, p1)[0])
+        used, delta = mctx.read_any_fast_delta({base})
         if used == base:
             return [(path, delta[path]) for path in paths if path in delta]
-    manifest = ctx.manifest()
-    return [(path, manifest[path]) for path in paths if path in manifest]
+    full = mctx.read()
+    return [(path, full[path]) for path in paths if path in full]
+
+
+def _completes_the_repository(cl: Any, revs: list[int]) -> bool:
+    """Whether a client holding the ancestors of ``revs`` ends up with every changeset
+    of the repository, and the served view hides none (so every linkrev is served)."""
+    if not revs or cl.filteredrevs:
+        return False
+    return not cl.findmissingrevs(common=revs, heads=cl.headrevs())
+
+
+def _by_linkrev(repo: Any, revs: list[int], matcher: Any) -> dict[bytes, dict[bytes, bytes]]:
+    """filesdata's ``wanted`` from the filelogs' linkrevs, without reading a manifest.
+
+    Only valid where ``_completes_the_repository``: then a file revision a requested
+    changeset uses either was introduced by a requested changeset (its linkrev, which is
+    also the earliest requested changeset using it), or by one the client has. So the
+    revisions to send are, for each path the requested changesets touched, those whose
+    linkrev was requested: what Mercurial's own changegroups send in that case
+    ("fastpathlinkrev"). Reading a manifest delta per changeset was a third of a full
+    clone's filesdata.
+    """
+    cl = repo.changelog
+    wanted_revs = set(revs)
+    paths: set[bytes] = set()
+    for rev in revs:
+        paths.update(summary(cl, rev)[1])
+    wanted: dict[bytes, dict[bytes, bytes]] = {}
+    for path in sorted(paths):
+        if not matcher(path):
+            continue
+        store = repo.file(path)
+        linkrev, node = store.linkrev, store.node
+        found = {node(r): cl.node(lr) for r in store if (lr := linkrev(r)) in wanted_revs}
+        if found:
+            wanted[path] = found
+    return wanted
 
 
 def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
@@ -107,16 +175,20 @@ def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
 
     # path -> {file node: linknode}; metadata only, the data itself is streamed below.
     wanted: dict[bytes, dict[bytes, bytes]] = {}
-    mstore = repo.manifestlog.getstorage(b"")
-    for node in nodes:
-        ctx = repo[node]
-        if haveparents:
-            found = _touched_file_nodes(mstore, ctx)
-        else:
-            found = list(ctx.manifest().items())
-        for path, fnode in found:
-            if matcher(path):
-                wanted.setdefault(path, {}).setdefault(fnode, node)
+    cl = repo.changelog
+    revs = [cl.rev(node) for node in nodes]
+    if haveparents and _completes_the_repository(cl, revs):
+        wanted = _by_linkrev(repo, revs, matcher)
+    else:
+        mstore = repo.manifestlog.getstorage(b"")
+        for node, rev in zip(nodes, revs, strict=True):
+            if haveparents:
+                found = _touched_file_nodes(repo, mstore, rev)
+            else:
+                found = list(repo[node].manifest().items())
+            for path, fnode in found:
+                if matcher(path):
+                    wanted.setdefault(path, {}).setdefault(fnode, node)
 
     yield {
         b"totalpaths": len(wanted),
@@ -124,7 +196,8 @@ def filesdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     }
     for path in sorted(wanted):
         filenodes = wanted.pop(path)
-        store = _filelog(repo, path)
+        # Every path here comes from a served changeset's manifest: no check is needed.
+        store = repo.file(path)
         yield {b"path": path, b"totalitems": len(filenodes)}
         revisions = store.emitrevisions(
             list(filenodes),

@@ -7,7 +7,7 @@ from typing import Any
 
 from mercurial import error
 
-from hgwire_tw.commands.common import MAX_PATH, check_nodes, store_records
+from hgwire_tw.commands.common import MAX_PATH, check_nodes, served_referrers, store_records
 from hgwire_tw.core.errors import ArgumentError, CommandError
 
 __all__ = ["check_tree", "manifestdata", "served_manifests", "unique"]
@@ -26,7 +26,8 @@ def manifestdata(repo: Any, args: Mapping[bytes, Any]) -> Iterator[object]:
     otherwise a full text is sent. Every node is checked before anything is sent, so
     an unknown node is a clean ``unknown node: %s`` error (binary node argument). A
     manifest revision first introduced by a changeset outside the served view (secret,
-    hidden) gets that same error: its file names and file nodes never leave.
+    hidden) gets that same error unless a served changeset uses it too (``hg commit
+    --amend -m`` keeps the manifest): its file names and file nodes never leave.
     """
     store, nodes = served_manifests(repo, args)
     yield from store_records(store, nodes, args)
@@ -41,13 +42,24 @@ def served_manifests(repo: Any, args: Mapping[bytes, Any]) -> tuple[Any, list[by
     tree = check_tree(repo, args[b"tree"])
     nodes = unique(check_nodes(b"nodes", args[b"nodes"]))
     store = repo.manifestlog.getstorage(tree)
-    filtered = repo.changelog.filteredrevs
+    linkrevs: dict[bytes, int] = {}
     for node in nodes:
         try:
-            linkrev = store.linkrev(store.rev(node))
+            linkrevs[node] = store.linkrev(store.rev(node))
         except error.LookupError:
             raise CommandError(b"unknown node: %s", (node,)) from None
-        if linkrev in filtered:
+    if tree:
+        # Changesets name only the root manifest; a directory manifest is served by
+        # the linkrev alone.
+        filtered = repo.changelog.filteredrevs
+        served = {n for n, linkrev in linkrevs.items() if linkrev not in filtered}
+    else:
+        cl = repo.changelog
+        served = set(
+            served_referrers(repo, linkrevs, lambda rev: (cl.changelogrevision(rev).manifest,))
+        )
+    for node in nodes:
+        if node not in served:
             raise CommandError(b"unknown node: %s", (node,))
     return store, nodes
 

@@ -36,6 +36,7 @@ __all__ = [
     "CBORSequenceDecoder",
     "EncodedCBOR",
     "IndefiniteChunk",
+    "byte_string_head",
     "dumps",
     "dumps_sequence",
     "indefinite_bytes_begin",
@@ -43,6 +44,8 @@ __all__ = [
     "indefinite_bytes_end",
     "loads",
     "loads_sequence",
+    "map_head",
+    "uint_head",
 ]
 
 #: Default bound on the bytes a :class:`CBORSequenceDecoder` holds for one partial value.
@@ -216,6 +219,21 @@ def dumps_sequence(objs: Iterable[object]) -> bytes:
     out = io.BytesIO()
     _encode_into(out, objs)
     return out.getvalue()
+
+
+def uint_head(n: int) -> bytes:
+    """The CBOR encoding of the unsigned integer ``n`` (also the head of major type 0)."""
+    return _head(0, n)
+
+
+def byte_string_head(length: int) -> bytes:
+    """The head of a definite byte string of ``length`` bytes (the bytes follow it)."""
+    return _head(2, length)
+
+
+def map_head(pairs: int) -> bytes:
+    """The head of a definite map of ``pairs`` entries (keys and values follow it)."""
+    return _head(5, pairs)
 
 
 def indefinite_bytes_begin() -> bytes:

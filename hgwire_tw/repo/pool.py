@@ -228,6 +228,10 @@ class RepositoryPool:
     def _make_ui(self) -> Any:
         ui = self._ui_factory()
         ui.setconfig(b"ui", b"timeout", b"%d" % self.lock_timeout, b"hgwire")
+        # Mercurial keeps an LRU cache of decompressed revlog chunks unless memory is
+        # "low". A server streams each chunk once per clone, so the cache never hits
+        # and its bookkeeping was an eighth of a revision-path clone's server time.
+        ui.setconfig(b"usage", b"resources.memory", b"low", b"hgwire")
         return ui
 
     def _recover(self, served: ServedRepository, *, wait: bool) -> recovery.Recovered | None:
