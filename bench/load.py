@@ -225,6 +225,9 @@ def hgwire_http(repo: Path, work: Path) -> AbstractContextManager[Endpoint]:
             "--allow-push-over-http",
             "--cache",
             HGWIRE_CACHE[0],
+            # every clone and the pusher come from 127.0.0.1, past the default cap of 32
+            "--http-max-per-address",
+            "1000",
         ) as server:
             url = f"{server.http_url}/load"
             yield Endpoint(url, url, server.proc.pid, [], repo)
