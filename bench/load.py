@@ -352,7 +352,8 @@ def hgwire(*transports: str) -> Factory:
             f'{users}[[rules]]\nrepos = "*"\nread = {json.dumps(read)}\n'
             f"write = {json.dumps(write)}\n"
         )
-        http = "tcp:0:interface=127.0.0.1" if "http" in transports else None
+        # "none": without --http the server would also listen on its default port 8000
+        http = "tcp:0:interface=127.0.0.1" if "http" in transports else "none"
         with running_server(work, *args, http=http) as server:
             found: dict[str, Transport] = {}
             if "http" in transports:
