@@ -104,6 +104,19 @@ def check_password(password: str, encoded: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """What one client may do with one repository: pull (``read``) and push (``write``).
+
+    ``reason`` says why something is refused, for the server's log (empty when both are
+    granted). Transports answer a refusal in their own wire form.
+    """
+
+    read: bool
+    write: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeyScope:
     """What ``command="hg-ssh [--read-only] PATH..."`` leaves a key: the repositories
     named (as registry names) and, with ``--read-only``, no pushing."""
@@ -609,6 +622,7 @@ __all__ = [
     "AccessFileError",
     "AccessPolicy",
     "AuthorizedKey",
+    "Grant",
     "KeyRefused",
     "KeyScope",
     "Rule",
