@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from hgwire_tw.access import AccessPolicy
+from hgwire_tw.commands.runner import CommandRunner
 from hgwire_tw.context import ServerContext, Settings
 from hgwire_tw.repo.registry import RepositoryRegistry
 from hgwire_tw.repo.ui import make_ui
@@ -102,6 +103,7 @@ def make_channel(
         pool=pool,  # type: ignore[arg-type]
         access=access or AccessPolicy.default(),
         settings=settings or Settings(),
+        runner=CommandRunner(pool),
     )
     site = HgSite(HgResource(ctx), ctx, reactor=Clock())
     channel = site.buildProtocol(None)

@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hgwire_tw.access import AccessPolicy, KeyScope
+from hgwire_tw.access import AccessPolicy
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext, Settings
 from hgwire_tw.repo.registry import RepositoryRegistry, ServedRepository
 from hgwire_tw.transports.ssh import make_ssh_factory
@@ -627,7 +628,8 @@ class SessionExtrasTests(SynchronousTestCase):
         self.assertEqual(pool.calls, [])
         grant = session._grant()
         self.assertEqual((grant.read, grant.write), (True, False))
-        self.assertEqual(open_repository(ctx, "alice", "proj", read_only).name, "proj")
+        served, grant = open_repository(ctx, "alice", "proj", read_only)
+        self.assertEqual((served.name, grant.read, grant.write), ("proj", True, False))
         elsewhere = KeyScope(repos=frozenset({"other"}))
         with self.assertRaises(ExecRefused):
             open_repository(ctx, "alice", "proj", elsewhere)

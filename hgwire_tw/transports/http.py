@@ -75,7 +75,7 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
-from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny, refusal
 from hgwire_tw.transports.httpreplies import finish, internal_error, is_gone, plain
 from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimits
 from hgwire_tw.transports.pausegate import PauseGate
@@ -219,8 +219,9 @@ class HgResource(Resource):
             return True
         _, user = _known_user(request)
         below = "/".join(prefix) + "/"
+        access = self.ctx.access
         return any(
-            name.startswith(below) and self.ctx.access.can_read(user, name)
+            name.startswith(below) and access.authorize(user, name).read
             for name in self.ctx.registry.names()
         )
 
@@ -322,7 +323,8 @@ def visible_match(
             return served, rest
     else:
         who = user if isinstance(user, str) else None
-    while not ctx.access.can_read(who, served.name):
+    access = ctx.access
+    while not access.authorize(who, served.name).read:
         depth = len(segments) - len(rest)
         try:
             if depth == 0:
@@ -335,19 +337,24 @@ def visible_match(
 
 
 def v1_denial(
-    ctx: ServerContext, request: IRequest, repo_name: str, user: str | None, perm: bytes
+    ctx: ServerContext,
+    request: IRequest,
+    repo_name: str,
+    user: str | None,
+    perm: bytes,
+    grant: Grant | None = None,
 ) -> HTTPDenied | None:
     """The refusal for ``perm`` (pull/push) on ``repo_name`` for this user and request,
-    or None: hgweb's order, read, then POST (405), then TLS and write."""
-    try:
-        check_access(ctx, request, repo_name, user, write=False)
-        if perm == b"push":
-            if request.method != b"POST":
-                return HTTPDenied(405, "push requires POST request")
-            check_access(ctx, request, repo_name, user, write=True)
-    except HTTPDenied as denied:
-        return denied
-    return None
+    or None: hgweb's order, read, then POST (405), then TLS and write. ``grant`` is the
+    user's (default: asked of ``ctx.access`` now)."""
+    if grant is None:
+        grant = ctx.access.authorize(user, repo_name)
+    denied = refusal(ctx, request, repo_name, user, grant, write=False)
+    if denied is None and perm == b"push":
+        if request.method != b"POST":
+            return HTTPDenied(405, "push requires POST request")
+        denied = refusal(ctx, request, repo_name, user, grant, write=True)
+    return denied
 
 
 class _V1Request:
@@ -434,16 +441,17 @@ class _V1Request:
         self.payload_file = content
         return select_command_args(command_spec(self.name), known)
 
-    def _decide(self, perm: bytes) -> HTTPDenied | None:
-        """The refusal for ``perm`` (pull/push) for this user and request, or None."""
-        return v1_denial(self.ctx, self.request, self.served.name, self.user, perm)
-
     def _authenticated(self, user: str | None) -> Deferred[None] | None:
         self.user = user
-        self.denials = {perm: self._decide(perm) for perm in (b"pull", b"push")}
+        policy = self.ctx.access.authorize(user, self.served.name)
+        self.denials = {
+            perm: v1_denial(self.ctx, self.request, self.served.name, user, perm, policy)
+            for perm in (b"pull", b"push")
+        }
         denied = self.denials[command_permission(self.name)]
         if denied is not None:
             raise denied
+        # The call's grant: the policy's, narrowed by HTTP's own rules (POST, TLS).
         refusals = [d.message for d in self.denials.values() if d is not None]
         grant = Grant(
             read=self.denials[b"pull"] is None,

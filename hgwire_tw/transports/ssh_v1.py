@@ -60,7 +60,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hgwire_tw.access import Grant, KeyScope
+from hgwire_tw.access import Grant
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import PermissionDenied, ProtocolError
 from hgwire_tw.core.v1 import (
@@ -285,11 +286,13 @@ class V1SSHSession:
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
-        if not self.ctx.access.can_write(self.user, self.served.name, self.scope):
+        grant = self._grant()
+        if not grant.write:
             log.warn(
-                "push to {repo} refused for {user} over SSH: not authorized",
+                "push to {repo} refused for {user} over SSH: {why}",
                 repo=self.served.name or "/",
                 user=self.user or "anonymous",
+                why=grant.reason,
             )
             self._begin_command(command.name)
             self._write_ooberror(self._denied_message(b"push"))
@@ -350,10 +353,7 @@ class V1SSHSession:
 
     def _grant(self) -> Grant:
         """What the user (with their key's scope) may do here, by the current policy."""
-        access = self.ctx.access
-        read = access.can_read(self.user, self.served.name, self.scope)
-        write = access.can_write(self.user, self.served.name, self.scope)
-        return Grant(read=read, write=write, reason="" if write else "not authorized")
+        return self.ctx.access.authorize(self.user, self.served.name, self.scope)
 
     def _denied_message(self, perm: bytes) -> bytes:
         what = "push to" if perm == b"push" else "read"
