@@ -572,7 +572,7 @@ def _make_runner(ctx: ServerContext, pool: Any, state_dir: Path) -> Any:
             embedded=s.redirects,
             embedded_base=lambda: ctx.embedded_blob_base,
             public_blobs=lambda: blob_access(ctx, None) is None,
-            public_repo=lambda name: ctx.access.can_read(None, name),
+            public_repo=lambda name: ctx.access.authorize(None, name).read,
         )
         options = CommandOptions(
             redirect_targets=AdvertisedTargets(redirector),

@@ -50,6 +50,12 @@ class Runner:
         self.results: dict[bytes, Deferred[None]] = {}
         self.cancelled: list[bytes] = []
 
+    def spec(self, name: bytes) -> Any:
+        """The real command table's entry for ``name`` (what the HTTP API checks)."""
+        from hgwire_tw.commands.registry import COMMANDS
+
+        return COMMANDS.get(name)
+
     def run(self, served: Any, name: bytes, args: Any, *, sink: Any, **_: Any) -> Deferred[None]:
         """Remember ``sink``; the command stays pending (``may_push`` etc. are ignored)."""
         self.sinks[name] = sink

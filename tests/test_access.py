@@ -1,4 +1,5 @@
-"""Access policy: password hashes, authorized_keys parsing, and read/write rules."""
+"""Access policy: password hashes, authorized_keys parsing, and read/write rules
+(``AccessPolicy.authorize``)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hgwire_tw.access import (
-    AccessFileError,
-    AccessPolicy,
-    KeyRefused,
-    check_password,
-    hash_password,
-    parse_authorized_key,
-)
+from hgwire_tw.access import AccessFileError, AccessPolicy, Grant, check_password, hash_password
+from hgwire_tw.authorized_keys import KeyRefused, parse_authorized_key
+
+#: What a reader who may not push is granted.
+READER = Grant(read=True, write=False, reason="not a writer")
 
 KEY_BLOB = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"k" * 32).decode()
 KEY = f"ssh-ed25519 {KEY_BLOB} alice@laptop"
@@ -41,9 +39,8 @@ def test_password_hash_round_trip_and_salting() -> None:
 def test_default_policy_is_anonymous_read_only() -> None:
     """With no access file everyone reads and nobody writes."""
     policy = AccessPolicy.default()
-    assert policy.can_read(None, "anything")
-    assert not policy.can_write(None, "anything")
-    assert not policy.can_write("alice", "anything")
+    assert policy.authorize(None, "anything") == READER
+    assert not policy.authorize("alice", "anything").write
     assert not policy.authenticate_password("alice", "x")
 
 
@@ -76,10 +73,12 @@ write = ["alice"]
     assert policy.authenticate_password("alice", "pw")
     assert not policy.authenticate_password("alice", "nope")
     assert not policy.authenticate_password("ci", "pw")  # no password set
-    assert policy.can_read(None, "public/x") and not policy.can_write(None, "public/x")
-    assert not policy.can_read(None, "private/x") and policy.requires_login("private/x")
-    assert policy.can_read("ci", "private/x") and not policy.can_write("ci", "private/x")
-    assert policy.can_write("alice", "private/x")
+    assert policy.authorize(None, "public/x") == READER
+    assert not policy.authorize(None, "private/x").read
+    assert policy.login_could_grant("private/x")
+    assert policy.login_could_grant("private/x", write=True)
+    assert policy.authorize("ci", "private/x") == READER
+    assert policy.authorize("alice", "private/x") == Grant(read=True, write=True)
     assert policy.user_for_key(base64.b64decode(KEY_BLOB)) == "alice"
     (ci_key,) = policy.keys_for("ci")
     assert policy.user_for_key(ci_key.blob) == "ci"
@@ -89,7 +88,10 @@ write = ["alice"]
 def test_closed_when_no_rule_matches(tmp_path: Path) -> None:
     """An access file without a matching rule closes the repository."""
     policy = AccessPolicy.load(write_access(tmp_path, '[[rules]]\nrepos = "a"\nread=["anonymous"]'))
-    assert policy.can_read(None, "a") and not policy.can_read(None, "b")
+    assert policy.authorize(None, "a").read
+    closed = Grant(read=False, write=False, reason="no rule names the repository")
+    assert policy.authorize(None, "b") == closed
+    assert not policy.login_could_grant("b")  # a file without users: logging in cannot help
 
 
 @pytest.mark.parametrize(
@@ -203,11 +205,13 @@ def test_refused_keys_are_left_out_with_a_warning(tmp_path: Path) -> None:
     assert policy.user_for_key(base64.b64decode(CI_BLOB)) is None
     scope = key.scope
     assert scope is not None
-    assert policy.can_write("alice", "pub") and policy.can_write("alice", "other")
-    assert policy.can_read("alice", "pub", scope) and not policy.can_write("alice", "pub", scope)
-    assert not policy.can_read("alice", "other", scope)
+    assert policy.authorize("alice", "pub").write and policy.authorize("alice", "other").write
+    read_only = Grant(read=True, write=False, reason="the key is read-only")
+    assert policy.authorize("alice", "pub", scope) == read_only
+    assert not policy.authorize("alice", "other", scope).read
+    assert policy.authorize("alice", "other", scope).reason == "the key's hg-ssh paths leave it out"
     # the rules still decide within the scope: bob's rules would give nothing
-    assert not policy.can_read("nobody", "pub", scope)
+    assert not policy.authorize("nobody", "pub", scope).read
 
 
 def test_login_cache_only_remembers_successes() -> None:

@@ -45,4 +45,4 @@ def test_a_valid_file_still_loads(tmp_path: Path) -> None:
     path.write_text(f'[users.bob]\nkeys = ["{KEY} bob@x"]\n' + RULES, encoding="utf-8")
     policy = AccessPolicy.load(path)
     assert [k.comment for k in policy.keys_for("bob")] == ["bob@x"]
-    assert policy.can_read(None, "anything")
+    assert policy.authorize(None, "anything").read

@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from hgwire_tw.access import AccessPolicy
+from hgwire_tw.commands.runner import CommandRunner
 from hgwire_tw.context import ServerContext, Settings
 from hgwire_tw.repo.registry import RepositoryRegistry
 from hgwire_tw.repo.ui import make_ui
@@ -62,6 +63,10 @@ class SyncPool:
                     close()
                     result.callback(None)
                     return
+                except Exception:
+                    # as the real pool reports it: a failed Deferred, not a raise
+                    failed(Failure())
+                    return
                 self.delivered += 1
                 ret = deliver([obj])
                 if isinstance(ret, Deferred):
@@ -98,6 +103,7 @@ def make_channel(
         pool=pool,  # type: ignore[arg-type]
         access=access or AccessPolicy.default(),
         settings=settings or Settings(),
+        runner=CommandRunner(pool),
     )
     site = HgSite(HgResource(ctx), ctx, reactor=Clock())
     channel = site.buildProtocol(None)
@@ -236,6 +242,32 @@ def test_post_args(rich_repo: Path) -> None:
     request(channel, b"/r?cmd=lookup", {b"X-HgArgs-Post": b"%d" % len(args)}, b"POST", args)
     head, body = split_response(transport.value())
     assert b"200 Script output follows" in head and body.startswith(b"1 ")
+
+
+def test_min_send_refuses_stream_answers_only(rich_repo: Path) -> None:
+    """With mintx=0.2 a 0.1-only client's getbundle gets the out-of-band refusal decided
+    before the call; a string answer (heads) still goes out as 0.1."""
+    channel, transport, _ = make_channel(rich_repo, Settings(v1_min_send="0.2"))
+    target, headers = getbundle_target(rich_repo)
+    request(channel, target, headers)
+    head, body = split_response(transport.value())
+    assert b"Content-Type: application/hg-error" in head
+    assert body == b"this server sends media type 0.2 or newer; upgrade your client\n"
+    channel, transport, _ = make_channel(rich_repo, Settings(v1_min_send="0.2"))
+    request(channel, b"/r?cmd=heads")
+    head, body = split_response(transport.value())
+    assert b"Content-Type: application/mercurial-0.1" in head and body.endswith(b"\n")
+
+
+def test_push_inside_batch_gets_the_push_refusal(rich_repo: Path) -> None:
+    """pushkey inside a GET batch is refused on the worker (the call's grant allows no
+    push) and answered with the refusal HTTP decided for push: 405, Allow: POST."""
+    channel, transport, _ = make_channel(rich_repo)
+    cmds = b"cmds=heads+%3Bpushkey+namespace%3Dbookmarks%2Ckey%3Dx%2Cold%3D%2Cnew%3D"
+    request(channel, b"/r?cmd=batch", {b"X-HgArg-1": cmds})
+    head, body = split_response(transport.value())
+    assert head.startswith(b"HTTP/1.1 405 push requires POST request"), head
+    assert b"Allow: POST" in head and body == b"0\npush requires POST request\n"
 
 
 def test_capabilities_advertise_post_args_and_min_versions(rich_repo: Path) -> None:

@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from hgwire_tw.access import AccessPolicy
+from hgwire_tw.commands.registry import COMMANDS
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core import cbor
 from hgwire_tw.core.frames import (
@@ -169,6 +170,23 @@ class HTTPV2JobTests(SynchronousTestCase):
             ],
         )
         self.assertEqual({job.stream_id for job in self.jobs.ran}, {2})
+
+    def test_the_runners_table_says_which_commands_exist(self) -> None:
+        """The URL's command and the framed ones are looked up in the runner's command
+        table: one that table lacks is unknown (404, or an error in a multirequest),
+        even when the default table has it."""
+        heads = self.client.call_command(b"heads", {})[1][0].data
+        only_branchmap = {b"branchmap": COMMANDS[b"branchmap"]}
+        self.runner.spec = only_branchmap.get  # type: ignore[method-assign]
+        for url, expected in [("heads", 404), ("multirequest", 200)]:
+            request = PushRequest(heads)
+            rest = ["api", HTTP_V2_API.decode(), "ro", url]
+            http_v2.render_api(self.ctx, request, SERVED, rest, run_job=self.jobs)
+            self.assertEqual(request.responseCode, expected)
+            body = b"".join(request.written)
+            self.assertIn(b"heads", body)
+            self.assertIn(b"unknown" if expected == 404 else b"not available", body)
+        self.assertEqual(self.runner.sinks, {})
 
     def test_frames_fit_the_603_client(self) -> None:
         """Big batches come out in frames of at most 32 KiB, stream settings first."""

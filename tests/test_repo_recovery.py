@@ -1,6 +1,6 @@
 """Crash recovery units: ``hgwire_tw.repo.recovery`` on real repositories left behind by
 real (killed or live) processes, the pool's use of it, and the push failure answers of
-``hgwire_tw.v1.dispatch``."""
+``hgwire_tw.v1.dispatch`` (``hgwire_tw.v1.failures``)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,20 @@ import pytest
 from mercurial import bundle2, hg
 from mercurial import error as hgerror
 
+from hgwire_tw.access import Grant
 from hgwire_tw.repo import recovery
 from hgwire_tw.repo.pool import RepositoryPool
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.repo.ui import make_ui
-from hgwire_tw.v1 import dispatch
-from hgwire_tw.v1.protocol import V1Protocol
+from hgwire_tw.v1 import dispatch, failures
+from hgwire_tw.v1.protocol import ProtocolFacts, SpooledPayload, V1Protocol
+from hgwire_tw.v1.results import (
+    V1LegacyStream,
+    V1OutOfBandError,
+    V1PushError,
+    V1PushResult,
+    V1Result,
+)
 from tests.faults import abandon_transaction, hold_lock, journal_entries, lock_files
 from tests.repobuilders import hg as run_hg
 from tests.repobuilders import log_nodes, make_linear_repo, verify
@@ -138,16 +146,32 @@ def _bundle(path: Path, base: Path, tmp_path: Path, kind: str) -> bytes:
     return out.read_bytes()
 
 
+#: Everything granted: these tests are about failures, not permissions.
+EVERYTHING = Grant(read=True, write=True)
+
+
+class _Split:
+    """A payload that arrives in two pieces, split after its first two bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def pieces(self) -> Any:
+        return iter([self.data[:2], self.data[2:]])
+
+
 def _proto(transport: str, payload: bytes) -> V1Protocol:
     return V1Protocol(
-        transport=transport,  # type: ignore[arg-type]
-        checkperm=lambda perm: None,
-        payload=lambda: iter([payload[:2], payload[2:]]),
+        ProtocolFacts(
+            transport=transport,  # type: ignore[arg-type]
+            grant=EVERYTHING,
+            payload=_Split(payload),
+        )
     )
 
 
-def _parts(reply: dispatch.V1Result) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    assert isinstance(reply, dispatch.V1LegacyStream)
+def _parts(reply: V1Result) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    assert isinstance(reply, V1LegacyStream)
     unbundler = bundle2.getunbundler(make_ui(), io.BytesIO(b"".join(reply.chunks)))
     return [(p.type, dict(p.params)) for p in unbundler.iterparts()]
 
@@ -163,7 +187,7 @@ def test_unbundle_into_a_freshly_abandoned_journal_recovers_and_retries(
     heads = b"666f726365"  # hex("force")
     reply = dispatch.run_v1_command(repo, b"unbundle", {b"heads": heads}, _proto("ssh", payload))
     # ``hg bundle`` files carry no replycaps part: the push asks for no bundle2 reply
-    assert reply == dispatch.V1PushResult(result=0)
+    assert reply == V1PushResult(result=0)
     assert len(log_nodes(repo_path)) == 4
     verify(repo_path)
 
@@ -173,8 +197,8 @@ def test_unbundle_into_a_freshly_abandoned_journal_recovers_and_retries(
     [
         ("ssh", "v2", "bundle2"),
         ("https", "v2", "bundle2"),
-        ("ssh", "v1", dispatch.V1PushError),
-        ("http", "v1", dispatch.V1OutOfBandError),
+        ("ssh", "v1", V1PushError),
+        ("http", "v1", V1OutOfBandError),
     ],
 )
 def test_an_unbundle_that_raises_is_answered_in_the_clients_form(
@@ -205,14 +229,14 @@ def test_an_unbundle_that_raises_is_answered_in_the_clients_form(
 def test_failure_texts() -> None:
     """Mercurial's errors keep their text (and hint); a held lock names its holder;
     anything else is an incident; bundle2 parameters are clipped to 255 bytes."""
-    msg, hint = dispatch.describe_failure(hgerror.RepoError(b"bad", hint=b"do x"))
+    msg, hint = failures.describe_failure(hgerror.RepoError(b"bad", hint=b"do x"))
     assert (msg, hint) == (b"bad", b"do x")
     held = hgerror.LockHeld(11, b"/r/.hg/store/lock", b"repo", b"box/4026531836:4242")
-    assert dispatch.describe_failure(held)[0].startswith(
+    assert failures.describe_failure(held)[0].startswith(
         b"the repository is locked by process 4242 on host box;"
     )
-    assert dispatch.describe_failure(KeyError("x"))[0].startswith(b"internal server error")
-    reply = dispatch.push_failure(b"x" * 1000, b"h", transport="ssh", bundle2=True)
+    assert failures.describe_failure(KeyError("x"))[0].startswith(b"internal server error")
+    reply = failures.push_failure(b"x" * 1000, b"h", transport="ssh", bundle2=True)
     ((_, params),) = _parts(reply)
     assert len(params[b"message"]) == 255 and params[b"hint"] == b"h"
 
@@ -240,7 +264,7 @@ def test_a_push_whose_client_went_away_is_not_a_bug(repo_path: Path) -> None:
     with pytest.raises(ConnectionAbortedError):
         list(file_payload(spool))
     proto = V1Protocol(
-        transport="https", checkperm=lambda perm: None, payload=lambda: file_payload(spool)
+        ProtocolFacts(transport="https", grant=EVERYTHING, payload=SpooledPayload(fileobj=spool))
     )
     critical: list[dict[str, Any]] = []
 
@@ -255,6 +279,6 @@ def test_a_push_whose_client_went_away_is_not_a_bug(repo_path: Path) -> None:
         )
     finally:
         globalLogPublisher.removeObserver(observe)
-    assert isinstance(reply, dispatch.V1OutOfBandError)
+    assert isinstance(reply, V1OutOfBandError)
     assert critical == []
     assert len(log_nodes(repo_path)) == 3

@@ -22,9 +22,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hgwire_tw.access import AccessPolicy, KeyScope
+from hgwire_tw.access import AccessPolicy
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext, Settings
-from hgwire_tw.core.errors import PermissionDenied
 from hgwire_tw.repo.registry import RepositoryRegistry, ServedRepository
 from hgwire_tw.transports.ssh import make_ssh_factory
 from hgwire_tw.transports.ssh_auth import PublicKeyPortal
@@ -36,6 +36,8 @@ from hgwire_tw.transports.ssh_command import (
 from hgwire_tw.transports.ssh_keys import HOST_KEY_NAME, HostKeyError, load_host_keys
 from hgwire_tw.transports.ssh_session import HgSessionChannel, HgwireAvatar, open_repository
 from hgwire_tw.transports.ssh_v1 import V1SSHSession
+from hgwire_tw.v1.call import StreamFormats, V1Call
+from hgwire_tw.v1.results import V1OutOfBandError
 
 # -- exec commands and names ---------------------------------------------------------------
 
@@ -106,22 +108,24 @@ def _openssh_public(key: Any) -> str:
 
 
 class FakePool:
-    """``RepositoryPool.iterate`` answering from a table instead of running Mercurial."""
+    """``RepositoryPool.iterate`` answering a ``V1Call`` from a table instead of running
+    Mercurial."""
 
-    def __init__(self, answer: Callable[[bytes, dict[bytes, Any], Any], list[object]]) -> None:
+    def __init__(self, answer: Callable[[V1Call], list[object]]) -> None:
         self.answer = answer
         self.calls: list[bytes] = []
-        #: the ``choose`` (response format) each command was run with
-        self.choices: list[Any] = []
+        #: the response formats each command was run with
+        self.choices: list[StreamFormats] = []
         self.hold: Deferred[None] | None = None
 
     def iterate(
         self, served: Any, gen_fn: Any, args: Any, deliver: Any, *, write: bool = False
     ) -> Deferred[None]:
-        name, cmdargs, proto = args[0], args[1], args[2]
-        self.calls.append(name)
-        self.choices.append(args[3])
-        batch = self.answer(name, cmdargs, proto)
+        (call,) = args
+        assert isinstance(call, V1Call)
+        self.calls.append(call.name)
+        self.choices.append(call.formats)
+        batch = self.answer(call)
 
         def run(_: object = None) -> None:
             deliver(batch)
@@ -343,12 +347,17 @@ class FakeOutput:
         self.status = status
 
 
-def _answers(name: bytes, args: dict[bytes, Any], proto: Any) -> list[object]:
-    from hgwire_tw.v1.dispatch import V1Bytes, V1PushResult
+def _answers(call: V1Call) -> list[object]:
+    from hgwire_tw.v1.results import V1Bytes, V1ProtoCaps, V1PushResult
 
-    if name == b"unbundle":
-        return [V1PushResult(result=1 if b"".join(proto.getpayload()) == b"BUNDLE" else 0)]
-    return [V1Bytes(data=b"answer:" + name)]
+    if call.name == b"unbundle":
+        payload = call.facts.payload
+        pushed = b"".join(payload.pieces()) if payload is not None else b""
+        return [V1PushResult(result=1 if pushed == b"BUNDLE" else 0)]
+    if call.name == b"protocaps":
+        # what Mercurial's command does to the session, as the runner reports it
+        return [V1Bytes(data=b"OK"), V1ProtoCaps(value=call.args[b"caps"])]  # type: ignore[arg-type]
+    return [V1Bytes(data=b"answer:" + call.name)]
 
 
 def _session(tmp_path: Path, user: str = "alice") -> tuple[V1SSHSession, FakeOutput, FakePool]:
@@ -400,7 +409,7 @@ class V1SessionTests(SynchronousTestCase):
         iterate = pool.iterate
 
         def failing(served: Any, gen_fn: Any, args: Any, deliver: Any, **kw: Any) -> Any:
-            if args[0] == b"unbundle":
+            if args[0].name == b"unbundle":
                 return fail(RuntimeError("the worker blew up"))
             return iterate(served, gen_fn, args, deliver, **kw)
 
@@ -443,14 +452,17 @@ class V1SessionTests(SynchronousTestCase):
         no longer lets her push, so the worker's permission check refuses the run."""
         from twisted.internet.defer import maybeDeferred
 
+        from hgwire_tw.v1.protocol import V1Protocol
+
         session, out, pool = _session(self.tmp)
         iterate = pool.iterate
 
         def run(served: Any, gen_fn: Any, args: Any, deliver: Any, **kw: Any) -> Any:
-            if args[0] == b"unbundle":
+            (call,) = args
+            if call.name == b"unbundle":
                 pool.calls.append(b"unbundle")
-                # what run_v1_command does first on the worker, with the session's check
-                return maybeDeferred(args[2].checkperm, b"push")
+                # what the runner does first on the worker: check the call's grant
+                return maybeDeferred(V1Protocol(call.facts).checkperm, b"push")
             return iterate(served, gen_fn, args, deliver, **kw)
 
         pool.iterate = run  # type: ignore[method-assign]
@@ -543,30 +555,37 @@ class SessionExtrasTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
-    def _getbundle_choice(self, session: V1SSHSession, pool: FakePool) -> Any:
+    def _getbundle_choice(self, session: V1SSHSession, pool: FakePool) -> StreamFormats:
         session.dataReceived(b"getbundle\n* 0\n")
         self.assertEqual(pool.calls[-1], b"getbundle")
         return pool.choices[-1]
+
+    def _protocaps(self, session: V1SSHSession, caps: bytes) -> None:
+        session.dataReceived(b"protocaps\ncaps %d\n%s" % (len(caps), caps))
 
     def test_getbundle_engine_follows_protocaps_and_server_order(self) -> None:
         """getbundle gets the first of the server's engines the client offered, as a
         bundle2 format (raw when the answer prefers it); other commands and clients
         that offered nothing get no format at all (raw, as before)."""
         session, _, pool = _session(self.tmp)
-        self.assertIsNone(self._getbundle_choice(session, pool))
-        # what Mercurial's protocaps command does to the handler
-        session.proto._protocaps = {b"comp=zlib,zstd,none", b"partial-pull"}
-        choose = self._getbundle_choice(session, pool)
-        fmt = choose(False)
+        self.assertEqual(self._getbundle_choice(session, pool), StreamFormats())
+        self._protocaps(session, b"comp=zlib,zstd,none partial-pull")
+        self.assertEqual(session.protocaps, b"comp=zlib,zstd,none partial-pull")
+        formats = self._getbundle_choice(session, pool)
+        fmt = formats.pick(False)
+        assert fmt is not None and not isinstance(fmt, V1OutOfBandError)
         self.assertEqual((fmt.engine, fmt.level, fmt.bundle2), ("zstd", 3, True))
-        self.assertEqual(choose(True).engine, "none")
+        raw = formats.pick(True)
+        assert raw is not None and not isinstance(raw, V1OutOfBandError)
+        self.assertEqual(raw.engine, "none")
         session.dataReceived(b"heads\n")
-        self.assertIsNone(pool.choices[-1])
+        self.assertEqual(pool.choices[-1], StreamFormats())
         session.ctx.settings = Settings(v1_compression=("zlib", "zstd"), zlib_level=9)
-        fmt = self._getbundle_choice(session, pool)(False)
+        fmt = self._getbundle_choice(session, pool).compressed
+        assert fmt is not None and not isinstance(fmt, V1OutOfBandError)
         self.assertEqual((fmt.engine, fmt.level), ("zlib", 9))
-        session.proto._protocaps = {b"comp=bzip2"}
-        self.assertIsNone(self._getbundle_choice(session, pool))
+        self._protocaps(session, b"comp=bzip2")
+        self.assertEqual(self._getbundle_choice(session, pool), StreamFormats())
 
     def test_one_access_line_per_command(self) -> None:
         """Each command, unknown line and refused push leaves one line: address, user,
@@ -607,10 +626,10 @@ class SessionExtrasTests(SynchronousTestCase):
         session.dataReceived(b"unbundle\nheads 10\n666f726365")
         self.assertIn(b"permission denied: user 'alice' may not push", out.stderr)
         self.assertEqual(pool.calls, [])
-        with self.assertRaises(PermissionDenied):
-            session._checkperm(b"push")
-        session._checkperm(b"pull")
-        self.assertEqual(open_repository(ctx, "alice", "proj", read_only).name, "proj")
+        grant = session._grant()
+        self.assertEqual((grant.read, grant.write), (True, False))
+        served, grant = open_repository(ctx, "alice", "proj", read_only)
+        self.assertEqual((served.name, grant.read, grant.write), ("proj", True, False))
         elsewhere = KeyScope(repos=frozenset({"other"}))
         with self.assertRaises(ExecRefused):
             open_repository(ctx, "alice", "proj", elsewhere)

@@ -283,15 +283,15 @@ def test_reload_hooks_run_after_a_reload_that_succeeded(tmp_path: Path) -> None:
     )  # fmt: skip
     top = makeService(opts, reactor=Reactor())
     ctx = top.context
-    assert ctx.access.can_read(None, "r")
+    assert ctx.access.authorize(None, "r").read
     seen: list[tuple[str, bool]] = []
 
     def broken(c: Any) -> None:
-        seen.append(("broken", c.access.can_read(None, "r")))
+        seen.append(("broken", c.access.authorize(None, "r").read))
         raise RuntimeError("hook bug")
 
     ctx.on_reload(broken)
-    ctx.on_reload(lambda c: seen.append(("second", c.access.can_read(None, "r"))))
+    ctx.on_reload(lambda c: seen.append(("second", c.access.authorize(None, "r").read)))
     access.write_text('[[rules]]\nrepos = "*"\nread = []\n', encoding="utf-8")
     with capturedLogs() as events:
         top.reload()

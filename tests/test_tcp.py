@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from hgwire_tw.access import Grant
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import UnknownRepository
 from hgwire_tw.core.reactor import (
@@ -36,8 +37,9 @@ class FakeAccess:
     def __init__(self, readable: bool = True) -> None:
         self.readable = readable
 
-    def can_read(self, user: str | None, name: str) -> bool:
-        return self.readable and user is None
+    def authorize(self, user: str | None, name: str) -> Grant:
+        read = self.readable and user is None
+        return Grant(read=read, write=False, reason="" if read else "closed")
 
 
 class FakeRunner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -10,8 +11,14 @@ from typing import Any
 import pytest
 from mercurial import hg
 
+from hgwire_tw.access import Grant
+from hgwire_tw.core.errors import PermissionDenied
+from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.repo.ui import make_ui
-from hgwire_tw.v1.dispatch import (
+from hgwire_tw.v1.call import StreamFormats, V1Call
+from hgwire_tw.v1.dispatch import run_v1_command
+from hgwire_tw.v1.protocol import ProtocolFacts, SpooledPayload, V1Protocol
+from hgwire_tw.v1.results import (
     V1Bytes,
     V1LegacyStream,
     V1OutOfBandError,
@@ -19,33 +26,33 @@ from hgwire_tw.v1.dispatch import (
     V1PushResult,
     V1Stream,
     V1StreamStart,
-    run_v1_command,
-    v1_response,
 )
-from hgwire_tw.v1.protocol import V1Protocol, file_payload
+from hgwire_tw.v1.runner import V1Runner
 from tests import repobuilders as rb
-
-
-class Refused(Exception):
-    """What our test transport raises for a refused permission."""
 
 
 def open_repo(path: Path) -> Any:
     return hg.repository(make_ui(), bytes(path))
 
 
-def proto(*, push: bool = True, payload: bytes | None = None, **kw: Any) -> V1Protocol:
-    def checkperm(perm: bytes) -> None:
-        if perm == b"push" and not push:
-            raise Refused(perm)
-
-    fileobj = io.BytesIO(payload or b"")
-    return V1Protocol(
+def facts(*, push: bool = True, payload: bytes | None = None, **kw: Any) -> ProtocolFacts:
+    """What a transport would decide for a call: everyone may pull, ``push`` says push."""
+    return ProtocolFacts(
         transport=kw.pop("transport", "http"),
-        checkperm=checkperm,
-        payload=lambda: file_payload(fileobj),
-        capabilities=[b"batch", b"test-cap"],
+        grant=Grant(read=True, write=push, reason="" if push else "read-only"),
+        payload=SpooledPayload(fileobj=io.BytesIO(payload or b"")),
+        capabilities=(b"batch", b"test-cap"),
         **kw,
+    )
+
+
+def proto(**kw: Any) -> V1Protocol:
+    return V1Protocol(facts(**kw))
+
+
+def call(repo: Path, name: bytes, args: Any, formats: StreamFormats, **kw: Any) -> V1Call:
+    return V1Call(
+        served=ServedRepository("r", repo), name=name, args=args, facts=facts(**kw), formats=formats
     )
 
 
@@ -58,11 +65,12 @@ def test_capabilities_include_transport_caps(rich_repo: Path) -> None:
 
 
 def test_batch_checks_inner_permissions(rich_repo: Path) -> None:
-    """A push command inside batch hits our checkperm."""
+    """A push command inside batch is checked against the grant: refused, naming push."""
     repo = open_repo(rich_repo)
     cmds = b"heads ;pushkey namespace=bookmarks,key=x,old=,new=" + b"0" * 40
-    with pytest.raises(Refused):
+    with pytest.raises(PermissionDenied) as refused:
         run_v1_command(repo, b"batch", {b"cmds": cmds, b"*": {}}, proto(push=False))
+    assert refused.value.permission == b"push"
     result = run_v1_command(repo, b"batch", {b"cmds": b"heads ;known nodes=", b"*": {}}, proto())
     assert isinstance(result, V1Bytes) and result.data.endswith(b";")
 
@@ -82,29 +90,58 @@ def test_lookup_does_not_see_secret(rich_repo: Path) -> None:
 
 
 def test_getbundle_stream_is_lazy_and_compressed(rich_repo: Path) -> None:
-    """getbundle returns a lazy stream; v1_response compresses it in pieces."""
+    """getbundle returns a lazy stream; the runner compresses it in pieces."""
     from hgwire_tw.core.v1 import MEDIA_TYPE_V02, ResponseFormat
 
     head = rb.log_nodes(rich_repo, "max(not secret())")[0].encode()
     args = {b"*": {b"heads": head, b"common": b"0" * 40, b"bundlecaps": b"HG20", b"cg": b"1"}}
     result = run_v1_command(open_repo(rich_repo), b"getbundle", args, proto())
     assert isinstance(result, V1Stream)
-    items = list(
-        v1_response(
-            open_repo(rich_repo),
-            b"getbundle",
-            args,
-            proto(),
-            lambda prefer: ResponseFormat(media_type=MEDIA_TYPE_V02, engine="zlib", level=6),
-            piece=16,
-        )
-    )
+    zlib6 = ResponseFormat(media_type=MEDIA_TYPE_V02, engine="zlib", level=6)
+    formats = StreamFormats(compressed=zlib6, uncompressed=zlib6)
+    runner = V1Runner(piece=16)
+    items = list(runner.run(open_repo(rich_repo), call(rich_repo, b"getbundle", args, formats)))
     assert items[0] == V1StreamStart(media_type=MEDIA_TYPE_V02, engine="zlib", legacy=False)
     body = b"".join(items[1:])  # type: ignore[arg-type]
     import zlib
 
     assert body[:5] == b"\x04zlib", body[:20]
     assert zlib.decompress(body[5:]).startswith(b"HG20"), zlib.decompress(body[5:])[:40]
+
+
+def test_runner_reports_protocaps_over_ssh(rich_repo: Path) -> None:
+    """Over SSH the protocaps command's effect comes back as data after its answer (the
+    session passes it to later calls); the next call starts from what it said."""
+    from hgwire_tw.v1.results import V1ProtoCaps
+
+    runner = V1Runner()
+    caps = {b"caps": b"partial-pull comp=zstd,zlib"}
+    first = call(rich_repo, b"protocaps", caps, StreamFormats(), transport="ssh")
+    items = list(runner.run(open_repo(rich_repo), first))
+    assert items == [V1Bytes(data=b"OK"), V1ProtoCaps(value=b"comp=zstd,zlib partial-pull")]
+    later = call(rich_repo, b"heads", {}, StreamFormats(), transport="ssh")
+    later = dataclasses.replace(
+        later, facts=dataclasses.replace(later.facts, protocaps=items[1].value)
+    )
+    assert [type(i) for i in runner.run(open_repo(rich_repo), later)] == [V1Bytes]
+
+
+def test_a_refused_format_answers_streams_and_skips_the_cache(rich_repo: Path) -> None:
+    """A client the server may send no stream to (min_send) gets the out-of-band error
+    decided before the call instead of the bundle; nothing is cached."""
+    from hgwire_tw.cache import MemoryStore
+    from hgwire_tw.v1.runner import make_runner
+
+    head = rb.log_nodes(rich_repo, "max(not secret())")[0].encode()
+    args = {b"*": {b"heads": head, b"common": b"0" * 40, b"bundlecaps": b"HG20", b"cg": b"1"}}
+    refusal = V1OutOfBandError(message=b"upgrade your client\n")
+    formats = StreamFormats(compressed=refusal, uncompressed=refusal)
+    cache = MemoryStore()
+    items = list(
+        make_runner(cache).run(open_repo(rich_repo), call(rich_repo, b"getbundle", args, formats))
+    )
+    assert items == [refusal]
+    assert cache.stats.snapshot()["stores"] == 0
 
 
 def _bundle_of_new_commit(src: Path, tmp_path: Path) -> tuple[bytes, str]:
@@ -190,25 +227,18 @@ def _ssh_getbundle(
 ) -> tuple[V1StreamStart, bytes]:
     """A getbundle answered as the SSH session asks for it; (start, body)."""
     from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ResponseFormat
-    from hgwire_tw.v1.cache import cached_v1_response
+    from hgwire_tw.v1.runner import make_runner
 
-    fmt = ResponseFormat(media_type=MEDIA_TYPE_V01, engine=engine, bundle2=True)
-    raw = ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True)
+    formats = StreamFormats(
+        compressed=ResponseFormat(media_type=MEDIA_TYPE_V01, engine=engine, bundle2=True),
+        uncompressed=ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True),
+    )
     head = rb.log_nodes(repo, "max(not secret())")[0].encode()
     options = {"bundlecaps": BUNDLECAPS, "cg": b"1"} | options
     star = {k.encode(): v for k, v in options.items() if v is not None}
     args = {b"*": {b"heads": head, b"common": b"0" * 40} | star}
-    items = list(
-        cached_v1_response(
-            open_repo(repo),
-            b"getbundle",
-            args,
-            proto(transport="ssh"),
-            lambda prefer: raw if prefer else fmt,
-            cache,
-            b"ssh",
-        )
-    )
+    the_call = call(repo, b"getbundle", args, formats, transport="ssh")
+    items = list(make_runner(cache).run(open_repo(repo), the_call))
     start = items[0]
     assert isinstance(start, V1StreamStart)
     assert all(isinstance(i, bytes) for i in items[1:])

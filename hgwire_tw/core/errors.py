@@ -70,7 +70,15 @@ class ArgumentError(CommandError):
 
 
 class PermissionDenied(HgWireError):
-    """The caller may not run this command on this repository."""
+    """The caller may not run this command on this repository.
+
+    ``permission`` names what was lacking (v1: ``b"pull"`` or ``b"push"``) when the
+    refusal is raised away from the transport, which answers it in its own wire form.
+    """
+
+    def __init__(self, message: str = "", *, permission: bytes = b"") -> None:
+        super().__init__(message or f"{permission.decode('ascii', 'replace')} not permitted")
+        self.permission = permission
 
 
 class UnknownRepository(HgWireError):

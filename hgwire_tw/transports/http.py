@@ -13,18 +13,20 @@ the v2 API (``http_v2.render_api``) and ``<repo>?cmd=NAME`` is a v1 command:
 3. the user is authenticated (HTTP Basic, ``httpauth.authenticate``) and the pull and
    push decisions are made here, once, hgweb's way (``v1_denial``): read, then POST
    (405), then TLS (403 unless ``allow_push_over_http``), then write (401 when logging
-   in could help, else 403). The command's ``checkperm`` — and every command inside
-   ``batch`` — is answered from those decisions;
+   in could help, else 403). The call's ``Grant`` holds those decisions; a command
+   inside ``batch`` that it refuses (``PermissionDenied`` from the worker) gets the
+   refusal decided here;
 4. ``?cmd=capabilities`` carrying the v2 upgrade headers is answered by
    ``http_v2.upgrade_response`` when it accepts the upgrade;
-5. the command runs on a worker thread through ``RepositoryPool.iterate`` and
-   ``hgwire_tw.v1.dispatch.v1_response``. String results become
+5. the command runs on a worker thread as a ``V1Call`` (``hgwire_tw.v1.runner``),
+   everything it depends on decided here first. String results become
    ``200 Script output follows`` with ``application/mercurial-0.1``; stream results
    are compressed on the worker (media type and engine negotiated from ``X-HgProto-N``
-   by ``core.v1.choose_response_format``) and written through a push producer, so the
-   worker only produces as fast as the client reads; out-of-band errors are
-   ``application/hg-error``. A client that disconnects cancels the stream and frees the
-   worker. twisted.web's gzip encoding is never used: compression is negotiated in-band.
+   by ``core.v1.choose_response_format`` before the call) and written through a push
+   producer, so the worker only produces as fast as the client reads; out-of-band
+   errors are ``application/hg-error``. A client that disconnects cancels the stream
+   and frees the worker. twisted.web's gzip encoding is never used: compression is
+   negotiated in-band.
 
 Everything before rendering — connection caps, the request deadline, authentication and
 admission before the body is read, body bounds and spooling — is ``httpsite.HgSite``'s
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
 from typing import IO, Any
 from urllib.parse import unquote
 
@@ -48,16 +49,21 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from hgwire_tw.access import Grant
 from hgwire_tw.clonebundles import source_for
 from hgwire_tw.commands.cachekeys import server_salt
 from hgwire_tw.context import ServerContext
-from hgwire_tw.core.errors import CommandError, RemoteProtocolError, UnknownRepository
+from hgwire_tw.core.errors import (
+    CommandError,
+    PermissionDenied,
+    RemoteProtocolError,
+    UnknownRepository,
+)
 from hgwire_tw.core.v1 import (
     MEDIA_TYPE_ERROR,
     MEDIA_TYPE_V01,
     ArgValue,
     ProtoCaps,
-    ResponseFormat,
     choose_response_format,
     decode_http_args,
     http_capabilities,
@@ -69,26 +75,22 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
-from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
+from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny, refusal
 from hgwire_tw.transports.httpreplies import finish, internal_error, is_gone, plain
 from hgwire_tw.transports.httpsite import Admission, HgRequest, HgSite, HTTPLimits
 from hgwire_tw.transports.pausegate import PauseGate
-from hgwire_tw.v1.cache import cached_v1_response
-from hgwire_tw.v1.dispatch import (
-    LOGGED_FAILURES,
+from hgwire_tw.v1.call import FormatChoice, StreamFormats, V1Call
+from hgwire_tw.v1.dispatch import command_permission, command_spec, is_command
+from hgwire_tw.v1.failures import LOGGED_FAILURES, describe_failure, one_line
+from hgwire_tw.v1.protocol import ProtocolFacts, SpooledPayload
+from hgwire_tw.v1.results import (
     V1Bytes,
     V1OutOfBandError,
     V1PushError,
     V1PushResult,
     V1StreamStart,
-    command_permission,
-    command_spec,
-    describe_failure,
-    is_command,
-    one_line,
-    run_v1_command,
 )
-from hgwire_tw.v1.protocol import V1Protocol, file_payload
+from hgwire_tw.v1.runner import V1Runner, start_call
 from hgwire_tw.web import metricspage
 from hgwire_tw.web.resource import is_web_request
 
@@ -217,8 +219,9 @@ class HgResource(Resource):
             return True
         _, user = _known_user(request)
         below = "/".join(prefix) + "/"
+        access = self.ctx.access
         return any(
-            name.startswith(below) and self.ctx.access.can_read(user, name)
+            name.startswith(below) and access.authorize(user, name).read
             for name in self.ctx.registry.names()
         )
 
@@ -320,7 +323,8 @@ def visible_match(
             return served, rest
     else:
         who = user if isinstance(user, str) else None
-    while not ctx.access.can_read(who, served.name):
+    access = ctx.access
+    while not access.authorize(who, served.name).read:
         depth = len(segments) - len(rest)
         try:
             if depth == 0:
@@ -333,19 +337,24 @@ def visible_match(
 
 
 def v1_denial(
-    ctx: ServerContext, request: IRequest, repo_name: str, user: str | None, perm: bytes
+    ctx: ServerContext,
+    request: IRequest,
+    repo_name: str,
+    user: str | None,
+    perm: bytes,
+    grant: Grant | None = None,
 ) -> HTTPDenied | None:
     """The refusal for ``perm`` (pull/push) on ``repo_name`` for this user and request,
-    or None: hgweb's order, read, then POST (405), then TLS and write."""
-    try:
-        check_access(ctx, request, repo_name, user, write=False)
-        if perm == b"push":
-            if request.method != b"POST":
-                return HTTPDenied(405, "push requires POST request")
-            check_access(ctx, request, repo_name, user, write=True)
-    except HTTPDenied as denied:
-        return denied
-    return None
+    or None: hgweb's order, read, then POST (405), then TLS and write. ``grant`` is the
+    user's (default: asked of ``ctx.access`` now)."""
+    if grant is None:
+        grant = ctx.access.authorize(user, repo_name)
+    denied = refusal(ctx, request, repo_name, user, grant, write=False)
+    if denied is None and perm == b"push":
+        if request.method != b"POST":
+            return HTTPDenied(405, "push requires POST request")
+        denied = refusal(ctx, request, repo_name, user, grant, write=True)
+    return denied
 
 
 class _V1Request:
@@ -372,7 +381,9 @@ class _V1Request:
         self.payload_offset = 0
         self.args: dict[bytes, ArgValue] = {}
         self.caps = ProtoCaps()
-        self.proto: V1Protocol | None = None
+        #: The refusal of each permission (None: granted), decided once authenticated.
+        self.denials: dict[bytes, HTTPDenied | None] = {}
+        self.call: V1Call | None = None
         self.v1_caps = b""
 
     # -- checks -------------------------------------------------------------------------
@@ -430,22 +441,23 @@ class _V1Request:
         self.payload_file = content
         return select_command_args(command_spec(self.name), known)
 
-    def _decide(self, perm: bytes) -> HTTPDenied | None:
-        """The refusal for ``perm`` (pull/push) for this user and request, or None."""
-        return v1_denial(self.ctx, self.request, self.served.name, self.user, perm)
-
     def _authenticated(self, user: str | None) -> Deferred[None] | None:
         self.user = user
-        denials = {perm: self._decide(perm) for perm in (b"pull", b"push")}
-        denied = denials[command_permission(self.name)]
+        policy = self.ctx.access.authorize(user, self.served.name)
+        self.denials = {
+            perm: v1_denial(self.ctx, self.request, self.served.name, user, perm, policy)
+            for perm in (b"pull", b"push")
+        }
+        denied = self.denials[command_permission(self.name)]
         if denied is not None:
             raise denied
-
-        def checkperm(perm: bytes) -> None:
-            refusal = denials.get(perm, HTTPDenied(403, "unknown permission"))
-            if refusal is not None:
-                raise refusal
-
+        # The call's grant: the policy's, narrowed by HTTP's own rules (POST, TLS).
+        refusals = [d.message for d in self.denials.values() if d is not None]
+        grant = Grant(
+            read=self.denials[b"pull"] is None,
+            write=self.denials[b"push"] is None,
+            reason="; ".join(refusals),
+        )
         request = self.request
         secure = bool(request.isSecure())
         settings = self.ctx.settings
@@ -455,40 +467,46 @@ class _V1Request:
         if not settings.stream_clone:
             config.append((b"server", b"uncompressed", b"false"))
         client_address = request.getClientAddress()
-        self.proto = V1Protocol(
+        payload = None
+        if self.payload_file is not None:
+            payload = SpooledPayload(fileobj=self.payload_file, offset=self.payload_offset)
+        facts = ProtocolFacts(
             transport="https" if secure else "http",
-            checkperm=checkperm,
-            args=self.args,
+            grant=grant,
+            payload=payload,
             protocaps=protocaps_raw,
-            payload=self._payload_reader(),
             remote_host=str(getattr(client_address, "host", "")),
             remote_user=user,
-            capabilities=http_capabilities(
-                engines=settings.v1_compression,
-                header_max=settings.http_header_max,
-                post_args=settings.http_post_args,
-                min_recv=settings.v1_min_recv,
-                min_send=settings.v1_min_send,
+            capabilities=tuple(
+                http_capabilities(
+                    engines=settings.v1_compression,
+                    header_max=settings.http_header_max,
+                    post_args=settings.http_post_args,
+                    min_recv=settings.v1_min_recv,
+                    min_send=settings.v1_min_send,
+                )
             ),
-            server_config=config,
+            server_config=tuple(config),
             clonebundles=source_for(
                 self.ctx, self.served, host=request.getHeader(b"host"), secure=secure
             ),
+        )
+        self.call = V1Call(
+            served=self.served,
+            name=self.name,
+            args=self.args,
+            facts=facts,
+            formats=StreamFormats(compressed=self._choose(False), uncompressed=self._choose(True)),
+            salt=server_salt(),
         )
         if self.name == b"capabilities" and http_v2.is_upgrade_request(self.ctx, request):
             return self._upgrade()
         self._start()
         return None
 
-    def _payload_reader(self) -> Callable[[], Any]:
-        fileobj, offset = self.payload_file, self.payload_offset
-
-        def payload() -> Any:
-            if fileobj is None:
-                return iter(())
-            return file_payload(fileobj, offset)
-
-        return payload
+    def denial(self, refused: PermissionDenied) -> HTTPDenied:
+        """The answer to a permission the worker found refused (inside ``batch``)."""
+        return self.denials.get(refused.permission) or HTTPDenied(403, "unknown permission")
 
     def _refused(self, f: Failure) -> None:
         f.trap(HTTPDenied)
@@ -574,9 +592,7 @@ class _V1Request:
     # -- the capabilities upgrade --------------------------------------------------------
 
     def _upgrade(self) -> Deferred[None]:
-        d: Deferred[Any] = self.ctx.pool.run(
-            self.served, run_v1_command, self.name, self.args, self.proto
-        )
+        d: Deferred[Any] = self.ctx.pool.run(self.served, V1Runner().result, self.call)
 
         def got_capabilities(result: object) -> Any:
             assert isinstance(result, V1Bytes)
@@ -604,37 +620,25 @@ class _V1Request:
 
     # -- running the command ---------------------------------------------------------------
 
-    def _choose(self, prefer_uncompressed: bool) -> ResponseFormat:
+    def _choose(self, prefer_uncompressed: bool) -> FormatChoice:
+        """The format of a stream answer for this client, or the out-of-band error
+        refusing a client that reads no media type the server sends (``min_send``)."""
         settings = self.ctx.settings
-        return choose_response_format(
-            self.caps,
-            settings.v1_compression,
-            prefer_uncompressed=prefer_uncompressed,
-            levels={"zstd": settings.zstd_level, "zlib": settings.zlib_level},
-            min_send=settings.v1_min_send,
-        )
+        try:
+            return choose_response_format(
+                self.caps,
+                settings.v1_compression,
+                prefer_uncompressed=prefer_uncompressed,
+                levels={"zstd": settings.zstd_level, "zlib": settings.zlib_level},
+                min_send=settings.v1_min_send,
+            )
+        except CommandError as e:
+            return V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
 
     def _start(self) -> None:
+        assert self.call is not None
         response = _V1Response(self)
-        iteration: Deferred[None] = self.ctx.pool.iterate(
-            self.served,
-            cached_v1_response,
-            (
-                self.name,
-                self.args,
-                self.proto,
-                self._choose,
-                self.ctx.cache,
-                b"http",
-                server_salt(),
-            ),
-            response.deliver,
-            write=command_permission(self.name) == b"push",
-        )
-        iteration.addBoth(
-            self.ctx.metrics.command(self.served.name, "http", "v1", self.name, self.args)
-        )
-        response.attach(iteration)
+        response.attach(start_call(self.ctx, self.call, response.deliver))
 
     def _write_result(self, result: object) -> None:
         """Write a whole (non-stream) result with its headers."""
@@ -746,8 +750,8 @@ class _V1Response:
         self._close_payload()
         if self.gone or f.check(CancelledError, ConnectionAbortedError):
             return None
-        if f.check(HTTPDenied) and not getattr(self.request, "startedWriting", False):
-            self.v1._refused(f)
+        if f.check(PermissionDenied) and not getattr(self.request, "startedWriting", False):
+            self.v1._refused(Failure(self.v1.denial(f.value)))  # type: ignore[arg-type]
             return None
         return self.v1._internal_error(f)
 

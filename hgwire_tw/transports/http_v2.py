@@ -8,7 +8,9 @@ The CBOR encoding and compression of the output run as the reactor's encoding jo
 a worker thread, through the same :class:`~hgwire_tw.transports.jobpump.JobPump` as
 the SSH subsystem and raw TCP; the response ends once the last job's frames are written.
 
-Unlike Mercurial 6.0.3, every command's own permission is checked against the URL's
+Who may use ``ro`` and ``rw`` is ``AccessPolicy.authorize``'s decision
+(``httpauth.check_access`` answers a refusal). Unlike Mercurial 6.0.3, every command's
+own permission, as the runner's command table gives it, is checked against the URL's
 ``ro``/``rw``, on the plain command URL as well as on ``multirequest``.
 """
 
@@ -26,7 +28,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from hgwire_tw.commands.registry import COMMANDS, Permission, capabilities_descriptor
+from hgwire_tw.commands.registry import Permission, capabilities_descriptor
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core import cbor
 from hgwire_tw.core.errors import RemoteProtocolError
@@ -186,9 +188,10 @@ def _checked_command(
     run_job: JobRunner | None,
 ) -> bytes | int:
     name = command.encode("utf-8")
-    if name != MULTIREQUEST and name not in COMMANDS:
+    spec_of = ctx.runner.spec  # the runner's command table: what this server runs
+    if name != MULTIREQUEST and spec_of(name) is None:
         return _text(request, 404, f"unknown wire protocol command: {command}\n")
-    if name != MULTIREQUEST and COMMANDS[name].permission is Permission.PUSH and perm == "ro":
+    if name != MULTIREQUEST and _needs_rw(spec_of(name), perm):
         return _text(request, 403, f"insufficient permissions to execute command: {command}\n")
     if request.requestHeaders.getRawHeaders(b"accept") != [FRAMING_MEDIA_TYPE]:
         return _text(
@@ -224,14 +227,13 @@ def _checked_command(
         if runs[0].name != name:
             return _text(request, 200, "command in frame must match command in URL")
     for run in runs:
-        spec = COMMANDS.get(run.name)
-        if spec is None:
+        if spec_of(run.name) is None:
             return _text(
                 request,
                 200,
                 f"wire protocol command not available: {run.name.decode('utf-8', 'replace')}",
             )
-        if spec.permission is Permission.PUSH and perm == "ro":
+        if _needs_rw(spec_of(run.name), perm):
             return _text(
                 request,
                 403,
@@ -248,6 +250,12 @@ def _checked_command(
     )
     response.start(runs)
     return NOT_DONE_YET
+
+
+def _needs_rw(spec: Any, perm: str) -> bool:
+    """Whether a command of ``spec`` (a ``CommandSpec``) pushes, so that a ``ro`` URL
+    (``perm``) refuses it."""
+    return spec is not None and spec.permission is Permission.PUSH and perm == "ro"
 
 
 @implementer(IPushProducer)

@@ -1,10 +1,14 @@
-"""HTTP Basic authentication and repository access decisions for the HTTP transport.
+"""HTTP Basic authentication, and access refusals in HTTP's form, for the HTTP transport.
 
 Password hashes are slow on purpose, so a check that is not already cached runs on a
 worker thread (``LoginGuard.verify``); the reactor thread only ever does the cheap
 cached comparison. Credentials longer than ``MAX_USER``/``MAX_PASSWORD`` are refused
 without hashing, and ``LoginGuard`` rate-limits failed logins per client address: every
 failed attempt counts, whether it was hashed, refused unhashed or answered from a cache.
+
+Access itself is decided by ``AccessPolicy.authorize``; ``refusal`` only says how HTTP
+answers what a ``Grant`` refuses (and adds HTTP's own rule: no push over plain HTTP
+unless allowed).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from hgwire_tw.access import Grant
 from hgwire_tw.context import ServerContext
 from hgwire_tw.transports.httpreplies import TEXT, finish, is_gone, plain
 
@@ -228,29 +233,45 @@ def is_secure(request: IRequest) -> bool:
     return bool(request.isSecure())
 
 
-def check_access(
-    ctx: ServerContext, request: IRequest, repo_name: str, user: str | None, *, write: bool
-) -> None:
-    """Raise ``HTTPDenied`` unless ``user`` may pull (or push, with ``write``) here.
+def refusal(
+    ctx: ServerContext,
+    request: IRequest,
+    repo_name: str,
+    user: str | None,
+    grant: Grant,
+    *,
+    write: bool,
+) -> HTTPDenied | None:
+    """How HTTP refuses ``user`` pulling (or pushing, with ``write``) ``repo_name`` when
+    ``grant`` (``AccessPolicy.authorize``'s answer) does not allow it; None if it does.
 
     Statuses follow hgweb: 401 when logging in could help, 403 when it cannot (including
     a push over plain HTTP when that is not allowed).
     """
     access = ctx.access
-    if not access.can_read(user, repo_name):
-        if user is None and access.requires_login(repo_name):
-            raise HTTPDenied(401, "read not authorized", ask_login=True)
-        raise HTTPDenied(403, "read not authorized")
+    if not grant.read:
+        if user is None and access.login_could_grant(repo_name):
+            return HTTPDenied(401, "read not authorized", ask_login=True)
+        return HTTPDenied(403, "read not authorized")
     if not write:
-        return
+        return None
     if not is_secure(request) and not ctx.settings.allow_push_over_http:
-        raise HTTPDenied(403, "ssl required")
-    if not access.can_write(user, repo_name):
+        return HTTPDenied(403, "ssl required")
+    if not grant.write:
         # Ask for a login only when some user could push here; otherwise 403 is the truth.
-        could_login = user is None and any(
-            access.can_write(name, repo_name) for name in access.users
-        )
-        raise HTTPDenied(401 if could_login else 403, "push not authorized", ask_login=could_login)
+        could_login = user is None and access.login_could_grant(repo_name, write=True)
+        return HTTPDenied(401 if could_login else 403, "push not authorized", could_login)
+    return None
+
+
+def check_access(
+    ctx: ServerContext, request: IRequest, repo_name: str, user: str | None, *, write: bool
+) -> None:
+    """Raise ``HTTPDenied`` unless ``user`` may pull (or push, with ``write``) here."""
+    grant = ctx.access.authorize(user, repo_name)
+    denied = refusal(ctx, request, repo_name, user, grant, write=write)
+    if denied is not None:
+        raise denied
 
 
 def deny(ctx: ServerContext, request: IRequest, denied: HTTPDenied, body: bytes) -> bytes:

@@ -69,7 +69,7 @@ def blob_access(ctx: ServerContext, user: str | None) -> HTTPDenied | None:
     blob URLs are worth advertising.
     """
     access = ctx.access
-    closed = [name for name in ctx.registry.names() if not access.can_read(user, name)]
+    closed = [n for n in ctx.registry.names() if not access.authorize(user, n).read]
     if not closed:
         return None
     if user is None and access.users:
@@ -88,7 +88,7 @@ def scoped_to_public_repository(ctx: ServerContext, request: IRequest, name: str
     repo = repos[0].decode("utf-8", "replace")
     if not redirector.in_scope(repo, name, tokens[0].decode("ascii", "replace")):
         return False
-    return repo in ctx.registry.names() and ctx.access.can_read(None, repo)
+    return repo in ctx.registry.names() and ctx.access.authorize(None, repo).read
 
 
 def render_blob(ctx: ServerContext, request: IRequest) -> bytes | int:

@@ -37,7 +37,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hgwire_tw.access import AccessPolicy, AuthorizedKey, KeyScope
+from hgwire_tw.access import AccessPolicy
+from hgwire_tw.authorized_keys import AuthorizedKey, KeyScope
 from hgwire_tw.transports.ssh_keys import USER_SIGNATURE_ALGORITHMS
 
 __all__ = ["AvatarFactory", "HgwireUserAuthServer", "PublicKeyPortal", "find_key"]

@@ -1,8 +1,8 @@
 """The logged-in SSH user and their ``session`` channels.
 
 ``HgwireAvatar`` is what authentication produces: it carries the user name, the hg-ssh
-scope of the key they logged in with (every permission check of the connection passes it
-to ``AccessPolicy``) and the repositories the connection opened (for the line logged when
+scope of the key they logged in with (every ``AccessPolicy.authorize`` of the connection
+is given it) and the repositories the connection opened (for the line logged when
 it ends), and lets the client open ``session`` channels only (no port forwarding, no
 other channel types, no global requests). ``HgSessionChannel`` accepts, per channel, exactly one of:
 
@@ -34,7 +34,8 @@ from twisted.conch.ssh.common import getNS
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hgwire_tw.access import KeyScope
+from hgwire_tw.access import Grant
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import UnknownRepository
 from hgwire_tw.repo.registry import ServedRepository
@@ -51,9 +52,9 @@ SUBSYSTEM_NAME = b"hgwire"
 
 def open_repository(
     ctx: ServerContext, user: str, path: str, scope: KeyScope | None = None
-) -> ServedRepository:
-    """The repository ``path`` names for ``user`` (logged in with a key of ``scope``), or
-    ``ExecRefused``.
+) -> tuple[ServedRepository, Grant]:
+    """The repository ``path`` names for ``user`` (logged in with a key of ``scope``) and
+    what they may do with it, or ``ExecRefused``.
 
     An unknown repository and one the user may not read get the same answer, so the
     reply does not tell which names exist.
@@ -62,10 +63,12 @@ def open_repository(
     try:
         served = ctx.registry.resolve(name)
     except UnknownRepository:
-        served = None
-    if served is None or not ctx.access.can_read(user, served.name, scope):
-        raise ExecRefused(f"repository {path!r} not found (or access denied)")
-    return served
+        pass
+    else:
+        grant = ctx.access.authorize(user, served.name, scope)
+        if grant.read:
+            return served, grant
+    raise ExecRefused(f"repository {path!r} not found (or access denied)")
 
 
 class HgwireAvatar(ConchUser):
@@ -135,7 +138,7 @@ class HgSessionChannel(channel.SSHChannel):
         command = getNS(data)[0]
         try:
             path = parse_exec_command(command)
-            served = open_repository(self.ctx, self.hg_avatar.user, path, self.hg_avatar.scope)
+            served, _ = open_repository(self.ctx, self.hg_avatar.user, path, self.hg_avatar.scope)
         except ExecRefused as e:
             log.info(
                 "SSH exec refused for {user}: {command!r}: {why}",

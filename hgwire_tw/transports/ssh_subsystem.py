@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hgwire_tw.access import KeyScope
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.framesession import FrameSession, SessionRefused
@@ -55,9 +55,9 @@ class FrameSubsystemSession(FrameSession):
         from hgwire_tw.transports.ssh_session import open_repository
 
         try:
-            served = open_repository(self.ctx, self.user, name, self.scope)
+            served, grant = open_repository(self.ctx, self.user, name, self.scope)
         except ExecRefused as e:
             raise SessionRefused(str(e)) from None
         if self._opened is not None:
             self._opened(served.name)
-        return served, self.ctx.access.can_write(self.user, served.name, self.scope)
+        return served, grant.write

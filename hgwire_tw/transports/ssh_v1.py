@@ -4,7 +4,7 @@
 
 * ``hgwire_tw.core.v1.SSHRequestParser`` turns the channel's bytes into requests,
   payload chunks and the shutdown line;
-* ``hgwire_tw.v1.dispatch.v1_response`` runs Mercurial's own v1 command on a worker
+* ``hgwire_tw.v1.runner`` runs each command, a ``V1Call`` decided here, on a worker
   thread (through ``RepositoryPool.iterate``) and yields typed results and, for stream
   responses, the body in pieces;
 * a ``SessionOutput`` (the SSH channel) takes stdout/stderr bytes and says when its
@@ -20,8 +20,10 @@ waiting. Nothing is ever built whole in memory.
 out-of-band error and the client never sends the bundle); then the server asks for the
 payload (``0\\n``), spools it to an anonymous temporary file (bounded by
 ``Settings.max_push_bytes``) and only then runs the command, which reads the file back
-on the worker thread. ``pushkey`` (and ``unbundle``, again) are checked through
-``V1Protocol.checkperm`` on the worker, so ``batch`` cannot smuggle a push command in.
+on the worker thread. Each call carries the user's ``Grant``, decided when it starts;
+the worker checks ``pushkey`` (and ``unbundle``, again) against it, so ``batch`` cannot
+smuggle a push command in. The session keeps what the client's ``protocaps`` command
+said (``V1ProtoCaps``) for the calls that follow.
 
 ``getbundle`` answers are compressed when the client's ``protocaps`` offered an engine
 of ``Settings.v1_compression``: the first of the server's order that the client lists
@@ -51,7 +53,6 @@ from __future__ import annotations
 
 import collections
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -59,7 +60,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hgwire_tw.access import KeyScope
+from hgwire_tw.access import Grant
+from hgwire_tw.authorized_keys import KeyScope
 from hgwire_tw.context import ServerContext
 from hgwire_tw.core.errors import PermissionDenied, ProtocolError
 from hgwire_tw.core.v1 import (
@@ -73,6 +75,7 @@ from hgwire_tw.core.v1 import (
     SSHShutdown,
     SSHUnknownCommand,
     choose_ssh_engine,
+    parse_protocaps,
     ssh_bytes_response,
     ssh_capabilities,
     ssh_ooberror,
@@ -82,8 +85,19 @@ from hgwire_tw.core.v1 import (
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_log import command_line
-from hgwire_tw.v1.dispatch import LOGGED_FAILURES, describe_failure, one_line, push_failure
-from hgwire_tw.v1.protocol import BUNDLE2_MAGIC
+from hgwire_tw.v1.call import StreamFormats, V1Call
+from hgwire_tw.v1.failures import LOGGED_FAILURES, describe_failure, one_line, push_failure
+from hgwire_tw.v1.protocol import BUNDLE2_MAGIC, ProtocolFacts, SpooledPayload
+from hgwire_tw.v1.results import (
+    V1Bytes,
+    V1LegacyStream,
+    V1OutOfBandError,
+    V1ProtoCaps,
+    V1PushError,
+    V1PushResult,
+    V1RemoteOutput,
+    V1StreamStart,
+)
 
 __all__ = ["MAX_QUEUED_REQUESTS", "SessionOutput", "V1SSHSession"]
 
@@ -173,7 +187,6 @@ class V1SSHSession:
         scope: KeyScope | None = None,
     ) -> None:
         from hgwire_tw.clonebundles import source_for
-        from hgwire_tw.v1.protocol import V1Protocol
 
         self.ctx = ctx
         self.output = _CountedOutput(output)
@@ -183,21 +196,12 @@ class V1SSHSession:
         #: The hg-ssh scope of the user's key: passed to every permission check.
         self.scope = scope
         self.parser = SSHRequestParser(_v1_command_specs(), max_payload=ctx.settings.max_push_bytes)
-        server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
+        self._server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
         if not ctx.settings.stream_clone:
-            server_config = ((b"server", b"uncompressed", b"false"),)
-        # One handler for the whole session: ``protocaps`` sets state on it that later
-        # commands read. Its payload is whatever push is spooled at the time.
-        self.proto = V1Protocol(
-            transport="ssh",
-            checkperm=self._checkperm,
-            payload=self._payload,
-            remote_host=peer_host,
-            remote_user=user,
-            capabilities=ssh_capabilities(),
-            server_config=server_config,
-            clonebundles=source_for(ctx, served),
-        )
+            self._server_config = ((b"server", b"uncompressed", b"false"),)
+        self._clonebundles = source_for(ctx, served)
+        #: What the client's ``protocaps`` command said (Mercurial keeps it per session).
+        self.protocaps = b""
         self._queue: collections.deque[_Queued] = collections.deque()
         self._busy = False
         self._done = False
@@ -282,11 +286,13 @@ class V1SSHSession:
             self._fail(f"protocol error: {event.message}")
 
     def _start_push(self, command: SSHCommand) -> None:
-        if not self.ctx.access.can_write(self.user, self.served.name, self.scope):
+        grant = self._grant()
+        if not grant.write:
             log.warn(
-                "push to {repo} refused for {user} over SSH: not authorized",
+                "push to {repo} refused for {user} over SSH: {why}",
                 repo=self.served.name or "/",
                 user=self.user or "anonymous",
+                why=grant.reason,
             )
             self._begin_command(command.name)
             self._write_ooberror(self._denied_message(b"push"))
@@ -323,13 +329,6 @@ class V1SSHSession:
             log.error("cannot spool a push: {error}", error=e)
             self._fail("the server ran out of space for this push")
 
-    def _payload(self) -> Any:
-        from hgwire_tw.v1.protocol import file_payload
-
-        if self._spool is None:
-            return iter(())
-        return file_payload(self._spool)
-
     def _close_spool(self) -> None:
         spool, self._spool = self._spool, None
         if spool is not None:
@@ -337,16 +336,24 @@ class V1SSHSession:
 
     # -- running a command --------------------------------------------------------------
 
-    def _checkperm(self, perm: bytes) -> None:
-        """``V1Protocol.checkperm``, run on the worker thread."""
-        access = self.ctx.access
-        allowed = (
-            access.can_write(self.user, self.served.name, self.scope)
-            if perm == b"push"
-            else access.can_read(self.user, self.served.name, self.scope)
+    def _facts(self) -> ProtocolFacts:
+        """The protocol handler's facts for a command starting now. A push's payload has
+        arrived by then, so a policy reloaded while it came in applies to its grant."""
+        return ProtocolFacts(
+            transport="ssh",
+            grant=self._grant(),
+            payload=None if self._spool is None else SpooledPayload(fileobj=self._spool),
+            protocaps=self.protocaps,
+            remote_host=self.peer_host,
+            remote_user=self.user,
+            capabilities=tuple(ssh_capabilities()),
+            server_config=self._server_config,
+            clonebundles=self._clonebundles,
         )
-        if not allowed:
-            raise PermissionDenied(self._denied_message(perm).decode("utf-8").rstrip("\n"))
+
+    def _grant(self) -> Grant:
+        """What the user (with their key's scope) may do here, by the current policy."""
+        return self.ctx.access.authorize(self.user, self.served.name, self.scope)
 
     def _denied_message(self, perm: bytes) -> bytes:
         what = "push to" if perm == b"push" else "read"
@@ -357,36 +364,26 @@ class V1SSHSession:
 
     def _run(self, name: bytes, args: dict[bytes, Any]) -> None:
         from hgwire_tw.commands.cachekeys import server_salt
-        from hgwire_tw.v1.cache import cached_v1_response
-        from hgwire_tw.v1.dispatch import command_permission
+        from hgwire_tw.v1.runner import start_call
 
         self._busy = True
         self._started_output = False
         self._begin_command(name)
-        choose = self._response_format(name)
-        cargs = (name, args, self.proto, choose, self.ctx.cache, b"ssh", server_salt())
-        d = self.ctx.pool.iterate(
-            self.served,
-            cached_v1_response,
-            cargs,
-            self._deliver,
-            write=command_permission(name) == b"push",
+        call = V1Call(
+            served=self.served,
+            name=name,
+            args=args,
+            facts=self._facts(),
+            formats=self._response_format(name),
+            salt=server_salt(),
         )
-        d.addBoth(self.ctx.metrics.command(self.served.name, "ssh", "v1", name, args))
+        d = start_call(self.ctx, call, self._deliver)
         self._in_flight = d
         d.addCallbacks(self._command_done, self._command_failed, errbackArgs=(name,))
         d.addErrback(self._internal_error)
 
     def _deliver(self, batch: list[object]) -> Deferred[None] | None:
         """Write one batch of a command's output (reactor thread)."""
-        from hgwire_tw.v1.dispatch import (
-            V1Bytes,
-            V1OutOfBandError,
-            V1PushError,
-            V1PushResult,
-            V1StreamStart,
-        )
-
         if self._done:
             raise CancelledError()
         for item in batch:
@@ -413,15 +410,16 @@ class V1SSHSession:
                 self._set_outcome("error")
                 if not item.message.startswith(LOGGED_FAILURES):
                     self._bad_input(item.message)
+            elif isinstance(item, V1RemoteOutput):
+                self._flush_remote_output(item.data)
+            elif isinstance(item, V1ProtoCaps):
+                self.protocaps = item.value
             else:
                 raise TypeError(f"unexpected v1 result {type(item).__name__}")
         return self.output.drained()
 
-    def _flush_remote_output(self, extra: bytes = b"") -> None:
-        captured = self.proto.captured
-        data = captured.getvalue() + extra
-        captured.seek(0)
-        captured.truncate()
+    def _flush_remote_output(self, data: bytes) -> None:
+        """Send what the command printed to stderr (the client shows ``remote:`` lines)."""
         if data:
             self.output.write_stderr(data)
 
@@ -452,16 +450,15 @@ class V1SSHSession:
     def _command_done(self, _: None) -> None:
         if self._done:
             return
-        self._flush_remote_output()
         self._end_command()
         self._pump()
 
     def _command_failed(self, failure: Failure, name: bytes) -> None:
         if self._done or failure.check(CancelledError):
             return
-        self._flush_remote_output()
         if failure.check(PermissionDenied) and not self._started_output:
-            denied = str(failure.value).encode("utf-8")
+            permission = failure.value.permission  # type: ignore[union-attr]
+            denied = self._denied_message(permission).rstrip(b"\n")
             if name == b"unbundle":
                 # Allowed when the push began, withdrawn since (a reload): the client
                 # has sent its payload and reads only the push's own answer form.
@@ -512,8 +509,6 @@ class V1SSHSession:
         self._pump()
 
     def _deliver_failure(self, result: object) -> None:
-        from hgwire_tw.v1.dispatch import V1LegacyStream
-
         if isinstance(result, V1LegacyStream):
             for chunk in result.chunks:
                 self.output.write(chunk)
@@ -542,24 +537,23 @@ class V1SSHSession:
 
     # -- response compression -----------------------------------------------------------
 
-    def _response_format(self, name: bytes) -> Callable[[bool], ResponseFormat] | None:
+    def _response_format(self, name: bytes) -> StreamFormats:
         """How ``name``'s stream answer is compressed: only ``getbundle``, only when the
-        client's ``protocaps`` offered one of our engines (else None: raw, as ever)."""
+        client's ``protocaps`` offered one of our engines (else raw, as ever)."""
         if name != b"getbundle":
-            return None
+            return StreamFormats()
         settings = self.ctx.settings
-        engine = choose_ssh_engine(self.proto.client_caps(), settings.v1_compression)
+        engine = choose_ssh_engine(parse_protocaps(self.protocaps), settings.v1_compression)
         if engine == "none":
-            return None
+            return StreamFormats()
         level = {"zstd": settings.zstd_level, "zlib": settings.zlib_level}.get(engine)
-        chosen = ResponseFormat(media_type=MEDIA_TYPE_V01, engine=engine, level=level, bundle2=True)
-        # stream clones and error replies prefer to go out as they are
-        raw = ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True)
-
-        def choose(prefer_uncompressed: bool) -> ResponseFormat:
-            return raw if prefer_uncompressed else chosen
-
-        return choose
+        return StreamFormats(
+            compressed=ResponseFormat(
+                media_type=MEDIA_TYPE_V01, engine=engine, level=level, bundle2=True
+            ),
+            # stream clones and error replies prefer to go out as they are
+            uncompressed=ResponseFormat(media_type=MEDIA_TYPE_V01, engine="none", bundle2=True),
+        )
 
     # -- access log ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ A connection starts with the repository preamble of :mod:`hgwire_tw.core.preambl
 after ``ok`` it carries frames through a
 ``ServerFrameReactor(mode=FULL, encoding_jobs=True)``. The
 transport is read-only by design: anonymous read permission
-(``ctx.access.can_read(None, name)``) is required, and push commands get a command
+(``ctx.access.authorize(None, name).read``) is required, and push commands get a command
 error from the runner (``may_push`` is always false).
 
 Flow control, both ways:
@@ -75,7 +75,7 @@ def _anonymous_reader(ctx: ServerContext) -> Callable[[str], tuple[ServedReposit
             served = ctx.registry.resolve(name)
         except HgWireError:
             raise SessionRefused(REFUSED) from None
-        if not ctx.access.can_read(None, served.name):
+        if not ctx.access.authorize(None, served.name).read:
             raise SessionRefused(REFUSED)
         return served, False  # read-only by design
 

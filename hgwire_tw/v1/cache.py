@@ -1,7 +1,7 @@
 """Response caching for v1 ``getbundle`` (full and incremental clones and pulls).
 
-``cached_v1_response`` is a drop-in for ``dispatch.v1_response`` that the HTTP and SSH
-transports hand to ``RepositoryPool.iterate``. For ``getbundle`` it keys the response
+``CachingV1Runner`` decorates a ``V1Runner`` (``hgwire_tw.v1.runner.make_runner`` puts
+it in front whenever the service has a cache). For ``getbundle`` it keys the response
 on everything that can change its bytes:
 
 * the exact repository state: served heads and changeset count, bookmarks, phases
@@ -17,39 +17,33 @@ So a push, a phase or bookmark move, or a new obsolescence marker yields a new k
 and nothing stale is served; no invalidation is needed. Only compressed-preferred
 stream results are stored: that excludes stream clones and the bundle2 error replies
 Mercurial makes of an ``Abort`` (both prefer uncompressed), and out-of-band errors are
-not streams at all. The permission check runs before the cache is consulted. A hit is
-sent as stored, never compressed again; for SSH the engine it names is read from the
-stored bundle2 head.
+not streams at all. The runner's own ``prepare`` (the call's one permission check)
+runs before the cache is consulted, and a miss goes on with the same prepared command.
+A hit is sent as stored, never compressed again; for SSH the engine it names is read
+from the stored bundle2 head.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from mercurial import pushkey, wireprotov1server
+from mercurial import pushkey
 from twisted.logger import Logger
 
 from hgwire_tw.cache.base import stored_while_streaming
 from hgwire_tw.commands.cachekeys import cache_key_digest
-from hgwire_tw.core.errors import CommandError
-from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ArgValue, ResponseFormat, bundle2_engine
-from hgwire_tw.v1.dispatch import (
-    STREAM_PIECE,
-    V1Stream,
-    V1StreamStart,
-    close_chunks,
-    encode_stream,
-    run_v1_command,
-    v1_response,
-)
-from hgwire_tw.v1.protocol import V1Protocol
+from hgwire_tw.core.v1 import MEDIA_TYPE_V01, ResponseFormat, bundle2_engine
+from hgwire_tw.v1.call import V1Call
+from hgwire_tw.v1.dispatch import close_chunks, encode_stream
+from hgwire_tw.v1.results import V1OutOfBandError, V1Stream, V1StreamStart
+from hgwire_tw.v1.runner import V1Runner
 
 if TYPE_CHECKING:
     from hgwire_tw.cache import ContentStore
 
-__all__ = ["CACHED_COMMANDS", "cached_v1_response", "getbundle_state"]
+__all__ = ["CACHED_COMMANDS", "CachingV1Runner", "getbundle_state"]
 
 log = Logger()
 
@@ -89,78 +83,69 @@ def _format_key(fmt: ResponseFormat | None) -> list[object] | None:
     return key
 
 
-def cached_v1_response(
-    repo: Any,
-    name: bytes,
-    args: Mapping[bytes, ArgValue],
-    proto: V1Protocol,
-    choose: Callable[[bool], ResponseFormat] | None,
-    cache: ContentStore | None = None,
-    transport: bytes = b"http",
-    salt: bytes = b"",
-    piece: int = STREAM_PIECE,
-) -> Iterator[object]:
-    """``v1_response`` with ``getbundle`` served from / stored into ``cache``.
+class CachingV1Runner:
+    """``inner``'s runs, with ``getbundle`` answers served from / stored into ``cache``."""
 
-    ``transport`` (``b"http"``/``b"ssh"``) and ``salt`` (``runner.server_salt()``)
-    are part of the key.
-    """
-    if cache is None or name not in CACHED_COMMANDS:
-        yield from v1_response(repo, name, args, proto, choose, piece)
-        return
-    fmt: ResponseFormat | None = None
-    if choose is not None:
-        try:
-            fmt = choose(False)
-        except CommandError:
-            yield from v1_response(repo, name, args, proto, choose, piece)
+    def __init__(self, inner: V1Runner, cache: ContentStore) -> None:
+        self.inner = inner
+        self.cache = cache
+
+    def run(self, repo: Any, call: V1Call) -> Iterator[object]:
+        """Run ``call`` as ``inner`` does, answering a cached ``getbundle`` from the
+        cache and storing a new one as it streams."""
+        fmt = call.formats.compressed
+        if call.name not in CACHED_COMMANDS or isinstance(fmt, V1OutOfBandError):
+            # a client refused any stream answer gets that refusal, never a stored one
+            yield from self.inner.run(repo, call)
             return
-    # Permission first: a hit must not skip it (run_v1_command repeats it on a miss).
-    proto.bind(repo)
-    proto.args = dict(args)
-    view = wireprotov1server.getdispatchrepo(repo, proto, name)
-    proto.checkperm(wireprotov1server.commands[name].permission)
+        prepared = self.inner.prepare(repo, call)
+        key = _key(call, fmt, prepared.view)
+        media_type = fmt.media_type if fmt is not None else MEDIA_TYPE_V01
+        engine = fmt.engine if fmt is not None else "none"
+        entry = self.cache.lookup(key)
+        if entry is not None:
+            log.info(
+                "v1 cache hit {command} {key} {size} bytes",
+                command=call.name.decode(),
+                key=key,
+                size=entry.size,
+            )
+            pieces = entry.chunks()
+            if fmt is not None and fmt.bundle2:
+                # What the stored bytes say, not what was asked: a raw bundle is stored raw.
+                first = next(pieces, b"")
+                engine = bundle2_engine(first)
+                yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
+                yield first
+            else:
+                yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
+            yield from pieces
+            return
+
+        result = yield from self.inner.execute(prepared)
+        if not isinstance(result, V1Stream) or result.prefer_uncompressed:
+            # Not a cacheable answer: served exactly as the runner serves it.
+            yield from self.inner.respond(prepared, result, call.formats)
+            return
+        chunks = result.chunks
+        try:
+            start, body = encode_stream(chunks, fmt, self.inner.piece)
+            yield start
+            yield from stored_while_streaming(self.cache, key, body)
+        finally:
+            close_chunks(chunks)
+        yield from self.inner.asides(prepared)
+
+
+def _key(call: V1Call, fmt: ResponseFormat | None, view: Any) -> str:
+    """The cache key of ``call``'s answer in format ``fmt`` (``view``: the served view)."""
     state = {
-        b"kind": b"v1-" + name,
-        b"server": salt,
-        b"repo": bytes(repo.root),
-        b"transport": transport,
+        b"kind": b"v1-" + call.name,
+        b"server": call.salt,
+        b"repo": bytes(view.root),
+        b"transport": call.transport.encode("ascii"),
         b"format": _format_key(fmt),
-        b"args": {k: v for k, v in args.items()},
+        b"args": {k: v for k, v in call.args.items()},
         b"repostate": getbundle_state(view),
     }
-    key = cache_key_digest(state).decode("ascii")
-    media_type = fmt.media_type if fmt is not None else MEDIA_TYPE_V01
-    engine = fmt.engine if fmt is not None else "none"
-    entry = cache.lookup(key)
-    if entry is not None:
-        log.info(
-            "v1 cache hit {command} {key} {size} bytes",
-            command=name.decode(),
-            key=key,
-            size=entry.size,
-        )
-        pieces = entry.chunks()
-        if fmt is not None and fmt.bundle2:
-            # What the stored bytes say, not what was asked: a raw bundle is stored raw.
-            first = next(pieces, b"")
-            engine = bundle2_engine(first)
-            yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
-            yield first
-        else:
-            yield V1StreamStart(media_type=media_type, engine=engine, legacy=False)
-        yield from pieces
-        return
-
-    result = run_v1_command(repo, name, args, proto)
-    if not isinstance(result, V1Stream) or result.prefer_uncompressed:
-        # Not a cacheable answer: serve it exactly as v1_response would.
-        yield from v1_response(repo, name, args, proto, choose, piece, result=result)
-        return
-    chunks = result.chunks
-    try:
-        start, body = encode_stream(chunks, fmt, piece)
-        yield start
-        yield from stored_while_streaming(cache, key, body)
-    finally:
-        close_chunks(chunks)
+    return cache_key_digest(state).decode("ascii")

@@ -1,46 +1,35 @@
 """Run Mercurial's own v1 wire commands on a worker thread and type their results.
 
-``run_v1_command(repo, name, args, proto)`` is the whole of v1 command execution: it
-binds our ``V1Protocol`` to the worker's repository, takes the ``served`` view (secret
-and hidden changesets are never served), checks the command's permission through
-``proto.checkperm``, runs ``batch`` itself (every inner command's permission checked
-the same way) and calls ``mercurial.wireprotov1server.commands[name].func`` for the
-rest, except ``clonebundles``/``clonebundles_manifest`` when the protocol handler carries
-a clone bundle source (``hgwire_tw.clonebundles``): those are answered from it.
-Results come back as small frozen dataclasses that the transports format.
-
-``v1_response(repo, name, args, proto, choose)`` is the generator a transport hands to
-``RepositoryPool.iterate``: it runs the command, then yields the result and, for stream
-results, a ``V1StreamStart`` followed by the response body in pieces of about
-``STREAM_PIECE`` bytes, compressed here, on the worker thread, as the transport
-consumes them (nothing is built whole in memory). Over HTTP the whole body is
-compressed as its media type says; over SSH (a format with ``bundle2`` set) a bundle2
-is compressed inside itself (``core.v1.compress_bundle2``) and anything else goes out
-raw.
+``prepare(repo, name, args, proto)`` binds our ``V1Protocol`` to the worker's repository,
+takes the ``served`` view (secret and hidden changesets are never served) and checks the
+command's permission through ``proto.checkperm`` (against the transport's grant): the
+one check of a call, made before anything is read. ``execute(prepared)`` runs it:
+``batch`` itself (every inner command checked the same way) and
+``mercurial.wireprotov1server.commands[name].func`` for the rest, except
+``clonebundles``/``clonebundles_manifest`` when the protocol handler carries a clone
+bundle source (``hgwire_tw.clonebundles``): those are answered from it.
+``run_v1_command`` is both. Results are the records of ``hgwire_tw.v1.results``;
+``encode_stream`` gives a stream result's body in pieces of about ``STREAM_PIECE``
+bytes, compressed as the transport's format says (over SSH a bundle2 is compressed
+inside itself, ``core.v1.compress_bundle2``).
 
 Failures of writes. A command that needs the ``push`` permission and finds an abandoned
 transaction (its writer died while we waited for the lock) gets it rolled back
 (``hgwire_tw.repo.recovery``) and runs once more. ``unbundle`` never fails with an
 exception: whatever goes wrong (a Mercurial error that its own ``unbundle`` does not
 catch, a lock that stayed taken, a bug) is logged once with its traceback and becomes
-the push's error answer in the form the client waits for (``push_failure``): a bundle2
-reply holding an ``error:abort`` part when the client pushed a bundle2, else an
-out-of-band error (HTTP) or the non-empty reply frame of a failed push (SSH). A client
-that sent a bundle2 over SSH reads nothing but a bundle2 reply, so any other answer
-would leave it waiting forever.
+the push's error answer in the form the client waits for (``failures.push_failure``).
+A client that sent a bundle2 over SSH reads nothing but a bundle2 reply, so any other
+answer would leave it waiting forever.
 
-Bad input. An error answer refusing the client's own input (a malformed argument, an
-unknown node, a corrupt push) is logged by the transport that sends it, in one ``info``
-line naming the command (``one_line`` keeps it short); the answers whose cause was
-logged here already start with one of ``LOGGED_FAILURES``. A push refused for bad input
-is marked (``V1PushError.bad_input``) for the transport, except a bundle2 reply, which
-transports pass on unread: that refusal is logged here.
+Bad input. A push refused for bad input is marked (``V1PushError.bad_input``) for the
+transport to log, except a bundle2 reply, which transports pass on unread: that refusal
+is logged here.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,55 +51,39 @@ from hgwire_tw.core.v1 import (
 )
 from hgwire_tw.repo import recovery
 from hgwire_tw.v1 import guard
+from hgwire_tw.v1.failures import describe_failure, one_line, push_failure
 from hgwire_tw.v1.protocol import V1Protocol
+from hgwire_tw.v1.results import (
+    V1Bytes,
+    V1LegacyStream,
+    V1OutOfBandError,
+    V1PushError,
+    V1PushResult,
+    V1Result,
+    V1Stream,
+    V1StreamStart,
+)
 
 __all__ = [
-    "LOGGED_FAILURES",
     "NOT_BATCHABLE",
     "STREAM_PIECE",
+    "Prepared",
     "UnknownCommand",
-    "V1Bytes",
-    "V1LegacyStream",
-    "V1OutOfBandError",
-    "V1PushError",
-    "V1PushResult",
-    "V1Result",
-    "V1Stream",
-    "V1StreamStart",
-    "bundle2_abort_reply",
     "close_chunks",
     "command_permission",
     "command_spec",
-    "describe_failure",
     "encode_stream",
+    "execute",
     "is_command",
-    "one_line",
-    "push_failure",
+    "prepare",
     "run_v1_command",
     "stream_body",
-    "v1_response",
 ]
 
 log = Logger()
 
 #: Bytes per piece of a streamed body handed to the transport.
 STREAM_PIECE = 64 * 1024
-
-#: Beginnings of error answers whose cause was logged where it happened (a bug, with
-#: its incident id; a lock held past the timeout): these are no bad input.
-LOGGED_FAILURES = (b"internal server error (incident ", b"the repository is locked by ")
-
-#: Longest error text written in a log line about bad input.
-MAX_LOGGED_ERROR = 300
-
-
-def one_line(text: str | bytes, limit: int = MAX_LOGGED_ERROR) -> str:
-    """``text`` on one line, at most ``limit`` characters (a client chose it)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."
-
 
 #: Commands whose result is not a string, or that cannot run inside ``batch``.
 NOT_BATCHABLE = frozenset(
@@ -128,69 +101,6 @@ NOT_BATCHABLE = frozenset(
 
 class UnknownCommand(CommandError):
     """The request names no v1 command."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1Bytes:
-    """A string response (``application/mercurial-0.1``, raw)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1Stream:
-    """A compressible stream response; ``chunks`` must be read on the worker thread."""
-
-    chunks: Iterator[bytes]
-    prefer_uncompressed: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1LegacyStream:
-    """A stream always sent as raw 0.1 (``stream_out``, a bundle2 push reply)."""
-
-    chunks: Iterator[bytes]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1PushResult:
-    """A bundle1 push outcome: Mercurial's integer result and the captured output."""
-
-    result: int
-    output: bytes = b""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1PushError:
-    """A push refused before it started (e.g. the remote heads changed)."""
-
-    message: bytes
-    output: bytes = b""
-    #: Refused for the client's bad input (a malformed argument, a corrupt bundle),
-    #: which the transport logs; Mercurial's own refusals and logged failures are not.
-    bad_input: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1OutOfBandError:
-    """An error reported outside the command's response format (``application/hg-error``)."""
-
-    message: bytes
-
-
-V1Result = V1Bytes | V1Stream | V1LegacyStream | V1PushResult | V1PushError | V1OutOfBandError
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class V1StreamStart:
-    """First item of a streamed response in ``v1_response``: how the body is encoded.
-
-    For a legacy stream ``media_type`` is 0.1 and ``engine`` is ``"none"``.
-    """
-
-    media_type: bytes
-    engine: str
-    legacy: bool
 
 
 def is_command(name: bytes) -> bool:
@@ -283,70 +193,6 @@ def _call(entry: Any, repo: Any, proto: V1Protocol, name: bytes, args: list[ArgV
         return _convert(entry.func(repo, proto, *args))
 
 
-def describe_failure(exc: BaseException, repo: Any = None) -> tuple[bytes, bytes | None]:
-    """``(message, hint)`` telling a client why a command failed with ``exc``.
-
-    Mercurial's own errors carry text meant for users; anything else is a bug whose
-    details stay in the server log (the message names an incident id found there).
-    """
-    from mercurial.utils import stringutil
-
-    if isinstance(exc, hgerror.LockHeld):
-        timeout = repo.ui.configint(b"ui", b"timeout") if repo is not None else 0
-        return recovery.locked_message(exc, timeout).encode("utf-8"), None
-    if isinstance(exc, CommandError):
-        return exc.render().encode("utf-8"), None
-    if isinstance(exc, (hgerror.Error, hgerror.RepoError)):
-        return stringutil.forcebytestr(exc), getattr(exc, "hint", None)
-    incident = secrets.token_hex(4).encode("ascii")
-    return (
-        b"internal server error (incident %s in the server log)" % incident,
-        None,
-    )
-
-
-def bundle2_abort_reply(message: bytes, hint: bytes | None = None) -> bytes:
-    """A whole bundle2 reply holding one ``error:abort`` part (what a Mercurial server
-    answers a failed bundle2 push with; the client prints ``abort: MESSAGE``)."""
-    from mercurial import bundle2
-
-    from hgwire_tw.repo.ui import make_ui
-
-    # Part parameter values are at most 255 bytes long.
-    params = [(b"message", _clip(message))]
-    advisory = [(b"hint", _clip(hint))] if hint else []
-    bundler = bundle2.bundle20(make_ui())
-    bundler.addpart(bundle2.bundlepart(b"error:abort", params, advisory))
-    return b"".join(bundler.getchunks())
-
-
-def _clip(text: bytes, limit: int = 255) -> bytes:
-    text = text.rstrip(b"\n")
-    return text if len(text) <= limit else text[: limit - 3] + b"..."
-
-
-def push_failure(
-    message: bytes,
-    hint: bytes | None = None,
-    *,
-    transport: str,
-    bundle2: bool,
-    bad_input: bool = False,
-) -> V1Result:
-    """The answer to a push that failed with ``message``, in the form the client reads:
-    a bundle2 ``error:abort`` reply to a bundle2 push; else an out-of-band error over
-    HTTP, or the non-empty reply frame of a failed push over SSH (``bad_input`` marks
-    it for the transport's log)."""
-    if bundle2:
-        return V1LegacyStream(chunks=iter([bundle2_abort_reply(message, hint)]))
-    text = message.rstrip(b"\n") + b"\n"
-    if hint:
-        text += b"(%s)\n" % hint
-    if transport == "ssh":
-        return V1PushError(message=text, bad_input=bad_input)
-    return V1OutOfBandError(message=text)
-
-
 def _run_unbundle(
     entry: Any, repo: Any, proto: V1Protocol, args: Mapping[bytes, ArgValue]
 ) -> V1Result:
@@ -415,15 +261,25 @@ def _run_batch(repo: Any, proto: V1Protocol, cmds: bytes) -> V1Result:
     return V1Bytes(data=encode_batch_results(results))
 
 
-def run_v1_command(
-    repo: Any, name: bytes, args: Mapping[bytes, ArgValue], proto: V1Protocol
-) -> V1Result:
-    """Run v1 command ``name`` on the worker thread's ``repo`` and type its result.
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A command bound to the worker's repository, its permission checked: ready to run.
 
-    ``args`` are the command's arguments selected per its spec. Permission refusals
-    propagate as whatever ``proto.checkperm`` raises; a Mercurial ``Abort`` or our
-    ``CommandError`` becomes an out-of-band error. ``unbundle`` answers every failure
-    with ``push_failure`` (see the module docs).
+    ``view`` is the served view of the repository; ``entry`` Mercurial's command entry.
+    """
+
+    name: bytes
+    args: Mapping[bytes, ArgValue]
+    proto: V1Protocol
+    view: Any
+    entry: Any
+
+
+def prepare(repo: Any, name: bytes, args: Mapping[bytes, ArgValue], proto: V1Protocol) -> Prepared:
+    """Bind ``proto`` to the worker thread's ``repo`` for command ``name`` and check the
+    command's permission (``PermissionDenied`` from ``proto.checkperm``).
+
+    ``args`` are the command's arguments selected per its spec.
     """
     entry = wireprotov1server.commands.get(name)
     if entry is None:
@@ -432,9 +288,26 @@ def run_v1_command(
     proto.args = dict(args)
     view = wireprotov1server.getdispatchrepo(repo, proto, name)
     proto.checkperm(entry.permission)
-    if name == b"unbundle":
-        return _run_unbundle(entry, view, proto, args)
-    return _guarded(entry, view, proto, name, args)
+    return Prepared(name, args, proto, view, entry)
+
+
+def execute(prepared: Prepared) -> V1Result:
+    """Run a prepared command and type its result.
+
+    A Mercurial ``Abort`` or our ``CommandError`` becomes an out-of-band error;
+    ``unbundle`` answers every failure with ``push_failure`` (see the module docs).
+    """
+    p = prepared
+    if p.name == b"unbundle":
+        return _run_unbundle(p.entry, p.view, p.proto, p.args)
+    return _guarded(p.entry, p.view, p.proto, p.name, p.args)
+
+
+def run_v1_command(
+    repo: Any, name: bytes, args: Mapping[bytes, ArgValue], proto: V1Protocol
+) -> V1Result:
+    """Run v1 command ``name`` on the worker thread's ``repo``: ``prepare``, ``execute``."""
+    return execute(prepare(repo, name, args, proto))
 
 
 def _guarded(
@@ -525,49 +398,3 @@ def close_chunks(chunks: Iterator[bytes]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
-
-
-def v1_response(
-    repo: Any,
-    name: bytes,
-    args: Mapping[bytes, ArgValue],
-    proto: V1Protocol,
-    choose: Callable[[bool], ResponseFormat] | None,
-    piece: int = STREAM_PIECE,
-    result: V1Result | None = None,
-) -> Iterator[object]:
-    """Generator for ``RepositoryPool.iterate``: the result, then any stream body.
-
-    Non-stream results are yielded alone. A stream yields ``V1StreamStart`` and then
-    ``bytes`` pieces. ``choose(prefer_uncompressed)`` picks the media type and engine
-    (HTTP), or the engine for a bundle2 (SSH, ``ResponseFormat.bundle2``); with
-    ``choose=None`` streams go out raw. The command's own generator is
-    closed when this one is, on the same worker thread. ``result`` is the command's
-    result when the caller already ran it (``v1.cache``).
-    """
-    if result is None:
-        result = run_v1_command(repo, name, args, proto)
-    if isinstance(result, V1Stream):
-        chunks = result.chunks
-        try:
-            fmt = None
-            if choose is not None:
-                try:
-                    fmt = choose(result.prefer_uncompressed)
-                except CommandError as e:
-                    yield V1OutOfBandError(message=e.render().encode("utf-8") + b"\n")
-                    return
-            start, body = encode_stream(chunks, fmt, piece)
-            yield start
-            yield from body
-        finally:
-            close_chunks(chunks)
-    elif isinstance(result, V1LegacyStream):
-        chunks = result.chunks
-        try:
-            yield V1StreamStart(media_type=MEDIA_TYPE_V01, engine="none", legacy=True)
-            yield from stream_body(chunks, None, piece)
-        finally:
-            close_chunks(chunks)
-    else:
-        yield result

@@ -33,6 +33,7 @@ from hgwire_tw.commands.discovery import served_node
 from hgwire_tw.core.errors import ArgumentError, CommandError
 from hgwire_tw.core.v1 import ArgValue
 from hgwire_tw.pushkeys import check_pushkey
+from hgwire_tw.v1.results import V1Bytes, V1Stream
 
 __all__ = ["MAX_LIST_ITEMS", "answer", "check_args", "payload_errors"]
 
@@ -158,8 +159,6 @@ def check_args(repo: Any, name: bytes, args: Mapping[bytes, ArgValue]) -> None:
 def answer(repo: Any, proto: Any, name: bytes, args: Mapping[bytes, ArgValue]) -> Any:
     """Our own answer to ``name`` when hgwire_tw does not run Mercurial's function for it
     (a ``V1Result``), else None. Raises ``CommandError`` for refused requests."""
-    from hgwire_tw.v1.dispatch import V1Bytes, V1Stream
-
     if name == b"lookup":
         key = _text(args.get(b"key"))
         try:

@@ -3,23 +3,33 @@
 Mercurial's v1 commands (``mercurial.wireprotov1server.commands``) are written against a
 small "protocol handler" interface: ``name``, ``getargs``, ``getprotocaps``,
 ``getpayload``, ``mayberedirectstdio``, ``client``, ``addcapabilities``, ``checkperm``.
-``V1Protocol`` implements it for both v1 transports of hgwire_tw. Everything it answers
-was decided by the transport beforehand (arguments decoded by ``hgwire_tw.core.v1``,
-permission decisions made from the access policy, the payload already spooled to a
-file), so the object can be handed to a worker thread and used there without touching
-the reactor.
+``V1Protocol`` implements it for both v1 transports of hgwire_tw from ``ProtocolFacts``:
+data the transport decided before the call (the client's capabilities, the ``Grant``
+permissions are checked against, the push already spooled to a file). So the object is
+made on the worker thread and used there without ever calling back into the transport.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Literal, Protocol
 
+from hgwire_tw.access import Grant
+from hgwire_tw.core.errors import PermissionDenied
 from hgwire_tw.core.v1 import BUNDLE2_MAGIC, ArgValue, ProtoCaps, parse_arg_spec, parse_protocaps
 
-__all__ = ["BUNDLE2_MAGIC", "PAYLOAD_CHUNK", "V1Protocol", "file_payload"]
+__all__ = [
+    "BUNDLE2_MAGIC",
+    "PAYLOAD_CHUNK",
+    "Payload",
+    "ProtocolFacts",
+    "SpooledPayload",
+    "V1Protocol",
+    "file_payload",
+]
 
 #: Size of the pieces a spooled payload is read back in.
 PAYLOAD_CHUNK = 64 * 1024
@@ -51,50 +61,68 @@ def file_payload(fileobj: IO[bytes], offset: int = 0, length: int | None = None)
         raise
 
 
-def _no_payload() -> Iterator[bytes]:
-    return iter(())
+class Payload(Protocol):
+    """Pushed data that can be read (again) from its start on the worker thread."""
+
+    def pieces(self) -> Iterator[bytes]:
+        """The data from its start, in pieces."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpooledPayload:
+    """A push the transport spooled to ``fileobj``; it starts at ``offset``."""
+
+    fileobj: IO[bytes]
+    offset: int = 0
+
+    def pieces(self) -> Iterator[bytes]:
+        """The pushed bytes, read back from the file (``file_payload``)."""
+        return file_payload(self.fileobj, self.offset)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolFacts:
+    """Everything ``V1Protocol`` answers with, decided by the transport before a call.
+
+    ``grant`` is what ``checkperm`` allows (``batch`` checks each inner command against
+    it too); ``protocaps`` the client's capability tokens (``X-HgProto-N``, or what its
+    ``protocaps`` command said over SSH); ``capabilities`` are appended by
+    ``addcapabilities`` (with the clone bundle ones when ``clonebundles``, a
+    ``hgwire_tw.clonebundles.CloneBundleSource``, has a bundle); ``server_config`` is
+    applied to the repository's ``ui`` before a command runs (e.g.
+    ``server.uncompressed=false`` when stream clones are off).
+    """
+
+    transport: TransportName
+    grant: Grant
+    payload: Payload | None = None
+    protocaps: bytes = b""
+    remote_host: str = ""
+    remote_user: str | None = None
+    capabilities: tuple[bytes, ...] = ()
+    server_config: tuple[tuple[bytes, bytes, bytes], ...] = ()
+    clonebundles: Any = None
 
 
 class V1Protocol:
-    """One v1 request's (HTTP) or connection's (SSH) protocol handler.
+    """The protocol handler of one v1 command run, made from the transport's facts.
 
     ``args`` are the current command's arguments, already selected per its spec (``*``
-    is a dict). ``checkperm`` raises the transport's own refusal (``b"pull"`` or
-    ``b"push"``), so ``batch``'s per-command checks are ours too. ``payload`` returns
-    an iterator over the pushed bytes. ``capabilities`` are appended by
-    ``addcapabilities`` (with the clone bundle ones when ``clonebundles`` has a bundle);
-    ``server_config`` is applied to the repository's ``ui`` before
-    a command runs (e.g. ``server.uncompressed=false`` when stream clones are off).
+    is a dict). ``checkperm`` raises ``PermissionDenied`` naming the permission
+    (``b"pull"`` or ``b"push"``) the facts' grant lacks, which the transport turns into
+    its own refusal.
     """
 
-    def __init__(
-        self,
-        *,
-        transport: TransportName,
-        checkperm: Callable[[bytes], None],
-        args: Mapping[bytes, ArgValue] | None = None,
-        protocaps: bytes = b"",
-        payload: Callable[[], Iterator[bytes]] | None = None,
-        remote_host: str = "",
-        remote_user: str | None = None,
-        capabilities: Sequence[bytes] = (),
-        server_config: Sequence[tuple[bytes, bytes, bytes]] = (),
-        clonebundles: Any = None,
-    ) -> None:
-        self.transport = transport
-        self._checkperm = checkperm
+    def __init__(self, facts: ProtocolFacts, args: Mapping[bytes, ArgValue] | None = None) -> None:
+        self.facts = facts
+        self.transport = facts.transport
         self.args: dict[bytes, ArgValue] = dict(args or {})
         # Mercurial's ``protocaps`` command assigns this attribute directly over SSH.
-        self._protocaps: set[bytes] = set(parse_protocaps(protocaps).tokens)
-        self._payload = payload or _no_payload
-        self._remote_host = remote_host
-        self._remote_user = remote_user
-        self._capabilities = list(capabilities)
-        self._server_config = tuple(server_config)
+        self._protocaps: set[bytes] = set(parse_protocaps(facts.protocaps).tokens)
         #: ``hgwire_tw.clonebundles.CloneBundleSource`` when clone bundles are on: it
         #: answers ``clonebundles``/``clonebundles_manifest`` and decides whether their
         #: capabilities are advertised.
-        self.clonebundles = clonebundles
+        self.clonebundles = facts.clonebundles
         self.ui: Any = None
         #: Output captured by ``mayberedirectstdio`` that did not go into a response
         #: (over SSH Mercurial returns no output; the transport may send it to stderr).
@@ -105,7 +133,7 @@ class V1Protocol:
     def bind(self, repo: Any) -> None:
         """Attach to the worker thread's repository before running a command."""
         self.ui = repo.ui
-        for section, name, value in self._server_config:
+        for section, name, value in self.facts.server_config:
             repo.ui.setconfig(section, name, value, b"hgwire")
 
     # -- the interface Mercurial's commands use -----------------------------------------
@@ -133,14 +161,15 @@ class V1Protocol:
 
     def getpayload(self) -> Iterator[bytes]:
         """The pushed data, in pieces."""
-        return self._payload()
+        payload = self.facts.payload
+        return iter(()) if payload is None else payload.pieces()
 
     def payload_is_bundle2(self) -> bool:
         """Whether the pushed data is a bundle2 (so the client expects a bundle2 reply).
 
         Reads the first piece of the spooled payload again (worker thread).
         """
-        pieces = self._payload()
+        pieces = self.getpayload()
         head = b""
         try:
             for piece in pieces:
@@ -181,7 +210,7 @@ class V1Protocol:
     @property
     def remote_host(self) -> str:
         """The client's address, as the transport gave it (``""`` when unknown)."""
-        return self._remote_host
+        return self.facts.remote_host
 
     def client(self) -> bytes:
         """``remote:<scheme>:<host>:<user>`` (hooks see it as ``HG_URL``; over SSH the
@@ -191,13 +220,13 @@ class V1Protocol:
 
         return b"remote:%s:%s:%s" % (
             self.transport.encode("ascii"),
-            quote(self._remote_host).encode("ascii"),
-            quote(self._remote_user or "").encode("ascii"),
+            quote(self.facts.remote_host).encode("ascii"),
+            quote(self.facts.remote_user or "").encode("ascii"),
         )
 
     def addcapabilities(self, repo: Any, caps: list[bytes]) -> list[bytes]:
         """Add the transport's own capabilities to the command-level ones."""
-        caps.extend(self._capabilities)
+        caps.extend(self.facts.capabilities)
         if self.clonebundles is not None and self.clonebundles.advertise(repo):
             from hgwire_tw.clonebundles import CAPABILITIES
 
@@ -205,5 +234,23 @@ class V1Protocol:
         return caps
 
     def checkperm(self, perm: bytes) -> None:
-        """Raise the transport's refusal unless ``perm`` (pull/push) is granted."""
-        self._checkperm(perm)
+        """Raise ``PermissionDenied`` unless the grant allows ``perm`` (pull/push)."""
+        grant = self.facts.grant
+        allowed = grant.read if perm == b"pull" else grant.write if perm == b"push" else False
+        if not allowed:
+            raise PermissionDenied(grant.reason, permission=perm)
+
+    # -- what the run hands back besides the answer ---------------------------------------
+
+    def take_output(self) -> bytes:
+        """The output captured since the last call (over SSH), emptying the buffer."""
+        data = self.captured.getvalue()
+        self.captured.seek(0)
+        self.captured.truncate()
+        return data
+
+    def changed_protocaps(self) -> bytes | None:
+        """The client's capability tokens if its ``protocaps`` command changed them."""
+        if self._protocaps == set(parse_protocaps(self.facts.protocaps).tokens):
+            return None
+        return b" ".join(sorted(self._protocaps))

@@ -305,7 +305,7 @@ class HgwebApplication:
         access = self.access()  # one policy for the whole list, even across a reload
         entries = []
         for name in sorted(self.registry.names()):
-            if not name or not access.can_read(user, name):
+            if not name or not access.authorize(user, name).read:
                 continue
             try:
                 served = self.registry.resolve(name)
