@@ -119,7 +119,14 @@ class FakePool:
         self.hold: Deferred[None] | None = None
 
     def iterate(
-        self, served: Any, gen_fn: Any, args: Any, deliver: Any, *, write: bool = False
+        self,
+        served: Any,
+        gen_fn: Any,
+        args: Any,
+        deliver: Any,
+        *,
+        write: bool = False,
+        lane: Any = None,
     ) -> Deferred[None]:
         (call,) = args
         assert isinstance(call, V1Call)
