@@ -253,6 +253,11 @@ def _checked_command(
     return NOT_DONE_YET
 
 
+def _host(request: Any) -> str:
+    """The client's address, for log lines."""
+    return str(getattr(request.getClientAddress(), "host", "-"))
+
+
 def _needs_rw(spec: Any, perm: str) -> bool:
     """Whether a command of ``spec`` (a ``CommandSpec``) pushes, so that a ``ro`` URL
     (``perm``) refuses it."""
@@ -340,7 +345,7 @@ class _V2Response:
             may_push=self.may_push,
             sink=sink,
             redirect=run.redirect,
-            who=f"HTTP client {getattr(self.request.getClientAddress(), 'host', '-')}",
+            who=f"HTTP client {_host(self.request)}",
         )
         self.running = (run.request_id, d)
         d.addBoth(self.ctx.metrics.command(self.served.name, "http", "v2", run.name, run.args))
