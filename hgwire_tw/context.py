@@ -53,6 +53,9 @@ class Settings:
     v2_encodings: tuple[bytes, ...] = (b"zstd-8mb", b"zlib", b"identity")
     #: Worker threads doing repository I/O and compression.
     workers: int = 4
+    #: Seconds a streaming response waits for its client to take a batch before it is
+    #: cut (0: never).
+    stall_timeout: float = 120.0
     #: SSH channel window (bytes).
     ssh_window: int = 2 * MiB
     #: Extra OpenSSH private host keys offered by the SSH server (besides the generated

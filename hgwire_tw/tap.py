@@ -618,7 +618,12 @@ def makeService(options: Options, reactor: Any = None) -> HgwireService:
         repos_dir=Path(options["repos-dir"]).resolve() if options["repos-dir"] else None,
         max_depth=options["repos-depth"],
     )
-    pool = RepositoryPool(reactor, size=settings.workers, lock_timeout=settings.lock_timeout)
+    pool = RepositoryPool(
+        reactor,
+        size=settings.workers,
+        lock_timeout=settings.lock_timeout,
+        stall_timeout=settings.stall_timeout or None,
+    )
     ctx = ServerContext(
         reactor=reactor, registry=registry, pool=pool, access=access, settings=settings
     )
@@ -672,6 +677,7 @@ def _add_web(top: HgwireService, ctx: ServerContext, reactor: Any) -> None:
     ctx.metrics.watch(ctx)
     ctx.metrics.watch_pool("repo", ctx.pool.threadpool)
     ctx.metrics.watch_pool("write", ctx.pool.write_threadpool)
+    ctx.metrics.watch_pool("quick", ctx.pool.quick_threadpool)
     if hasattr(reactor, "getThreadPool"):
         ctx.metrics.watch_pool("reactor", reactor.getThreadPool)
     if ctx.settings.web != "none":

@@ -36,6 +36,9 @@ class Channel:
     def finish(self, status: int) -> None:
         self.status = status
 
+    def abort(self) -> None:
+        self.status = -1
+
 
 def _open(name: str) -> tuple[ServedRepository, bool]:
     if name != "repo":
@@ -78,6 +81,19 @@ class FrameSessionTests(SynchronousTestCase):
         self.session.dataReceived(b"hgwire-v2 other\n")
         self.assertEqual(self.channel.data, b"error no such repository\n")
         self.assertEqual(self.channel.status, 1)
+
+    def test_stalled_command_cuts_the_connection(self) -> None:
+        """A command ended by the pool's stall timeout (the peer stopped reading) cuts the
+        connection at once and cancels the session's other commands, without a
+        traceback."""
+        from hgwire_tw.repo.pool import StreamStalled
+
+        self._start(b"a", b"b")
+        self.runner.results[b"a"].errback(StreamStalled(30))
+        self.assertEqual(self.channel.status, -1)
+        self.assertEqual(self.runner.cancelled, [b"b"])
+        self.assertTrue(self.session.done)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_batch_waits_until_its_job_is_written(self) -> None:
         """A command's batch Deferred fires only after its encoding job's frames are out."""

@@ -46,6 +46,7 @@ class SyncPool:
         deliver: Any,
         *,
         write: bool = False,
+        lane: Any = None,
     ) -> Deferred[None]:
         gen = gen_fn(self.repo, *args)
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from hgwire_tw.repo.pool import RepositoryPool
+from hgwire_tw.repo.lanes import Lane
+from hgwire_tw.repo.pool import RepositoryPool, StreamStalled
 from hgwire_tw.repo.registry import ServedRepository
 from tests import repobuilders
 
@@ -182,7 +183,8 @@ def test_iterate_cancel_frees_worker(pump_reactor: Any, served: ServedRepository
         with pytest.raises(CancelledError):
             pump_reactor.result_of(result)
         # The single worker must be free again to run this.
-        assert pump_reactor.result_of(pool.run(served, lambda repo: "free")) == "free"
+        free = pool.run(served, lambda repo: "free", lane=Lane.TRANSFER)
+        assert pump_reactor.result_of(free) == "free"
         assert closed == [True]
     finally:
         pool.stop()
@@ -236,7 +238,8 @@ def test_errors_after_cancellation_are_logged_only_when_they_are_bugs(
         result.cancel()
         go.set()
         # the only worker is free again once the generator has failed and been logged
-        assert pump_reactor.result_of(pool.run(served, lambda repo: "free")) == "free"
+        free = pool.run(served, lambda repo: "free", lane=Lane.TRANSFER)
+        assert pump_reactor.result_of(free) == "free"
         pump_reactor.pump_until(lambda: True)
         with pytest.raises(CancelledError):
             pump_reactor.result_of(result)
@@ -270,3 +273,130 @@ def test_writes_do_not_queue_behind_streams_holding_every_worker(
             pump_reactor.result_of(stream)
     finally:
         pool.stop()
+
+
+def _held(pending: list[Deferred[None]]) -> Any:
+    """A ``deliver`` whose Deferreds never fire by themselves (a client not reading)."""
+
+    def deliver(batch: list[object]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        pending.append(d)
+        return d
+
+    return deliver
+
+
+def test_quick_jobs_run_while_every_transfer_worker_is_held(
+    pump_reactor: Any, served: ServedRepository
+) -> None:
+    """With both transfer workers stuck in streams whose clients do not read, quick
+    jobs (a run, a quick stream) complete, and a transfer job waits for a worker."""
+    pool = RepositoryPool(pump_reactor, size=2)
+    pool.start()
+    try:
+        pending: list[Deferred[None]] = []
+        streams = [
+            pool.iterate(served, _numbers, (10**9, None, []), _held(pending), batch_items=2)
+            for _ in range(2)
+        ]
+        pump_reactor.pump_until(lambda: len(pending) == 2)
+        waiting = pool.run(served, lambda repo: "transfer", lane=Lane.TRANSFER)
+
+        assert pump_reactor.result_of(pool.run(served, lambda repo: len(repo))) == 2
+        got: list[object] = []
+        quick = pool.iterate(served, _numbers, (5, None, []), got.extend, lane=Lane.QUICK)
+        pump_reactor.result_of(quick, timeout=10)
+        assert got == [b"0", b"1", b"2", b"3", b"4"]
+        assert not waiting.called
+        assert pool.threadpool.q.qsize() == 1  # the waiting transfer, FIFO
+
+        streams[0].cancel()
+        assert pump_reactor.result_of(waiting, timeout=10) == "transfer"
+        streams[1].cancel()
+        for stream in streams:
+            with pytest.raises(CancelledError):
+                pump_reactor.result_of(stream)
+    finally:
+        pool.stop()
+
+
+def test_lane_defaults(pump_reactor: Any) -> None:
+    """run() is quick unless it writes; iterate() is a transfer unless it writes."""
+    pool = RepositoryPool(pump_reactor, size=3, write_workers=1, quick_workers=2)
+    assert pool.threadpool.max == 3
+    assert pool.lane_threadpool(Lane.WRITE) is pool.write_threadpool
+    assert pool.write_threadpool.max == 1
+    assert pool.lane_threadpool(Lane.QUICK) is pool.quick_threadpool
+    assert pool.quick_threadpool.max == 2
+    assert pool.lane_threadpool(Lane.TRANSFER) is pool.threadpool
+
+
+def _stalling_pool(pump_reactor: Any, clock: Any) -> RepositoryPool:
+    pool = RepositoryPool(pump_reactor, size=1, stall_timeout=30, clock=clock)
+    pool.start()
+    return pool
+
+
+def test_stalled_stream_is_ended_and_its_worker_freed(
+    pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A delivery not consumed within stall_timeout fails the stream with StreamStalled,
+    closes the generator and frees the (only) worker."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    pool = _stalling_pool(pump_reactor, clock)
+    try:
+        closed: list[bool] = []
+        pending: list[Deferred[None]] = []
+        result = pool.iterate(
+            served, _numbers, (10**9, None, closed), _held(pending), batch_items=2
+        )
+        pump_reactor.pump_until(lambda: bool(pending))
+        clock.advance(29)
+        assert not result.called
+        clock.advance(1)
+        with pytest.raises(StreamStalled) as caught:
+            pump_reactor.result_of(result)
+        assert caught.value.seconds == 30
+        assert "30 seconds" in str(caught.value)
+        free = pool.run(served, lambda repo: "free", lane=Lane.TRANSFER)
+        assert pump_reactor.result_of(free) == "free"
+        assert closed == [True]
+        # The transport's own Deferred was left alone; firing it late changes nothing.
+        pending[0].callback(None)
+    finally:
+        pool.stop()
+
+
+def test_consumed_deliveries_restart_the_stall_timer(
+    pump_reactor: Any, served: ServedRepository
+) -> None:
+    """A slow client that takes each batch within the timeout is never cut, however long
+    the whole stream takes."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    pool = _stalling_pool(pump_reactor, clock)
+    try:
+        pending: list[Deferred[None]] = []
+        closed: list[bool] = []
+        result = pool.iterate(served, _numbers, (12, None, closed), _held(pending), batch_items=2)
+        delivered = 0
+        while not result.called:
+            pump_reactor.pump_until(lambda n=delivered: len(pending) > n or result.called)
+            if result.called:
+                break
+            clock.advance(25)
+            pending[delivered].callback(None)
+            delivered += 1
+        assert pump_reactor.result_of(result) is None
+        assert delivered == 6 and closed == [True]
+        assert clock.getDelayedCalls() == []
+    finally:
+        pool.stop()
+
+
+def test_stall_timeout_must_be_positive(pump_reactor: Any) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RepositoryPool(pump_reactor, stall_timeout=0)

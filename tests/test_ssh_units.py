@@ -119,7 +119,14 @@ class FakePool:
         self.hold: Deferred[None] | None = None
 
     def iterate(
-        self, served: Any, gen_fn: Any, args: Any, deliver: Any, *, write: bool = False
+        self,
+        served: Any,
+        gen_fn: Any,
+        args: Any,
+        deliver: Any,
+        *,
+        write: bool = False,
+        lane: Any = None,
     ) -> Deferred[None]:
         (call,) = args
         assert isinstance(call, V1Call)
@@ -346,6 +353,9 @@ class FakeOutput:
         assert self.status is None
         self.status = status
 
+    def abort(self) -> None:
+        self.aborted = True
+
 
 def _answers(call: V1Call) -> list[object]:
     from hgwire_tw.v1.results import V1Bytes, V1ProtoCaps, V1PushResult
@@ -513,6 +523,32 @@ class V1SessionTests(SynchronousTestCase):
         self.assertEqual(out.status, 1)
         self.assertIn(b"exceeds", out.stderr)
         self.assertEqual(pool.calls, [])
+
+    def test_stalled_transfer_cuts_the_connection(self) -> None:
+        """A command ended by the pool's stall timeout (the client stopped reading) ends
+        the session and cuts the connection under it, without a traceback; the cut is
+        logged at info, naming the user, repository and command."""
+        from twisted.internet.defer import fail
+        from twisted.logger import globalLogPublisher
+
+        from hgwire_tw.repo.pool import StreamStalled
+
+        session, out, pool = _session(self.tmp)
+        pool.iterate = lambda *a, **kw: fail(StreamStalled(30))  # type: ignore[method-assign]
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            session.dataReceived(b"heads\n")
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.assertTrue(getattr(out, "aborted", False))
+        self.assertEqual(out.status, 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        cut = [e for e in events if "transfer cut" in e.get("log_format", "")]
+        self.assertEqual(len(cut), 1)
+        self.assertEqual(
+            (cut[0]["user"], cut[0]["repo"], cut[0]["command"]), ("alice", "proj", "heads")
+        )
 
     def test_eof_waits_for_inflight_command(self) -> None:
         """EOF after a request: the answer is sent first, then exit status 0."""

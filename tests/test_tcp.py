@@ -59,6 +59,7 @@ class FakeRunner:
         may_push: bool,
         sink: Any,
         redirect: Any = None,
+        who: str = "",
     ) -> Deferred[None]:
         self.calls.append((name, may_push))
         if name == b"slow":

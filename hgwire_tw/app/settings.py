@@ -471,7 +471,20 @@ TABLE: tuple[Setting, ...] = (
         default=FIELD,
         field="workers",
         check=positive,
-        help="Worker threads for repository I/O and compression.",
+        help="Worker threads for transfers (clones, pulls) and their compression; "
+        "handshakes and discovery run on 2 threads of their own, pushes on 2 more.",
+    ),
+    setting(
+        name="stall-timeout",
+        type=float,
+        group=SERVICE,
+        metavar="SECONDS",
+        default=FIELD,
+        field="stall_timeout",
+        check=non_negative,
+        see="docs/internals.md",
+        help="Cut a response whose client has not taken a batch of it (up to 256 KiB) "
+        "for this long, freeing its worker; 0 never cuts.",
     ),
     setting(
         name="compression",

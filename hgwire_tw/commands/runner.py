@@ -7,6 +7,11 @@ return a Deferred to push back), then exactly one of ``finished()`` or
 (``CommandError``) are reported as they are; anything else is logged with its traceback
 and reported as ``server error: %s``. A cancelled run (the client went away) reports
 nothing further.
+
+Each command runs on the pool lane its name calls for (``hgwire_tw.repo.lanes``), so
+that discovery never waits for the transfers of other clients. A run whose client
+stopped reading ends with ``StreamStalled`` (logged here at info): the transport cuts
+its connection.
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ from hgwire_tw.commands.registry import (
 )
 from hgwire_tw.core.cbor import EncodedCBOR, dumps_sequence
 from hgwire_tw.core.errors import CommandError, PermissionDenied
+from hgwire_tw.repo.lanes import Lane, command_lane
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.repo.registry import ServedRepository
 
 if TYPE_CHECKING:
     from hgwire_tw.cache import CacheEntry, ContentStore
     from hgwire_tw.redirects import Redirector
 
-__all__ = ["CommandRunner", "CommandSink", "RepositoryRunner"]
+__all__ = ["CommandRunner", "CommandSink", "RepositoryRunner", "spec_lane"]
 
 log = Logger()
 
@@ -72,8 +79,14 @@ class RepositoryRunner(Protocol):
         deliver: Any,
         *,
         write: bool = False,
+        lane: Lane | None = None,
     ) -> Deferred[None]:
         """Stream ``gen_fn(repo, *args)`` to ``deliver`` (see ``RepositoryPool.iterate``)."""
+
+
+def spec_lane(spec: CommandSpec) -> Lane:
+    """The pool lane of command ``spec`` (``hgwire_tw.repo.lanes.command_lane``)."""
+    return command_lane(spec.name, spec.permission.value.decode("ascii"))
 
 
 def _invoke(repo: Any, handler: Handler, args: Mapping[bytes, object]) -> Iterator[object]:
@@ -241,10 +254,14 @@ class CommandRunner:
         may_push: bool,
         sink: CommandSink,
         redirect: Mapping[bytes, object] | None = None,
+        who: str = "",
     ) -> Deferred[None]:
-        """Run command ``name`` on ``served``, reporting to ``sink``; never fails.
+        """Run command ``name`` on ``served``, reporting to ``sink``; never fails, except
+        with ``StreamStalled`` when the client stopped reading (the transport then cuts
+        the connection).
 
-        ``redirect`` is the request's ``{targets, hashes}`` map (``RunCommand.redirect``).
+        ``redirect`` is the request's ``{targets, hashes}`` map (``RunCommand.redirect``);
+        ``who`` names the client (user, address) in log lines.
 
         Cancelling the returned Deferred stops the handler (its generator is closed on
         the worker) and nothing more is reported to the sink.
@@ -280,19 +297,26 @@ class CommandRunner:
                 self._salt,
                 served.name,
             )
-            d = self._pool.iterate(served, _cached_invoke, cargs, delivery)
+            d = self._pool.iterate(served, _cached_invoke, cargs, delivery, lane=spec_lane(spec))
             d.addCallbacks(
-                lambda _: delivery.finished(), self._failed, errbackArgs=(sink, name, served)
+                lambda _: delivery.finished(),
+                self._failed,
+                errbackArgs=(sink, name, served, who),
             )
         else:
             # A PUSH command (pushkey) writes: as a write job it waits for the lock and
             # for the recovery of an abandoned transaction, as pushes do.
-            write = spec.permission is Permission.PUSH
+            lane = spec_lane(spec)
             d = self._pool.iterate(
-                served, _invoke, (spec.handler, normalized), sink.objects, write=write
+                served,
+                _invoke,
+                (spec.handler, normalized),
+                sink.objects,
+                write=spec.permission is Permission.PUSH,
+                lane=lane,
             )
             d.addCallbacks(
-                lambda _: sink.finished(), self._failed, errbackArgs=(sink, name, served)
+                lambda _: sink.finished(), self._failed, errbackArgs=(sink, name, served, who)
             )
         d.addErrback(self._sink_broke, name)
         return d
@@ -305,11 +329,27 @@ class CommandRunner:
         return succeed(None)
 
     def _failed(
-        self, failure: Failure, sink: CommandSink, name: bytes, served: ServedRepository
-    ) -> None:
+        self,
+        failure: Failure,
+        sink: CommandSink,
+        name: bytes,
+        served: ServedRepository,
+        who: str,
+    ) -> Failure | None:
         exc = failure.value
         if isinstance(exc, CancelledError):
             return None
+        if isinstance(exc, StreamStalled):
+            # Nothing can be reported in-band to a client that does not read: the
+            # failure goes on to the transport, which cuts the connection.
+            log.info(
+                "v2 {repo} {command} for {who}: transfer cut, {why}",
+                repo=served.name or "/",
+                command=name.decode("utf-8", "replace")[:100],
+                who=who or "-",
+                why=exc,
+            )
+            return failure
         if isinstance(exc, CommandError):
             _bad_input(served, name, exc)
             sink.error(exc.message, exc.args_)
@@ -318,7 +358,10 @@ class CommandRunner:
         sink.error(b"server error: %s", (_text(failure.value),))
         return None
 
-    def _sink_broke(self, failure: Failure, name: bytes) -> None:
+    def _sink_broke(self, failure: Failure, name: bytes) -> Failure | None:
         # The sink itself raised while being told the outcome: log, never propagate.
+        if isinstance(failure.value, StreamStalled):
+            return failure  # for the transport (see ``_failed``)
         if not isinstance(failure.value, CancelledError):
             log.failure("reporting the outcome of {command!r} failed", failure, command=name)
+        return None

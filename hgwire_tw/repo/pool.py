@@ -12,8 +12,21 @@ repository object would serve stale heads.
 blocks until each batch has been delivered *and* the Deferred ``deliver`` returned has
 fired, so a slow consumer stalls the generator (back-pressure) and at most one batch is
 in flight per response. Each streaming response holds a worker for its duration, so
-the pool size bounds both concurrency and memory. Writes (``write=True``: pushes) run on
-a few workers of their own (``write_workers``), so they never queue behind clones.
+the pool size bounds both concurrency and memory.
+
+Lanes (``hgwire_tw.repo.lanes``): the workers are three thread pools, so that short
+work never queues behind long transfers. Transfers (clones, pulls) run on ``size``
+workers; writes (``Lane.WRITE``, or ``write=True``: pushes) on ``write_workers`` of
+their own; commands answered from small results (handshakes, discovery: ``Lane.QUICK``)
+on ``quick_workers``. A transfer beyond ``size`` waits in its lane's FIFO queue (one
+small entry per waiting request) while quick commands and pushes keep flowing.
+
+Stalled clients: with ``stall_timeout`` set, a delivery that is not consumed within
+that many seconds (the client took nothing of a whole batch, at most about
+``DEFAULT_BATCH_BYTES`` plus the transport's buffers) ends the stream with
+``StreamStalled``: the generator is closed and the worker freed, and the transport cuts
+the connection. Without it a handful of clients that stop reading would hold every
+worker of a lane for as long as they keep their connections open.
 
 Crash recovery (``hgwire_tw.repo.recovery``) happens here, on the workers: a job that
 finds a transaction journal in its repository first rolls back an abandoned transaction
@@ -42,14 +55,17 @@ from twisted.python.threadpool import ThreadPool
 
 from hgwire_tw.core.errors import CommandError, PermissionDenied
 from hgwire_tw.repo import recovery
+from hgwire_tw.repo.lanes import Lane
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.repo.ui import make_ui
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_ITEMS",
+    "Lane",
     "ReactorFromThreads",
     "RepositoryPool",
+    "StreamStalled",
     "repository_state",
 ]
 
@@ -93,8 +109,33 @@ def repository_state(path: os.PathLike[str] | str) -> tuple[tuple[int, int, int]
     return tuple(state)
 
 
+class Clock(Protocol):
+    """The part of ``IReactorTime`` the pool needs (stall timers)."""
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Call ``f`` on the reactor thread in ``delay`` seconds; returns an
+        ``IDelayedCall``."""
+
+
+class StreamStalled(Exception):
+    """The consumer of an ``iterate`` stream took nothing for ``seconds``: the stream was
+    ended and its worker freed. The transport cuts the connection."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the client took nothing for {seconds:g} seconds")
+        self.seconds = seconds
+
+
 class _Stop(Exception):
     """The consumer went away (cancelled); stop generating."""
+
+
+class _Stalled(_Stop):
+    """The current delivery outlasted the stall timeout; stop generating."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 # What a stream may end with once its consumer is gone, without that being a bug.
@@ -114,9 +155,15 @@ class _Stream:
 
     def __init__(self) -> None:
         self.cancelled = False
+        #: The stall timeout that ended the stream (seconds), if one did.
+        self.stalled: float | None = None
         self.pending: Deferred[object] | None = None
         # Where the worker waits for the outcome of the current delivery.
         self.waiting: queue.Queue[object] | None = None
+
+    def stop(self) -> _Stop:
+        """The exception that ends the worker's run once the stream was cancelled."""
+        return _Stop() if self.stalled is None else _Stalled(self.stalled)
 
     def abort(self) -> None:
         """Stop the stream from any thread: the worker wakes up and closes the generator."""
@@ -151,13 +198,21 @@ class RepositoryPool:
         threadpool: ThreadPool | None = None,
         lock_timeout: int = recovery.DEFAULT_LOCK_TIMEOUT,
         write_workers: int = 2,
+        quick_workers: int = 2,
+        stall_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """``reactor`` delivers results; ``size`` is the number of worker threads;
+        """``reactor`` delivers results; ``size`` is the number of transfer workers;
         ``lock_timeout`` bounds every wait for a repository lock (seconds).
 
-        Jobs with ``write=True`` run on ``write_workers`` threads of their own, so a
-        push never queues behind long clone streams holding every read worker (writes
-        to one repository are serialised by its lock anyway).
+        Jobs of ``Lane.WRITE`` run on ``write_workers`` threads of their own, so a push
+        never queues behind long clone streams holding every transfer worker (writes to
+        one repository are serialised by its lock anyway); jobs of ``Lane.QUICK`` on
+        ``quick_workers`` threads, so a handshake or a discovery round never does either.
+
+        ``stall_timeout`` (seconds; None: never) ends a stream whose delivery is not
+        consumed in time with ``StreamStalled``; ``clock`` times it (default: the
+        reactor).
         """
         self._reactor = reactor
         self._threadpool = threadpool or ThreadPool(
@@ -166,26 +221,47 @@ class RepositoryPool:
         self._write_threadpool = ThreadPool(
             minthreads=0, maxthreads=write_workers, name="hgwire-repo-write"
         )
+        self._quick_threadpool = ThreadPool(
+            minthreads=0, maxthreads=quick_workers, name="hgwire-repo-quick"
+        )
+        self._lanes = {
+            Lane.TRANSFER: self._threadpool,
+            Lane.WRITE: self._write_threadpool,
+            Lane.QUICK: self._quick_threadpool,
+        }
         self._ui_factory = ui_factory
         self._local = threading.local()
         self._streams: set[_Stream] = set()
         self.size = size
         self.lock_timeout = lock_timeout
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive (None: no timeout)")
+        self.stall_timeout = stall_timeout
+        self._clock = clock if clock is not None else cast(Clock, reactor)
 
     @property
     def threadpool(self) -> ThreadPool:
-        """The worker threads (for metrics: queue depth, busy threads)."""
+        """The transfer workers (for metrics: queue depth, busy threads)."""
         return self._threadpool
 
     @property
     def write_threadpool(self) -> ThreadPool:
-        """The threads of ``write=True`` jobs (pushes), for metrics like ``threadpool``."""
+        """The threads of ``Lane.WRITE`` jobs (pushes), for metrics like ``threadpool``."""
         return self._write_threadpool
+
+    @property
+    def quick_threadpool(self) -> ThreadPool:
+        """The threads of ``Lane.QUICK`` jobs, for metrics like ``threadpool``."""
+        return self._quick_threadpool
+
+    def lane_threadpool(self, lane: Lane) -> ThreadPool:
+        """The threads of ``lane``."""
+        return self._lanes[lane]
 
     def start(self) -> None:
         """Start the worker threads."""
-        self._threadpool.start()
-        self._write_threadpool.start()
+        for threads in self._lanes.values():
+            threads.start()
 
     def stop(self) -> None:
         """Stop the worker threads (blocks the caller until running jobs return).
@@ -195,8 +271,8 @@ class RepositoryPool:
         """
         for stream in list(self._streams):
             stream.abort()
-        self._threadpool.stop()
-        self._write_threadpool.stop()
+        for threads in self._lanes.values():
+            threads.stop()
 
     # -- worker side ----------------------------------------------------------------
 
@@ -280,18 +356,24 @@ class RepositoryPool:
         return fn(self.repository(served, write=write), *args)
 
     def run(
-        self, served: ServedRepository, fn: Callable[..., Any], *args: Any, write: bool = False
+        self,
+        served: ServedRepository,
+        fn: Callable[..., Any],
+        *args: Any,
+        write: bool = False,
+        lane: Lane | None = None,
     ) -> Deferred[Any]:
         """Run ``fn(repo, *args)`` on a worker; the Deferred fires with its result.
 
-        ``write`` says ``fn`` writes to the repository (see ``repository``).
+        ``write`` says ``fn`` writes to the repository (see ``repository``). ``lane``
+        defaults to ``Lane.WRITE`` for a write, else ``Lane.QUICK``: a whole result
+        handed back at once is a short job (pass ``Lane.TRANSFER`` for a long one).
         """
+        if lane is None:
+            lane = Lane.WRITE if write else Lane.QUICK
         return deferToThreadPool(
-            cast(Any, self._reactor), self._threads(write), self._call, served, fn, args, write
+            cast(Any, self._reactor), self._lanes[lane], self._call, served, fn, args, write
         )
-
-    def _threads(self, write: bool) -> ThreadPool:
-        return self._write_threadpool if write else self._threadpool
 
     def iterate(
         self,
@@ -303,6 +385,7 @@ class RepositoryPool:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         batch_items: int = DEFAULT_BATCH_ITEMS,
         write: bool = False,
+        lane: Lane | None = None,
     ) -> Deferred[None]:
         """Stream ``gen_fn(repo, *args)`` to ``deliver(batch)`` on the reactor thread.
 
@@ -313,9 +396,14 @@ class RepositoryPool:
         None when the generator is exhausted and everything was delivered; it fails
         with the generator's exception, or with the failure of ``deliver``. Cancelling
         it stops the generator at its next object.
+        With ``stall_timeout`` set, a delivery not consumed in time fails it with
+        ``StreamStalled``.
         In every case the generator is ``close()``d on the worker and the worker freed.
-        ``write`` says the generator writes to the repository (see ``repository``).
+        ``write`` says the generator writes to the repository (see ``repository``);
+        ``lane`` defaults to ``Lane.WRITE`` for a write, else ``Lane.TRANSFER``.
         """
+        if lane is None:
+            lane = Lane.WRITE if write else Lane.TRANSFER
         stream = _Stream()
         self._streams.add(stream)
 
@@ -327,7 +415,7 @@ class RepositoryPool:
         result: Deferred[None] = Deferred(cancel)
         work = deferToThreadPool(
             cast(Any, self._reactor),
-            self._threads(write),
+            self._lanes[lane],
             self._produce,
             served,
             gen_fn,
@@ -351,6 +439,8 @@ class RepositoryPool:
             if isinstance(outcome, Failure):
                 if isinstance(outcome.value, _DeliveryFailed):
                     result.errback(outcome.value.failure)
+                elif isinstance(outcome.value, _Stalled):
+                    result.errback(StreamStalled(outcome.value.seconds))
                 elif isinstance(outcome.value, _Stop):
                     result.errback(CancelledError())
                 else:
@@ -383,7 +473,7 @@ class RepositoryPool:
             size = 0
             for obj in gen:
                 if stream.cancelled:
-                    raise _Stop()
+                    raise stream.stop()
                 batch.append(obj)
                 size += _approx_size(obj)
                 if size >= batch_bytes or len(batch) >= batch_items:
@@ -430,7 +520,7 @@ class RepositoryPool:
 
         def on_reactor() -> None:
             if stream.cancelled:
-                outcome.put(_Stop())
+                outcome.put(stream.stop())
                 return
             try:
                 ret = deliver(batch)
@@ -441,17 +531,36 @@ class RepositoryPool:
                 outcome.put(None)
                 return
             stream.pending = ret
+            timer = None if ret.called else self._watch(stream, outcome)
 
             def done(value: object) -> None:
+                if timer is not None and timer.active():
+                    timer.cancel()
                 stream.pending = None
                 outcome.put(value)
 
             ret.addBoth(done)
 
         if stream.cancelled:
-            raise _Stop()
+            raise stream.stop()
         self._reactor.callFromThread(on_reactor)
         return outcome
+
+    def _watch(self, stream: _Stream, outcome: queue.Queue[object]) -> Any:
+        """Start the stall timer of a delivery in progress (reactor thread); None when
+        there is no stall timeout."""
+        seconds = self.stall_timeout
+        if seconds is None:
+            return None
+
+        def stalled() -> None:
+            # Only the worker is woken: the transport's pending Deferred is left alone
+            # (the transport cuts the connection when the stream fails).
+            stream.stalled = seconds
+            stream.cancelled = True
+            outcome.put(_Stalled(seconds))
+
+        return self._clock.callLater(seconds, stalled)
 
     def _await_delivery(self, outcome: queue.Queue[object] | None, stream: _Stream) -> None:
         """Block until the delivery reporting to ``outcome`` was consumed (None: none)."""
@@ -465,5 +574,5 @@ class RepositoryPool:
             raise value
         if isinstance(value, Failure):
             if stream.cancelled:
-                raise _Stop()
+                raise stream.stop()
             raise _DeliveryFailed(value)

@@ -50,6 +50,7 @@ from hgwire_tw.core.reactor import (
     ServerAction,
     ServerFrameReactor,
 )
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.jobpump import (
     JobPump,
@@ -88,6 +89,10 @@ class FrameChannel(Protocol):
 
     def finish(self, status: int) -> None:
         """Close after the buffered output; ``status`` 0 = done, 1 = refused/failed."""
+
+    def abort(self) -> None:
+        """Cut the connection now, dropping the buffered output (the peer stopped
+        reading)."""
 
 
 class ReadControl(Protocol):
@@ -296,6 +301,7 @@ class FrameSession:
             may_push=self.may_push,
             sink=sink,
             redirect=action.redirect,
+            who=self.label,
         )
         self.running[action.request_id] = d
         d.addBoth(
@@ -307,6 +313,12 @@ class FrameSession:
 
     def _command_over(self, result: object, request_id: int) -> None:
         self.running.pop(request_id, None)
+        if isinstance(result, Failure) and isinstance(result.value, StreamStalled):
+            # The peer stopped reading (logged by the runner): nothing more can reach it.
+            if not self.done:
+                self.connectionLost()
+                self.channel.abort()
+            return
         if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
             log.failure("{label}: command failed", result, label=self.label)
         if not self.done:

@@ -72,6 +72,7 @@ from hgwire_tw.core.v1 import (
     parse_urlencoded,
     select_command_args,
 )
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports import http_v2, httpblobs
@@ -750,6 +751,8 @@ class _V1Response:
         self._close_payload()
         if self.gone or f.check(CancelledError, ConnectionAbortedError):
             return None
+        if isinstance(f.value, StreamStalled):  # the client stopped reading (logged by start_call)
+            return _abort(self.request)
         if f.check(PermissionDenied) and not getattr(self.request, "startedWriting", False):
             self.v1._refused(Failure(self.v1.denial(f.value)))  # type: ignore[arg-type]
             return None

@@ -43,6 +43,7 @@ from hgwire_tw.core.reactor import (
     ServerFrameReactor,
 )
 from hgwire_tw.core.v1 import join_header_values
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.httpauth import HTTPDenied, authenticate, check_access, deny
 from hgwire_tw.transports.httpreplies import TEXT, finish, internal_error, plain
@@ -252,6 +253,11 @@ def _checked_command(
     return NOT_DONE_YET
 
 
+def _host(request: Any) -> str:
+    """The client's address, for log lines."""
+    return str(getattr(request.getClientAddress(), "host", "-"))
+
+
 def _needs_rw(spec: Any, perm: str) -> bool:
     """Whether a command of ``spec`` (a ``CommandSpec``) pushes, so that a ``ro`` URL
     (``perm``) refuses it."""
@@ -339,6 +345,7 @@ class _V2Response:
             may_push=self.may_push,
             sink=sink,
             redirect=run.redirect,
+            who=f"HTTP client {_host(self.request)}",
         )
         self.running = (run.request_id, d)
         d.addBoth(self.ctx.metrics.command(self.served.name, "http", "v2", run.name, run.args))
@@ -346,6 +353,13 @@ class _V2Response:
 
     def _command_over(self, result: object) -> None:
         self.running = None
+        if isinstance(result, Failure) and isinstance(result.value, StreamStalled):
+            # The client stopped reading (logged by the runner): cut the connection.
+            self._stop()
+            transport = getattr(getattr(self.request, "channel", None), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            return
         if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
             if not self.done:
                 log.failure("v2 command failed", result)

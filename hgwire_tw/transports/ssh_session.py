@@ -275,6 +275,15 @@ class HgSessionChannel(channel.SSHChannel):
         else:
             self._send_exit(status)
 
+    def abort(self) -> None:
+        """Cut the whole SSH connection now: its client stopped reading, so anything
+        still buffered (on this channel or beneath it) would never leave."""
+        conn = self.conn
+        ssh_transport = getattr(conn, "transport", None)
+        tcp = getattr(ssh_transport, "transport", None)
+        if tcp is not None:
+            tcp.abortConnection()
+
     def _send_exit(self, status: int) -> None:
         self._exit_status = None
         if self._closed:

@@ -82,6 +82,7 @@ from hgwire_tw.core.v1 import (
     ssh_push_result,
     ssh_unknown_command,
 )
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.repo.recovery import RepositoryLocked
 from hgwire_tw.repo.registry import ServedRepository
 from hgwire_tw.transports.ssh_log import command_line
@@ -123,6 +124,10 @@ class SessionOutput(Protocol):
     def finish(self, status: int) -> None:
         """Send the exit status (after any buffered output) and close the channel."""
 
+    def abort(self) -> None:
+        """Cut the connection now, dropping the buffered output (the client stopped
+        reading)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _InputError:
@@ -154,6 +159,9 @@ class _CountedOutput:
 
     def finish(self, status: int) -> None:
         self._output.finish(status)
+
+    def abort(self) -> None:
+        self._output.abort()
 
 
 @dataclass(slots=True)
@@ -455,6 +463,13 @@ class V1SSHSession:
 
     def _command_failed(self, failure: Failure, name: bytes) -> None:
         if self._done or failure.check(CancelledError):
+            return
+        if isinstance(failure.value, StreamStalled):
+            # The client stopped reading (logged by start_call): cut the connection.
+            self._set_outcome("cut")
+            self._end_command()
+            self._finish(1)
+            self.output.abort()
             return
         if failure.check(PermissionDenied) and not self._started_output:
             permission = failure.value.permission  # type: ignore[union-attr]

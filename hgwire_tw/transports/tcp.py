@@ -159,6 +159,11 @@ class HgwireTCPProtocol(Protocol):
             self.closed = True
             self.transport.loseConnection()  # type: ignore[union-attr]
 
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
     # -- IPushProducer (the socket's send buffer) ---------------------------------------
     def pauseProducing(self) -> None:
         self.gate.pause()

@@ -16,7 +16,8 @@ A runner's stages (``prepare``, ``execute``, ``respond``) are public so that a
 decorator can put itself between them without repeating any: ``CachingV1Runner``
 (``hgwire_tw.v1.cache``) looks a ``getbundle`` answer up after ``prepare``.
 ``start_call(ctx, call, deliver)`` runs a call through the service's pool (and its
-response cache), counting it in the metrics.
+response cache) on the lane its command belongs to (``hgwire_tw.repo.lanes``), counting
+it in the metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ import dataclasses
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.logger import Logger
+
 from hgwire_tw.core.v1 import MEDIA_TYPE_V01
+from hgwire_tw.repo.lanes import Lane, command_lane
+from hgwire_tw.repo.pool import StreamStalled
 from hgwire_tw.v1 import dispatch
 from hgwire_tw.v1.call import StreamFormats, V1Call
 from hgwire_tw.v1.dispatch import STREAM_PIECE, Prepared, close_chunks, encode_stream, stream_body
@@ -44,11 +49,14 @@ from hgwire_tw.v1.results import (
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
     from hgwire_tw.cache import ContentStore
     from hgwire_tw.context import ServerContext
 
-__all__ = ["V1Runner", "V1Runs", "make_runner", "start_call"]
+__all__ = ["V1Runner", "V1Runs", "call_lane", "make_runner", "start_call"]
+
+log = Logger()
 
 
 class V1Runs(Protocol):
@@ -153,14 +161,41 @@ def make_runner(cache: ContentStore | None) -> V1Runs:
     return CachingV1Runner(runner, cache)
 
 
+def call_lane(call: V1Call) -> Lane:
+    """The pool lane ``call`` runs on (``hgwire_tw.repo.lanes.command_lane``)."""
+    permission = dispatch.command_permission(call.name).decode("ascii")
+    return command_lane(call.name, permission)
+
+
 def start_call(
     ctx: ServerContext, call: V1Call, deliver: Callable[[list[object]], Deferred[Any] | None]
 ) -> Deferred[None]:
-    """Run ``call`` on ``ctx``'s pool (a write job for a push command), its output
-    delivered to ``deliver`` on the reactor thread in batches (``RepositoryPool.iterate``),
-    counted in ``ctx.metrics``."""
-    writes = dispatch.command_permission(call.name) == b"push"
+    """Run ``call`` on ``ctx``'s pool, on its lane (a write job for a push command), its
+    output delivered to ``deliver`` on the reactor thread in batches
+    (``RepositoryPool.iterate``), counted in ``ctx.metrics``. A client that stopped
+    reading fails it with ``StreamStalled`` (logged here; the transport cuts it)."""
+    lane = call_lane(call)
     runs = make_runner(ctx.cache)
-    d = ctx.pool.iterate(call.served, runs.run, (call,), deliver, write=writes)
+    d = ctx.pool.iterate(
+        call.served, runs.run, (call,), deliver, write=lane is Lane.WRITE, lane=lane
+    )
+    d.addErrback(_stalled, call)
     d.addBoth(ctx.metrics.command(call.served.name, call.transport, "v1", call.name, call.args))
     return d
+
+
+def _stalled(failure: Failure, call: V1Call) -> Failure:
+    # Info, not a warning: a client that stops reading is the client's business; the
+    # line says who, so that an operator can tell a stuck mirror from an attack.
+    if isinstance(failure.value, StreamStalled):
+        facts = call.facts
+        log.info(
+            "v1 {repo} {command} for {user} from {host} over {transport}: transfer cut, {why}",
+            repo=call.served.name or "/",
+            command=call.name.decode("ascii", "replace"),
+            user=facts.remote_user or "anonymous",
+            host=facts.remote_host or "-",
+            transport=call.transport,
+            why=failure.getErrorMessage(),
+        )
+    return failure
